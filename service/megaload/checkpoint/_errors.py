@@ -1,0 +1,95 @@
+"""Errors raised by the checkpoint library.
+
+Every error names the path (and, where it applies, the field or limit) that was wrong.
+The HTTP layer maps each class to one problem type; nothing else is raised for bad input.
+
+    CheckpointError
+    ├── CheckpointNotFoundError      (also FileNotFoundError)  nothing at that path
+    ├── NotACheckpointError          a directory, but no checkpoint in it
+    ├── UnsupportedCheckpointError   a checkpoint we recognise but cannot honour
+    ├── CorruptCheckpointError       files present but unreadable or inconsistent
+    │   └── UnsafeCheckpointError    a pickle asks for something outside the allowlist
+    ├── IncompatibleConfigError      (also ValueError) config fields that cannot be built/applied
+    ├── InvalidDtypeError            (also ValueError) a dtype spelling we do not know
+    ├── TokenizerError               no tokenizer can be built from the checkpoint
+    ├── CheckpointExistsError        (also FileExistsError) refusing to overwrite a checkpoint
+    └── DistributedContextError      (also RuntimeError) torch.distributed in the wrong state
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "NotACheckpointError",
+    "UnsupportedCheckpointError",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "IncompatibleConfigError",
+    "InvalidDtypeError",
+    "TokenizerError",
+    "CheckpointExistsError",
+    "DistributedContextError",
+]
+
+
+class CheckpointError(Exception):
+    """Base class. ``path`` is the file or directory concerned, when there is one."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = os.fspath(path) if path is not None else None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The path does not exist."""
+
+
+class NotACheckpointError(CheckpointError):
+    """The path exists but holds no Megatron distributed checkpoint."""
+
+
+class UnsupportedCheckpointError(CheckpointError):
+    """A checkpoint format, model type or feature this library does not support."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """Checkpoint files are truncated, unparsable or inconsistent with each other."""
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """A pickle inside the checkpoint references a global outside the allowlist."""
+
+
+class IncompatibleConfigError(CheckpointError, ValueError):
+    """Config values that cannot be honoured (or overrides that do not apply)."""
+
+    def __init__(self, message: str, *, path=None, field: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.field = field
+
+
+class InvalidDtypeError(CheckpointError, ValueError):
+    """A dtype string that no known spelling matches."""
+
+    def __init__(self, message: str, *, value: object = None) -> None:
+        super().__init__(message)
+        self.value = value
+
+
+class TokenizerError(CheckpointError):
+    """The checkpoint's tokenizer cannot be built (missing files, unknown type...)."""
+
+
+class CheckpointExistsError(CheckpointError, FileExistsError):
+    """The destination already holds a checkpoint and overwriting was not asked for."""
+
+
+class DistributedContextError(CheckpointError, RuntimeError):
+    """torch.distributed is (or is not) initialized when the call needs the opposite."""

@@ -1,0 +1,131 @@
+"""Stable problem types (RFC 9457 ``type`` members) of the megaload HTTP API.
+
+Every error response of the service is ``application/problem+json`` whose ``type`` is one of
+the URIs below. They never change once published; clients branch on them (or on the HTTP
+status) instead of parsing ``detail``. :data:`PROBLEM_STATUS` gives the status each type is
+served with and :data:`PROBLEM_TITLES` its fixed human title.
+
+Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PROBLEM_TYPE_PREFIX",
+    "VALIDATION",
+    "BAD_REQUEST",
+    "UNAUTHORIZED",
+    "FORBIDDEN_PATH",
+    "NOT_FOUND",
+    "CHECKPOINT_NOT_FOUND",
+    "MODEL_NOT_FOUND",
+    "SHARD_NOT_FOUND",
+    "JOB_NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "CHECKPOINT_EXISTS",
+    "JOB_NOT_CANCELLABLE",
+    "PAYLOAD_TOO_LARGE",
+    "RANGE_NOT_SATISFIABLE",
+    "NOT_A_CHECKPOINT",
+    "UNSUPPORTED_CHECKPOINT",
+    "CORRUPT_CHECKPOINT",
+    "UNSAFE_CHECKPOINT",
+    "INCOMPATIBLE_CONFIG",
+    "INVALID_DTYPE",
+    "TOKENIZER_ERROR",
+    "NOT_READY",
+    "INSUFFICIENT_MEMORY",
+    "INTERNAL",
+    "PROBLEM_STATUS",
+    "PROBLEM_TITLES",
+]
+
+PROBLEM_TYPE_PREFIX = "urn:megaload:problem:"
+
+# 400
+VALIDATION = PROBLEM_TYPE_PREFIX + "validation"  # 422: the request body or query fails its schema
+BAD_REQUEST = PROBLEM_TYPE_PREFIX + "bad-request"  # malformed input the schema cannot catch
+# 401 / 403
+UNAUTHORIZED = PROBLEM_TYPE_PREFIX + "unauthorized"
+FORBIDDEN_PATH = PROBLEM_TYPE_PREFIX + "forbidden-path"
+# 404
+NOT_FOUND = PROBLEM_TYPE_PREFIX + "not-found"  # no such route
+CHECKPOINT_NOT_FOUND = PROBLEM_TYPE_PREFIX + "checkpoint-not-found"
+MODEL_NOT_FOUND = PROBLEM_TYPE_PREFIX + "model-not-found"
+SHARD_NOT_FOUND = PROBLEM_TYPE_PREFIX + "shard-not-found"
+JOB_NOT_FOUND = PROBLEM_TYPE_PREFIX + "job-not-found"
+# 405
+METHOD_NOT_ALLOWED = PROBLEM_TYPE_PREFIX + "method-not-allowed"
+# 409
+CHECKPOINT_EXISTS = PROBLEM_TYPE_PREFIX + "checkpoint-exists"
+JOB_NOT_CANCELLABLE = PROBLEM_TYPE_PREFIX + "job-not-cancellable"
+# 413
+PAYLOAD_TOO_LARGE = PROBLEM_TYPE_PREFIX + "payload-too-large"
+# 416
+RANGE_NOT_SATISFIABLE = PROBLEM_TYPE_PREFIX + "range-not-satisfiable"
+# 422: the checkpoint (not the request) is the problem
+NOT_A_CHECKPOINT = PROBLEM_TYPE_PREFIX + "not-a-checkpoint"
+UNSUPPORTED_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsupported-checkpoint"
+CORRUPT_CHECKPOINT = PROBLEM_TYPE_PREFIX + "corrupt-checkpoint"
+UNSAFE_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsafe-checkpoint"
+INCOMPATIBLE_CONFIG = PROBLEM_TYPE_PREFIX + "incompatible-config"
+INVALID_DTYPE = PROBLEM_TYPE_PREFIX + "invalid-dtype"
+TOKENIZER_ERROR = PROBLEM_TYPE_PREFIX + "tokenizer-error"
+# 5xx
+NOT_READY = PROBLEM_TYPE_PREFIX + "not-ready"
+INSUFFICIENT_MEMORY = PROBLEM_TYPE_PREFIX + "insufficient-memory"
+INTERNAL = PROBLEM_TYPE_PREFIX + "internal"
+
+PROBLEM_STATUS: dict[str, int] = {
+    VALIDATION: 422,
+    BAD_REQUEST: 400,
+    UNAUTHORIZED: 401,
+    FORBIDDEN_PATH: 403,
+    NOT_FOUND: 404,
+    CHECKPOINT_NOT_FOUND: 404,
+    MODEL_NOT_FOUND: 404,
+    SHARD_NOT_FOUND: 404,
+    JOB_NOT_FOUND: 404,
+    METHOD_NOT_ALLOWED: 405,
+    CHECKPOINT_EXISTS: 409,
+    JOB_NOT_CANCELLABLE: 409,
+    PAYLOAD_TOO_LARGE: 413,
+    RANGE_NOT_SATISFIABLE: 416,
+    NOT_A_CHECKPOINT: 422,
+    UNSUPPORTED_CHECKPOINT: 422,
+    CORRUPT_CHECKPOINT: 422,
+    UNSAFE_CHECKPOINT: 422,
+    INCOMPATIBLE_CONFIG: 422,
+    INVALID_DTYPE: 422,
+    TOKENIZER_ERROR: 422,
+    NOT_READY: 503,
+    INSUFFICIENT_MEMORY: 507,
+    INTERNAL: 500,
+}
+
+PROBLEM_TITLES: dict[str, str] = {
+    VALIDATION: "Request validation failed",
+    BAD_REQUEST: "Malformed request",
+    UNAUTHORIZED: "Missing or invalid bearer token",
+    FORBIDDEN_PATH: "Path outside the allowed roots",
+    NOT_FOUND: "No such resource",
+    CHECKPOINT_NOT_FOUND: "Checkpoint not found",
+    MODEL_NOT_FOUND: "Model not found",
+    SHARD_NOT_FOUND: "Shard not found",
+    JOB_NOT_FOUND: "Job not found",
+    METHOD_NOT_ALLOWED: "Method not allowed",
+    CHECKPOINT_EXISTS: "Checkpoint already exists",
+    JOB_NOT_CANCELLABLE: "Job cannot be cancelled",
+    PAYLOAD_TOO_LARGE: "Request body too large",
+    RANGE_NOT_SATISFIABLE: "Range not satisfiable",
+    NOT_A_CHECKPOINT: "Not a checkpoint",
+    UNSUPPORTED_CHECKPOINT: "Unsupported checkpoint",
+    CORRUPT_CHECKPOINT: "Corrupt checkpoint",
+    UNSAFE_CHECKPOINT: "Unsafe checkpoint",
+    INCOMPATIBLE_CONFIG: "Incompatible configuration",
+    INVALID_DTYPE: "Invalid dtype",
+    TOKENIZER_ERROR: "Tokenizer unavailable",
+    NOT_READY: "Service not ready",
+    INSUFFICIENT_MEMORY: "Insufficient memory",
+    INTERNAL: "Internal server error",
+}

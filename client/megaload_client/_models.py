@@ -344,3 +344,11 @@ class StateDictIndex(_Response):
     total_size: int = Field(description="tensor bytes, as in Hugging Face's index")
     shards: list[ShardInfo]
     weight_map: dict[str, str] = Field(description="tensor key -> shard filename")
+    checksum_algorithm: str = Field("xxh3_64", description="algorithm of `checksums`")
+    checksums: dict[str, str] = Field(
+        default_factory=dict,
+        description="tensor key -> hex digest (xxh3_64, as xxhash's hexdigest) of its bytes as streamed",
+    )
+    skipped: list[str] = Field(
+        default_factory=list, description="state-dict entries that are not tensors (e.g. _extra_state), left out"
+    )

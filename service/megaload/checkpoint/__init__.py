@@ -1,0 +1,88 @@
+"""megatron-core checkpoint library: the parity surface of Megatron Bridge's ``model_load_save``.
+
+Usable without the HTTP service::
+
+    from megaload.checkpoint import load_megatron_model, load_model_config
+    state = load_megatron_model("/ckpts/run1", return_state_dict=True, use_cpu_init=True)
+"""
+
+from ._config import load_model_config, transformer_config_from_args
+from ._distributed import (
+    initialize_distributed,
+    initialize_model_parallel,
+    is_distributed_initialized,
+    megatron_cpu_init_context,
+    shutdown_distributed,
+    temporary_distributed_context,
+)
+from ._dtypes import dtype_from_hf, dtype_from_str, parse_dtype, torch_dtype_from_mcore_config
+from ._errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    DistributedContextError,
+    IncompatibleConfigError,
+    InvalidDtypeError,
+    NotACheckpointError,
+    TokenizerError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+)
+from ._layout import CheckpointFormat, CheckpointLayout, inspect_layout, resolve_iteration_dir
+from ._model import (
+    MP_OVERRIDE_FIELDS,
+    build_and_load_model,
+    build_model,
+    load_megatron_model,
+    load_weights,
+    model_config,
+    model_state_dict,
+)
+from ._provider import GPTModelProvider, padded_vocab_size
+from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
+
+__all__ = [
+    # reference API (Megatron Bridge model_load_save)
+    "torch_dtype_from_mcore_config",
+    "megatron_cpu_init_context",
+    "temporary_distributed_context",
+    "load_model_config",
+    "build_and_load_model",
+    "load_megatron_model",
+    "dtype_from_str",
+    "dtype_from_hf",
+    # beyond the reference
+    "parse_dtype",
+    "GPTModelProvider",
+    "padded_vocab_size",
+    "transformer_config_from_args",
+    "build_model",
+    "load_weights",
+    "model_state_dict",
+    "model_config",
+    "MP_OVERRIDE_FIELDS",
+    "inspect_layout",
+    "resolve_iteration_dir",
+    "CheckpointFormat",
+    "CheckpointLayout",
+    "read_tensor_metadata",
+    "estimate_model_bytes",
+    "TensorMetadata",
+    "initialize_distributed",
+    "initialize_model_parallel",
+    "shutdown_distributed",
+    "is_distributed_initialized",
+    # errors
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "NotACheckpointError",
+    "UnsupportedCheckpointError",
+    "CorruptCheckpointError",
+    "UnsafeCheckpointError",
+    "IncompatibleConfigError",
+    "InvalidDtypeError",
+    "TokenizerError",
+    "CheckpointExistsError",
+    "DistributedContextError",
+]

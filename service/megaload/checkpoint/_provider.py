@@ -1,0 +1,158 @@
+"""The GPT model provider: a TransformerConfig that also knows how to build its GPT model.
+
+It carries what megatron-core's ``GPTModel`` needs beyond ``TransformerConfig`` (vocabulary and
+its padding, sequence length, position embeddings, tied embeddings, which layer spec) under the
+field names Megatron Bridge uses in ``run_config.yaml``, so the two read each other's files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from megatron.core.transformer import TransformerConfig
+
+from ._errors import IncompatibleConfigError, UnsupportedCheckpointError
+
+__all__ = ["GPTModelProvider", "LAYER_SPECS", "padded_vocab_size", "gpt_layer_spec"]
+
+logger = logging.getLogger(__name__)
+
+# Layer-spec names as Megatron Bridge records them (the function's name in its gpt_provider).
+# On-disk keys are the same for all of them: megatron-core's local spec maps its module names
+# onto Transformer Engine's, so a checkpoint written with one loads with the other.
+LAYER_SPECS = (
+    "local_layer_spec",
+    "default_layer_spec",
+    "transformer_engine_layer_spec",
+    "transformer_engine_full_layer_spec",
+    "modelopt_transformer_layer_spec",
+)
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: int = 1) -> int:
+    """Round ``vocab_size`` up to a multiple of ``divisible_by * tensor_parallel_size``."""
+    if vocab_size <= 0:
+        raise IncompatibleConfigError(f"vocab_size must be positive, got {vocab_size}", field="vocab_size")
+    multiple = max(1, divisible_by) * max(1, tensor_parallel_size)
+    return int(math.ceil(vocab_size / multiple) * multiple)
+
+
+def _transformer_engine_available() -> bool:
+    try:
+        from megatron.core.models.gpt import gpt_layer_specs
+
+        return bool(getattr(gpt_layer_specs, "HAVE_TE", False))
+    except ImportError:  # pragma: no cover - megatron-core always has this module
+        return False
+
+
+def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: str | None = None):
+    """The megatron-core ModuleSpec for one GPT layer.
+
+    Transformer Engine specs are used when TE is installed; otherwise the local spec, which reads
+    and writes the same checkpoint keys.
+    """
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    if spec_name not in LAYER_SPECS:
+        raise UnsupportedCheckpointError(f"unknown transformer layer spec {spec_name!r}; known: {', '.join(LAYER_SPECS)}")
+    if getattr(config, "multi_latent_attention", False):
+        raise UnsupportedCheckpointError("multi-latent attention (MLA) models are not supported yet")
+    wants_te = spec_name != "local_layer_spec"
+    if wants_te and _transformer_engine_available():
+        return get_gpt_layer_with_transformer_engine_spec(
+            num_experts=config.num_moe_experts,
+            moe_grouped_gemm=config.moe_grouped_gemm,
+            qk_layernorm=config.qk_layernorm,
+        )
+    if wants_te:
+        logger.info("Transformer Engine is not installed: building %s with the local layer spec", spec_name)
+    return get_gpt_layer_local_spec(
+        num_experts=config.num_moe_experts,
+        moe_grouped_gemm=config.moe_grouped_gemm,
+        qk_layernorm=config.qk_layernorm,
+        normalization=normalization or config.normalization,
+    )
+
+
+@dataclass
+class GPTModelProvider(TransformerConfig):
+    """TransformerConfig plus the GPT-specific fields; :meth:`provide` builds the model."""
+
+    fp16_lm_cross_entropy: bool = False
+    parallel_output: bool = True
+    share_embeddings_and_output_weights: bool = True
+    make_vocab_size_divisible_by: int = 128
+    position_embedding_type: str = "learned_absolute"
+    rotary_base: int = 10000
+    rotary_percent: float = 1.0
+    rope_scaling: bool = False
+    rope_scaling_factor: float = 1.0
+    rotary_scaling_factor: Optional[float] = None
+    seq_len_interpolation_factor: Optional[float] = None
+    seq_length: int = 1024
+    scatter_embedding_sequence_parallel: bool = True
+    tp_comm_overlap_cfg: Optional[Any] = None
+    use_transformer_engine_full_layer_spec: bool = False
+    use_transformer_engine_op_fuser: bool = False
+    transformer_layer_spec: str = "local_layer_spec"
+    hf_model_id: Optional[str] = None
+    vocab_size: Optional[int] = None
+    should_pad_vocab: bool = False
+    mtp_enabled: bool = False
+    restore_modelopt_state: bool = False
+    use_arbitrary_attention_mask: Optional[bool] = None
+
+    def effective_vocab_size(self) -> int:
+        """The vocabulary size the embedding is built with (padded when should_pad_vocab)."""
+        if self.vocab_size is None:
+            raise IncompatibleConfigError("vocab_size must be set to build a GPT model", field="vocab_size")
+        if not self.should_pad_vocab:
+            return int(self.vocab_size)
+        return padded_vocab_size(self.vocab_size, self.make_vocab_size_divisible_by, self.tensor_model_parallel_size)
+
+    def provide(self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None):
+        """Build the megatron-core ``GPTModel`` for this rank's pipeline stage."""
+        from megatron.core import parallel_state
+        from megatron.core.models.gpt import GPTModel
+
+        if getattr(self, "mtp_num_layers", None):
+            raise UnsupportedCheckpointError("multi-token-prediction (mtp_num_layers) models are not supported yet")
+        if pre_process is None:
+            pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        if post_process is None:
+            post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        spec = gpt_layer_spec(self, self.transformer_layer_spec)
+        if self.position_embedding_type not in ("learned_absolute", "rope", "yarn", "none", "mrope"):
+            raise IncompatibleConfigError(
+                f"unknown position_embedding_type {self.position_embedding_type!r}", field="position_embedding_type"
+            )
+        return GPTModel(
+            config=self,
+            transformer_layer_spec=spec,
+            vocab_size=self.effective_vocab_size(),
+            max_sequence_length=self.seq_length,
+            pre_process=pre_process,
+            post_process=post_process,
+            fp16_lm_cross_entropy=self.fp16_lm_cross_entropy,
+            parallel_output=self.parallel_output,
+            share_embeddings_and_output_weights=self.share_embeddings_and_output_weights,
+            position_embedding_type=self.position_embedding_type,
+            rotary_percent=self.rotary_percent,
+            rotary_base=self.rotary_base,
+            rope_scaling=self.rope_scaling,
+            rope_scaling_factor=self.rope_scaling_factor,
+            seq_len_interpolation_factor=self.seq_len_interpolation_factor,
+            scatter_embedding_sequence_parallel=self.scatter_embedding_sequence_parallel,
+            vp_stage=vp_stage,
+        )
+
+
+GPT_PROVIDER_FIELDS = frozenset(f.name for f in dataclasses.fields(GPTModelProvider))

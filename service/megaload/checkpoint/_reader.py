@@ -1,0 +1,195 @@
+"""Reading torch_dist checkpoints through megatron-core, with every pickle allowlisted.
+
+megatron-core's stock load strategies unpickle ``common.pt`` and ``.metadata`` with no
+restriction and DCP's default planner does ``torch.load(weights_only=False)`` for byte items.
+The strategies here keep megatron-core's resharding logic (which shards of which global
+tensors land where) and swap only the three places bytes become objects:
+
+1. :class:`SafeCommonLoadStrategy` reads ``common.pt`` via :func:`load_common_state_dict`;
+2. :class:`_SafeFileSystemReader` reads ``.metadata`` via :func:`load_dcp_metadata`;
+3. :class:`_SafeLoadPlanner` loads byte items (``_extra_state``) with ``weights_only=True``.
+
+Call order inside ``megatron.core.dist_checkpointing.load(sd, dir, SafeTorchDistLoadStrategy(),
+SafeCommonLoadStrategy())``: ``load_common`` -> (optional) ``load_sharded_metadata`` ->
+``load`` (reader.read_metadata -> planner plans -> reader.read_data -> planner.load_bytes /
+tensor copies).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+
+from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
+from megatron.core.dist_checkpointing.strategies import torch as _mcore_torch
+from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+from megatron.core.dist_checkpointing.dict_utils import nested_values
+
+from ._errors import CorruptCheckpointError, UnsupportedCheckpointError
+from ._layout import inspect_layout
+from ._pickle import load_common_state_dict, load_dcp_metadata, loads_weights_only
+
+__all__ = [
+    "SafeCommonLoadStrategy",
+    "SafeTorchDistLoadStrategy",
+    "TensorMetadata",
+    "read_tensor_metadata",
+    "estimate_model_bytes",
+]
+
+
+class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
+    """``common.pt`` through the allowlist; per-object ``.pt`` files likewise."""
+
+    def load_common(self, checkpoint_dir: str | Path):
+        return load_common_state_dict(checkpoint_dir)
+
+    def load_sharded_objects(self, sharded_objects_state_dict, checkpoint_dir):
+        def _load(sh_obj: ShardedObject):
+            path = Path(checkpoint_dir) / f"{sh_obj.unique_key}.pt"
+            if not path.is_file():
+                raise CorruptCheckpointError(f"object shard {path} not found", path=path)
+            return loads_weights_only(str(path), what=str(path))
+
+        from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+
+        return dict_list_map_inplace(_load, sharded_objects_state_dict)
+
+
+class _SafeFileSystemReader(FileSystemReader):
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(path)
+        self._metadata = None
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        if self._metadata is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata = load_dcp_metadata(self.path)
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            self._metadata = metadata
+        return self._metadata
+
+
+class _SafeLoadPlanner(_mcore_torch.MCoreLoadPlanner):
+    def load_bytes(self, read_item, value: io.BytesIO) -> None:
+        obj = loads_weights_only(value, what=f"checkpoint item {read_item.dest_index.fqn}")
+        if self.flatten_state_dict:
+            from torch.distributed.checkpoint._traverse import set_element
+
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = obj
+
+
+class SafeTorchDistLoadStrategy(_mcore_torch.TorchDistLoadShardedStrategy):
+    """megatron-core's torch_dist load with the allowlisted reader and planner."""
+
+    def load(self, sharded_state_dict, checkpoint_dir: Path):
+        from torch.distributed import checkpoint as dcp
+
+        validate_shapes = [
+            t for t in nested_values(sharded_state_dict) if isinstance(t, ShardedTensor) and not t.allow_shape_mismatch
+        ]
+        allow_mismatch = {
+            t.key: t for t in nested_values(sharded_state_dict) if isinstance(t, ShardedTensor) and t.allow_shape_mismatch
+        }
+        original = sharded_state_dict
+        sharded_state_dict, flat_mapping, rename_mapping = _mcore_torch._replace_state_dict_keys_with_sharded_keys(
+            sharded_state_dict
+        )
+        pyt_state_dict = _mcore_torch.mcore_to_pyt_state_dict(sharded_state_dict, True)
+        reader = _SafeFileSystemReader(checkpoint_dir)
+        dcp.load_state_dict(
+            pyt_state_dict,
+            reader,
+            planner=_SafeLoadPlanner(
+                shapes_validation_sharded_tensors=validate_shapes,
+                allow_shape_mismatch_sharded_tensors=allow_mismatch,
+            ),
+        )
+        self.cached_global_metadata = reader.read_metadata()
+        mcore_state_dict = {k: _mcore_torch._unwrap_pyt_sharded_tensor(v) for k, v in pyt_state_dict.items()}
+        mcore_state_dict = _mcore_torch._replace_sharded_keys_with_state_dict_keys(
+            mcore_state_dict, flat_mapping, rename_mapping
+        )
+        _mcore_torch._restore_dict_types(mcore_state_dict, original)
+        return mcore_state_dict
+
+    def load_tensors_metadata(self, checkpoint_dir: Path, metadata=None):
+        if metadata is None:
+            metadata = load_dcp_metadata(checkpoint_dir)
+        return super().load_tensors_metadata(checkpoint_dir, metadata)
+
+    def load_sharded_metadata(self, checkpoint_dir: Path):
+        metadata = load_dcp_metadata(checkpoint_dir)
+        result = {}
+        for key, storage in metadata.state_dict_metadata.items():
+            if isinstance(storage, BytesStorageMetadata):
+                sh_obj = ShardedObject.empty_from_unique_key(key)
+                result[sh_obj.unique_key] = sh_obj
+        result.update(self.load_tensors_metadata(checkpoint_dir, metadata))
+        return result
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    """A global (unsharded) tensor as recorded in the checkpoint's ``.metadata``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def read_tensor_metadata(checkpoint_path: str | os.PathLike) -> dict[str, TensorMetadata]:
+    """Names, global shapes and dtypes of every tensor in the checkpoint (no weights read).
+
+    Names are the on-disk keys (layers stacked: ``decoder.layers.<param>`` with a leading layer
+    axis). Byte entries (``_extra_state``, RNG state) are left out; optimizer state is left out.
+    """
+    layout = inspect_layout(checkpoint_path)
+    metadata = load_dcp_metadata(layout.iteration_dir)
+    out: dict[str, TensorMetadata] = {}
+    for key, storage in sorted(metadata.state_dict_metadata.items()):
+        if not isinstance(storage, TensorStorageMetadata):
+            continue
+        if key.startswith("optimizer.") or key.startswith("rng_state"):
+            continue
+        dtype = storage.properties.dtype
+        if not isinstance(dtype, torch.dtype):
+            raise CorruptCheckpointError(f"{layout.iteration_dir}/.metadata: {key} has no dtype", path=layout.iteration_dir)
+        out[key] = TensorMetadata(name=key, shape=tuple(int(d) for d in storage.size), dtype=dtype)
+    if not out:
+        raise UnsupportedCheckpointError(
+            f"checkpoint {layout.iteration_dir} holds no model tensors", path=layout.iteration_dir
+        )
+    return out
+
+
+def estimate_model_bytes(checkpoint_path: str | os.PathLike, dtype: torch.dtype | None = None) -> int:
+    """Bytes the model's tensors take once loaded (in ``dtype`` if given, else as stored)."""
+    total = 0
+    for meta in read_tensor_metadata(checkpoint_path).values():
+        itemsize = dtype.itemsize if dtype is not None else meta.dtype.itemsize
+        total += meta.numel * itemsize
+    return total

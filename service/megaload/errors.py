@@ -1,0 +1,104 @@
+"""Errors raised by the service core (registry, jobs, path policy, engine).
+
+The library's :class:`~megaload.checkpoint.CheckpointError` tree covers what is wrong with a
+checkpoint; these cover what is wrong with a request to the service. The HTTP layer maps
+both, in one table (:mod:`megaload.api.problems`), to problem responses.
+
+    ServiceError
+    ├── BadRequestError            (also ValueError) malformed input a schema cannot catch
+    ├── ForbiddenPathError         (also PermissionError) a path resolves outside its roots
+    ├── ModelNotFoundError         (also LookupError) no resident model with that id
+    ├── JobNotFoundError           (also LookupError) no job with that id
+    ├── JobNotCancellableError     the job already runs or has finished
+    ├── InsufficientMemoryError    (also MemoryError) the model cannot fit the budget
+    ├── NotReadyError              the engine is not (or no longer) up
+    └── EngineStoppedError         the engine shut down before running a command
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ServiceError",
+    "BadRequestError",
+    "ForbiddenPathError",
+    "ModelNotFoundError",
+    "JobNotFoundError",
+    "JobNotCancellableError",
+    "InsufficientMemoryError",
+    "NotReadyError",
+    "EngineStoppedError",
+]
+
+
+class ServiceError(Exception):
+    """Base class. ``field`` names the request field concerned, when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequestError(ServiceError, ValueError):
+    """Input that passed the schema but cannot be used (a NUL in a path, an over-long name)."""
+
+    def __init__(self, message: str, *, field: str | None = None, limit: int | None = None) -> None:
+        super().__init__(message, field=field)
+        self.limit = limit
+
+
+class ForbiddenPathError(ServiceError, PermissionError):
+    """A path that resolves (symlinks included) outside the configured roots."""
+
+    def __init__(self, message: str, *, field: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.path = path
+
+
+class ModelNotFoundError(ServiceError, LookupError):
+    """No resident model has this id (never loaded, evicted, or being evicted)."""
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(f"no resident model with id {model_id!r}")
+        self.model_id = model_id
+
+
+class JobNotFoundError(ServiceError, LookupError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job with id {job_id!r}")
+        self.job_id = job_id
+
+
+class JobNotCancellableError(ServiceError):
+    def __init__(self, job_id: str, state: str) -> None:
+        super().__init__(f"job {job_id!r} is {state}; only queued jobs can be cancelled")
+        self.job_id = job_id
+        self.state = state
+
+
+class InsufficientMemoryError(ServiceError, MemoryError):
+    """The model needs more bytes than the budget can give even after evicting what it may."""
+
+    def __init__(self, message: str, *, bytes_needed: int, bytes_available: int, budget_bytes: int) -> None:
+        super().__init__(message)
+        self.bytes_needed = bytes_needed
+        self.bytes_available = bytes_available
+        self.budget_bytes = budget_bytes
+
+
+class NotReadyError(ServiceError):
+    """The distributed context is not up yet (or the engine failed or is stopping)."""
+
+    def __init__(self, message: str, *, retry_after: int | None = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineStoppedError(NotReadyError):
+    """A command was refused or cancelled because the engine is shutting down."""
+
+    def __init__(self, message: str = "the engine is shutting down") -> None:
+        super().__init__(message, retry_after=None)

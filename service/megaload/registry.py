@@ -1,0 +1,379 @@
+"""The resident model cache: entries, byte budget, LRU eviction, pinning, single-flight loads
+and read leases.
+
+Everything here runs on the event loop (no locks beyond one ``asyncio.Condition``); the heavy
+work is delegated to a :class:`ModelLoader` (the engine). A load goes::
+
+    load(spec)
+      ├── resident and not being evicted -> (entry, created=False)
+      ├── an identical load in flight    -> await it (single flight) -> (entry, False)
+      └── otherwise start one:
+            estimate bytes (checkpoint metadata, no weights)
+            reserve them: refuse with InsufficientMemoryError (507) if the budget cannot hold
+              them even after evicting every unpinned model; else evict least-recently-used
+              unpinned models and wait until their memory is actually released
+            load, register the entry, turn the reservation into resident bytes -> (entry, True)
+
+Eviction removes the entry at once (no new leases, GET says 404) but releases its memory only
+after every lease is returned: a stream in progress finishes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import InsufficientMemoryError, ModelNotFoundError
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
+
+__all__ = ["Registry", "ModelEntry", "LoadSpec", "Lease", "ModelLoader", "MemoryUsage"]
+
+logger = logging.getLogger(__name__)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to load. Everything but ``checkpoint_path`` (as the caller spelled it) and
+    ``fingerprint``'s role as a cache-buster goes into the model id."""
+
+    checkpoint_path: str
+    iteration_dir: str  # resolved, symlinks followed
+    iteration: int | None
+    format: str
+    fingerprint: tuple[int, ...]  # identity of the files on disk (inode, size, mtime of .metadata)
+    model_type: str | None = None
+    dtype: str | None = None  # canonical torch name ("bfloat16") or None: as stored
+    mp_overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def model_id(self) -> str:
+        """Stable for the same resolved checkpoint (same files) and load options."""
+        key = json.dumps(
+            [self.iteration_dir, list(self.fingerprint), self.model_type, self.dtype, list(self.mp_overrides)],
+            sort_keys=True,
+        )
+        return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+class ModelLoader(Protocol):
+    """What the registry needs from the engine."""
+
+    async def estimate_bytes(self, iteration_dir: str, dtype: str | None, on_start: Callable[[], None] | None) -> int: ...
+
+    async def load(self, model_id: str, spec: LoadSpec, on_start: Callable[[], None] | None) -> Any: ...
+
+    async def release(self, model_id: str) -> None: ...
+
+
+@dataclass
+class ModelEntry:
+    """A resident model. ``loaded`` is the loader's handle (``state_dict``, sizes, dtype)."""
+
+    id: str
+    spec: LoadSpec
+    loaded: Any
+    size_bytes: int
+    pinned: bool = False
+    loaded_at: datetime = field(default_factory=_now)
+    last_used_at: datetime = field(default_factory=_now)
+    leases: int = 0
+    evicting: bool = False
+    _lru: int = 0
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._drained.set()
+
+    @property
+    def state_dict(self) -> dict[str, Any]:
+        """Flat ``{key: tensor}`` of the model's own tensors (zero-copy). Hold a lease while reading."""
+        return self.loaded.state_dict
+
+
+@dataclass(frozen=True)
+class MemoryUsage:
+    budget_bytes: int
+    used_bytes: int
+    reserved_bytes: int
+    evictable_bytes: int
+
+    @property
+    def available_bytes(self) -> int:
+        return max(0, self.budget_bytes - self.used_bytes - self.reserved_bytes)
+
+
+class Lease:
+    """A read lease on a resident model: eviction waits until it is released."""
+
+    def __init__(self, registry: Registry, entry: ModelEntry) -> None:
+        self._registry = registry
+        self.entry = entry
+        self._released = False
+
+    def release(self) -> None:
+        """Idempotent; call from the event loop thread."""
+        if self._released:
+            return
+        self._released = True
+        self.entry.leases -= 1
+        if self.entry.leases == 0:
+            self.entry._drained.set()
+
+    async def __aenter__(self) -> ModelEntry:
+        return self.entry
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class _Inflight:
+    task: asyncio.Task | None = None
+    waiters: int = 0
+    started: bool = False
+    on_start: list[Callable[[], None]] = field(default_factory=list)
+
+    def mark_started(self) -> None:
+        if self.started:
+            return
+        self.started = True
+        callbacks, self.on_start = self.on_start, []
+        for cb in callbacks:
+            cb()
+
+
+class Registry:
+    """See the module docstring. One instance per service, used from the event loop only."""
+
+    def __init__(self, loader: ModelLoader, budget_bytes: int, *, metrics: Metrics | None = None) -> None:
+        if budget_bytes <= 0:
+            raise ValueError(f"memory budget must be positive, got {budget_bytes}")
+        self._loader = loader
+        self.budget_bytes = budget_bytes
+        self._metrics = metrics
+        self._entries: dict[str, ModelEntry] = {}
+        self._evicting: dict[str, ModelEntry] = {}
+        self._inflight: dict[str, _Inflight] = {}
+        self._reserved = 0
+        self._cond = asyncio.Condition()
+        self._tick = itertools.count(1)
+        self._tasks: set[asyncio.Task] = set()
+        self._closed = False
+        self._update_gauges()
+
+    # ------------------------------------------------------------------ queries
+
+    def get(self, model_id: str) -> ModelEntry:
+        entry = self._entries.get(model_id)
+        if entry is None:
+            raise ModelNotFoundError(model_id)
+        return entry
+
+    def list(self) -> list[ModelEntry]:
+        return sorted(self._entries.values(), key=lambda e: e.loaded_at)
+
+    def memory(self) -> MemoryUsage:
+        return MemoryUsage(
+            budget_bytes=self.budget_bytes,
+            used_bytes=self._held_bytes(),
+            reserved_bytes=self._reserved,
+            evictable_bytes=sum(e.size_bytes for e in self._entries.values() if not e.pinned),
+        )
+
+    def is_loading(self, model_id: str) -> bool:
+        return model_id in self._inflight
+
+    # ------------------------------------------------------------------ loading
+
+    async def load(
+        self, spec: LoadSpec, *, pin: bool = False, on_start: Callable[[], None] | None = None
+    ) -> tuple[ModelEntry, bool]:
+        """Make ``spec`` resident; returns ``(entry, created)`` where ``created`` is True only
+        for the call that started the load. ``on_start`` runs (on the loop) when the engine
+        begins work on it, or at once if that already happened."""
+        model_id = spec.model_id
+        entry = self._entries.get(model_id)
+        if entry is not None:
+            self._touch(entry)
+            if pin:
+                entry.pinned = True
+            if on_start is not None:
+                on_start()
+            return entry, False
+        inflight = self._inflight.get(model_id)
+        created = inflight is None
+        if inflight is None:
+            inflight = _Inflight()
+            self._inflight[model_id] = inflight
+            inflight.task = asyncio.create_task(self._run_load(spec, inflight), name=f"load-{model_id}")
+        if on_start is not None:
+            if inflight.started:
+                on_start()
+            else:
+                inflight.on_start.append(on_start)
+        inflight.waiters += 1
+        try:
+            entry = await asyncio.shield(inflight.task)
+        except asyncio.CancelledError:
+            if inflight.waiters == 1 and not inflight.started and inflight.task is not None:
+                inflight.task.cancel()  # nobody else wants it and the engine has not begun
+            raise
+        finally:
+            inflight.waiters -= 1
+        if pin:
+            entry.pinned = True
+        return entry, created
+
+    async def _run_load(self, spec: LoadSpec, inflight: _Inflight) -> ModelEntry:
+        model_id = spec.model_id
+        try:
+            previous = self._evicting.get(model_id)
+            if previous is not None:  # the same id is still being released: let that finish first
+                await previous._released.wait()
+            needed = await self._loader.estimate_bytes(spec.iteration_dir, spec.dtype, inflight.mark_started)
+            inflight.mark_started()
+            await self._reserve(needed)
+            try:
+                loaded = await self._loader.load(model_id, spec, None)
+            except BaseException:
+                async with self._cond:
+                    self._reserved -= needed
+                    self._cond.notify_all()
+                raise
+            async with self._cond:
+                self._reserved -= needed
+                entry = ModelEntry(id=model_id, spec=spec, loaded=loaded, size_bytes=int(loaded.size_bytes))
+                self._touch(entry)
+                self._entries[model_id] = entry
+                self._cond.notify_all()
+            return entry
+        finally:
+            self._inflight.pop(model_id, None)
+            self._update_gauges()
+
+    async def _reserve(self, needed: int) -> None:
+        async with self._cond:
+            pinned = sum(e.size_bytes for e in self._entries.values() if e.pinned)
+            can_have = self.budget_bytes - pinned - self._reserved
+            if needed > can_have:
+                raise InsufficientMemoryError(
+                    f"the model needs {needed} bytes but at most {max(0, can_have)} of the {self.budget_bytes}-byte "
+                    f"budget can be freed (pinned models hold {pinned}, loads in progress {self._reserved})",
+                    bytes_needed=needed,
+                    bytes_available=max(0, can_have),
+                    budget_bytes=self.budget_bytes,
+                )
+            resident = sum(e.size_bytes for e in self._entries.values())
+            for victim in sorted((e for e in self._entries.values() if not e.pinned), key=lambda e: e._lru):
+                if resident + self._reserved + needed <= self.budget_bytes:
+                    break
+                resident -= victim.size_bytes
+                self._begin_evict(victim, reason="lru")
+            self._reserved += needed
+            self._update_gauges()
+            try:
+                await self._cond.wait_for(lambda: self._held_bytes() + self._reserved <= self.budget_bytes)
+            except BaseException:
+                self._reserved -= needed
+                self._cond.notify_all()
+                raise
+
+    # ------------------------------------------------------------------ eviction and leases
+
+    async def evict(self, model_id: str) -> None:
+        """Remove a model now; its memory is released once its leases are returned."""
+        entry = self.get(model_id)
+        async with self._cond:
+            self._begin_evict(entry, reason="request")
+
+    def _begin_evict(self, entry: ModelEntry, *, reason: str) -> None:
+        if entry.evicting:
+            return
+        entry.evicting = True
+        self._entries.pop(entry.id, None)
+        self._evicting[entry.id] = entry
+        if self._metrics is not None:
+            self._metrics.evictions.labels(reason=reason).inc()
+        logger.info("evicting model %s (%s, %d leases)", entry.id, reason, entry.leases)
+        task = asyncio.create_task(self._finish_evict(entry), name=f"evict-{entry.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._update_gauges()
+
+    async def _finish_evict(self, entry: ModelEntry) -> None:
+        try:
+            await entry._drained.wait()
+            await self._loader.release(entry.id)
+        except Exception:
+            logger.exception("releasing model %s failed", entry.id)
+        finally:
+            entry.loaded = None
+            async with self._cond:
+                if self._evicting.get(entry.id) is entry:
+                    del self._evicting[entry.id]
+                entry._released.set()
+                self._cond.notify_all()
+            self._update_gauges()
+
+    def acquire(self, model_id: str) -> Lease:
+        """A read lease on a resident model (404 if absent or being evicted). Release it with
+        :meth:`Lease.release` (e.g. in the ``finally`` of a streaming body)."""
+        entry = self.get(model_id)
+        entry.leases += 1
+        entry._drained.clear()
+        self._touch(entry)
+        return Lease(self, entry)
+
+    @asynccontextmanager
+    async def lease(self, model_id: str) -> AsyncIterator[ModelEntry]:
+        """``async with registry.lease(id) as entry:`` read ``entry.state_dict`` inside."""
+        held = self.acquire(model_id)
+        try:
+            yield held.entry
+        finally:
+            held.release()
+
+    async def close(self) -> None:
+        """Forget every model (shutdown); the engine frees them when it tears down."""
+        self._closed = True
+        for infl in list(self._inflight.values()):
+            if infl.task is not None:
+                infl.task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._entries.clear()
+        self._evicting.clear()
+        self._update_gauges()
+
+    # ------------------------------------------------------------------ internals
+
+    def _touch(self, entry: ModelEntry) -> None:
+        entry._lru = next(self._tick)
+        entry.last_used_at = _now()
+
+    def _held_bytes(self) -> int:
+        return sum(e.size_bytes for e in self._entries.values()) + sum(e.size_bytes for e in self._evicting.values())
+
+    def _update_gauges(self) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        m.cache_bytes.set(self._held_bytes())
+        m.cache_entries.set(len(self._entries))
+        m.cache_budget_bytes.set(self.budget_bytes)
+        m.cache_reserved_bytes.set(self._reserved)

@@ -1,0 +1,241 @@
+"""Service settings: one pydantic-settings object, read from ``MEGALOAD_*`` variables.
+
+The command line (:mod:`megaload.__main__`) mirrors every field with a flag and passes what
+was given as keyword arguments, which take precedence over the environment. Validators refuse
+unsafe combinations (a non-loopback listen address without a token, a budget over 100%, a
+root that does not exist) so that a misconfigured service never starts.
+
+Torchrun's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` are read here too (they are how torchrun
+talks to its workers); nothing else in the service reads the environment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["Settings", "MemoryBudget", "parse_memory_budget", "is_loopback_host", "MIN_TOKEN_CHARS"]
+
+MIN_TOKEN_CHARS = 16
+_MAX_TOKEN_FILE_BYTES = 4096
+_TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what fits in an Authorization header
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*|%)\s*$")
+
+
+class MemoryBudget:
+    """A memory budget: an absolute byte count or a fraction of the device's memory."""
+
+    __slots__ = ("bytes", "fraction")
+
+    def __init__(self, *, bytes: int | None = None, fraction: float | None = None) -> None:
+        if (bytes is None) == (fraction is None):
+            raise ValueError("give exactly one of bytes or fraction")
+        self.bytes = bytes
+        self.fraction = fraction
+
+    def resolve(self, total_bytes: int) -> int:
+        """Bytes this budget grants on a device with ``total_bytes`` of memory."""
+        if self.bytes is not None:
+            return self.bytes
+        return int(total_bytes * self.fraction)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MemoryBudget) and (self.bytes, self.fraction) == (other.bytes, other.fraction)
+
+    def __repr__(self) -> str:
+        return f"MemoryBudget(bytes={self.bytes})" if self.bytes is not None else f"MemoryBudget({self.fraction:.0%})"
+
+
+def parse_memory_budget(value: str | int | float | MemoryBudget) -> MemoryBudget:
+    """``"64GiB"``, ``"500MB"``, ``"80%"`` or a byte count. Refuses zero, negatives and >100%."""
+    if isinstance(value, MemoryBudget):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("memory budget must be a size such as '64GiB', '80%' or a byte count")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise ValueError(f"memory budget must be positive, got {value}")
+        return MemoryBudget(bytes=int(value))
+    m = _BUDGET_RE.match(str(value))
+    if not m:
+        raise ValueError(f"memory budget {value!r} is not a size such as '64GiB', '500MB', '80%' or a byte count")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(f"memory budget percentage must be in (0, 100], got {m.group(1)}%")
+        return MemoryBudget(fraction=number / 100)
+    if unit not in _UNITS:
+        raise ValueError(f"memory budget {value!r}: unknown unit {m.group(2)!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB or %)")
+    size = int(number * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"memory budget must be positive, got {value!r}")
+    return MemoryBudget(bytes=size)
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback IP literals (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _split_paths(value: object) -> object:
+    if isinstance(value, str):
+        return [p for p in value.split(os.pathsep) if p.strip()]
+    if isinstance(value, (Path, os.PathLike)):
+        return [value]
+    return value
+
+
+def _default_checkpoint_roots() -> list[Path]:
+    demo = Path("data").absolute()
+    return [demo] if demo.is_dir() else []
+
+
+class Settings(BaseSettings):
+    """Every setting of ``megaload serve``; see ``megaload serve --help``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MEGALOAD_",
+        extra="forbid",
+        validate_default=True,
+        populate_by_name=True,
+        arbitrary_types_allowed=True,
+    )
+
+    host: str = Field("127.0.0.1", min_length=1, max_length=255, description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
+    checkpoint_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=_default_checkpoint_roots,
+        description="directories checkpoints may be read from (the demo ./data directory if it exists)",
+    )
+    save_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="directories checkpoints may be written to (none: saves refused)"
+    )
+    memory_budget: MemoryBudget | None = Field(
+        None, description="bytes resident models may use: '64GiB', '80%', bytes (default: 70% of RAM/GPU memory)"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models live")
+    token: SecretStr | None = Field(None, description="bearer token required on /v1 routes")
+    token_file: Path | None = Field(None, description="file holding the bearer token")
+    insecure: bool = Field(False, description="allow a non-loopback listen address without a token")
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    shutdown_grace_seconds: float = Field(
+        30.0, ge=0, le=3600, description="how long shutdown waits for a running save before abandoning it"
+    )
+    max_finished_jobs: int = Field(1000, ge=1, le=1_000_000, description="finished jobs kept for GET /v1/jobs")
+    world_size: int = Field(
+        1, ge=1, validation_alias=AliasChoices("world_size", "WORLD_SIZE"), description="set by torchrun"
+    )
+    rank: int = Field(0, ge=0, validation_alias=AliasChoices("rank", "RANK"), description="set by torchrun")
+    local_rank: int = Field(
+        0, ge=0, validation_alias=AliasChoices("local_rank", "LOCAL_RANK"), description="set by torchrun"
+    )
+
+    @field_validator("checkpoint_roots", "save_roots", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return _split_paths(value)
+
+    @field_validator("checkpoint_roots", "save_roots")
+    @classmethod
+    def _roots_exist(cls, roots: list[Path]) -> list[Path]:
+        resolved: list[Path] = []
+        for root in roots:
+            if "\x00" in str(root):
+                raise ValueError("a root contains a NUL byte")
+            real = Path(os.path.realpath(root.expanduser()))
+            if not real.is_dir():
+                raise ValueError(f"root {root} does not exist or is not a directory")
+            if real == Path(real.anchor):
+                raise ValueError(f"root {root} is the file system root; name a narrower directory")
+            if real not in resolved:
+                resolved.append(real)
+        return resolved
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _budget(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return parse_memory_budget(value)  # type: ignore[arg-type]
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token(cls, value: object) -> object:
+        if isinstance(value, str) and value == "":
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _security(self) -> "Settings":
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give either a token or a token file, not both")
+        if self.token_file is not None:
+            self.token = SecretStr(_read_token_file(self.token_file))
+            self.token_file = self.token_file.absolute()
+        if self.token is not None:
+            _check_token(self.token.get_secret_value())
+        if not is_loopback_host(self.host) and self.token is None and not self.insecure:
+            raise ValueError(
+                f"refusing to listen on non-loopback address {self.host!r} without an API token; "
+                "set --token/--token-file (MEGALOAD_TOKEN/MEGALOAD_TOKEN_FILE) or pass --insecure"
+            )
+        if self.rank >= self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        return self
+
+    @property
+    def token_value(self) -> str | None:
+        return self.token.get_secret_value() if self.token is not None else None
+
+
+def _check_token(token: str) -> None:
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"API token must be at least {MIN_TOKEN_CHARS} characters, got {len(token)}")
+    if not _TOKEN_RE.match(token):
+        raise ValueError("API token must be visible ASCII characters without spaces")
+
+
+def _read_token_file(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_TOKEN_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read token file {path}: {e.strerror}") from None
+    if len(raw) > _MAX_TOKEN_FILE_BYTES:
+        raise ValueError(f"token file {path} is larger than {_MAX_TOKEN_FILE_BYTES} bytes")
+    try:
+        token = raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"token file {path} is not ASCII text") from None
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token

@@ -41,6 +41,7 @@ from ._model import (
 )
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
+from ._save import save_megatron_model
 
 __all__ = [
     # reference API (Megatron Bridge model_load_save)
@@ -50,6 +51,7 @@ __all__ = [
     "load_model_config",
     "build_and_load_model",
     "load_megatron_model",
+    "save_megatron_model",
     "dtype_from_str",
     "dtype_from_hf",
     # beyond the reference

@@ -36,6 +36,10 @@ from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
 from ._reader import SafeCommonLoadStrategy, SafeTorchDistLoadStrategy
 
+# Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
+# Megatron-LM checkpoints, the GPT fields of the saved args over).
+SOURCE_ATTR = "_megaload_source"
+
 __all__ = [
     "build_and_load_model",
     "load_megatron_model",
@@ -253,7 +257,10 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
     except CheckpointError:
         raise
     except CheckpointException as e:  # a BaseException: catch it explicitly
-        raise CorruptCheckpointError(f"reading {iter_dir} failed: {_first_failure(e)}", path=iter_dir) from e
+        inner = _first_failure(e)
+        if isinstance(inner, CheckpointError):
+            raise inner from e
+        raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(inner).__name__}: {inner}", path=iter_dir) from e
     except (CheckpointingException, RuntimeError, ValueError, KeyError, OSError, EOFError, AssertionError) as e:
         raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(e).__name__}: {e}", path=iter_dir) from e
     _drop_extra_state(state)
@@ -273,13 +280,20 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
     return None
 
 
-def _first_failure(exc: BaseException) -> str:
+def _first_failure(exc: BaseException) -> BaseException:
+    """The first rank's underlying error inside a DCP CheckpointException (the exception
+    itself when it carries none), following ``__cause__`` to our own error where there is one."""
     failures = getattr(exc, "failures", None)
+    inner: BaseException = exc
     if isinstance(failures, dict) and failures:
-        rank, err = next(iter(failures.items()))
+        err = next(iter(failures.values()))
         inner = err[0] if isinstance(err, tuple) else err
-        return f"rank {rank}: {type(inner).__name__}: {inner}"
-    return f"{type(exc).__name__}: {exc}"
+    seen = inner
+    while seen is not None:
+        if isinstance(seen, CheckpointError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return inner
 
 
 def build_and_load_model(
@@ -325,6 +339,9 @@ def build_and_load_model(
         with init:
             model = build_model(config, model_type=model_type, megatron_args=megatron_args)
         state = load_weights(model, checkpoint_path, return_state_dict=return_state_dict)
+        source = {"iteration_dir": inspect_layout(checkpoint_path).iteration_dir, "args": megatron_args}
+        for chunk in model:
+            setattr(chunk, SOURCE_ATTR, source)
         if return_state_dict:
             del model
             return state

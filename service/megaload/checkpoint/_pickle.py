@@ -62,6 +62,12 @@ METADATA_ALLOWLIST: frozenset[tuple[str, str]] = frozenset(
         ("megatron.core.dist_checkpointing.strategies.torch", "MCoreMetadata"),
         ("megatron.core.dist_checkpointing.strategies.torch", "MCoreSavePlan"),
         ("torch", "Size"),
+        # torch >= 2.4 records the checkpoint id (a path) in StorageMeta; rebuilding a path
+        # object touches no file.
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
         ("torch.serialization", "_get_layout"),
         ("collections", "OrderedDict"),
         ("builtins", "set"),

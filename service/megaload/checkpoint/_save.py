@@ -1,0 +1,302 @@
+"""``save_megatron_model``: a model-only checkpoint in the layout Megatron Bridge writes.
+
+::
+
+    path/
+        latest_checkpointed_iteration.txt   "0"
+        iter_0000000/
+            .metadata  __<rank>_<n>.distcp   tensors (torch_dist, via SyncTorchDistSaveStrategy)
+            common.pt                         checkpoint_version, iteration, content_metadata
+            metadata.json                     {"sharded_backend": "torch_dist", ...}
+            run_config.yaml                   model (GPTModelProvider) and tokenizer sections
+            tokenizer/                        tokenizer files, when there is a tokenizer
+
+Atomicity: everything is written into a fresh sibling directory ``.<name>.partial-<id>`` and
+moved to ``path`` by one rename (or an atomic exchange with the previous checkpoint when
+overwriting). A crash leaves at worst a ``.partial-`` sibling; ``path`` holds either what was
+there before or the complete new checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import dataclasses
+import errno
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+import torch
+import torch.distributed as dist
+import yaml
+
+from ._errors import CheckpointExistsError, CheckpointError, IncompatibleConfigError, TokenizerError, UnsupportedCheckpointError
+from ._layout import RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, TRACKER_FILENAME, iteration_dir_name
+from ._model import SOURCE_ATTR, model_config
+from ._provider import GPT_PROVIDER_FIELDS, GPTModelProvider
+from ._run_config import run_config_for_provider
+from ._writer import SyncTorchDistSaveStrategy
+
+__all__ = ["save_megatron_model", "provider_for_model", "SOURCE_ATTR"]
+
+logger = logging.getLogger(__name__)
+
+
+CHECKPOINT_VERSION = 3.0
+CONTENT_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True}
+_PARTIAL_TAG = ".partial-"
+_OLD_TAG = ".replaced-"
+
+
+def _chunks(model) -> list:
+    chunks = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not chunks:
+        raise IncompatibleConfigError("save_megatron_model needs at least one model chunk", field="model")
+    return chunks
+
+
+def provider_for_model(chunks: list) -> GPTModelProvider:
+    """The GPTModelProvider describing ``chunks``: its own config when it is one, otherwise a
+    provider built from a Megatron-LM TransformerConfig plus the GPT fields of the model."""
+    config = model_config(chunks)
+    if isinstance(config, GPTModelProvider):
+        return config
+    from megatron.core.models.gpt import GPTModel
+
+    first = chunks[0]
+    if not isinstance(first, GPTModel):
+        raise UnsupportedCheckpointError(f"only GPT models can be saved, got {type(first).__name__}")
+    source = getattr(first, SOURCE_ATTR, None) or {}
+    args = source.get("args")
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in GPT_PROVIDER_FIELDS}
+    spec = "local_layer_spec"
+    if args is not None and getattr(args, "transformer_impl", "local") == "transformer_engine":
+        spec = "transformer_engine_layer_spec"
+    vocab = first.vocab_size
+    should_pad = False
+    divisible = 128
+    if args is not None and isinstance(getattr(args, "vocab_size", None), int):
+        divisible = getattr(args, "make_vocab_size_divisible_by", 128) or 1
+        from ._provider import padded_vocab_size
+
+        if padded_vocab_size(args.vocab_size, divisible, config.tensor_model_parallel_size) == first.vocab_size:
+            vocab, should_pad = args.vocab_size, True
+    rotary = getattr(first, "rotary_pos_emb", None)
+    kwargs.update(
+        vocab_size=vocab,
+        should_pad_vocab=should_pad,
+        make_vocab_size_divisible_by=divisible,
+        seq_length=first.max_sequence_length,
+        position_embedding_type=first.position_embedding_type,
+        share_embeddings_and_output_weights=first.share_embeddings_and_output_weights,
+        parallel_output=first.parallel_output,
+        fp16_lm_cross_entropy=first.fp16_lm_cross_entropy,
+        transformer_layer_spec=spec,
+        rotary_percent=getattr(args, "rotary_percent", 1.0) if args is not None else 1.0,
+        rotary_base=getattr(args, "rotary_base", 10000) if args is not None else getattr(rotary, "rotary_base", 10000),
+        rope_scaling=getattr(args, "use_rope_scaling", False) if args is not None else False,
+    )
+    if args is not None and hasattr(args, "rope_scaling_factor"):
+        kwargs["rope_scaling_factor"] = args.rope_scaling_factor
+    try:
+        return GPTModelProvider(**kwargs)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise IncompatibleConfigError(f"cannot describe the model as a GPT provider: {e}") from e
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return (path / TRACKER_FILENAME).exists() or any(p.name.startswith("iter_") or p.name == "release" for p in path.iterdir())
+
+
+def _check_destination(path: Path, overwrite: bool) -> None:
+    if not path.exists() and not path.is_symlink():
+        if not path.parent.is_dir():
+            raise CheckpointError(f"cannot save to {path}: parent directory {path.parent} does not exist", path=path)
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise CheckpointExistsError(f"cannot save to {path}: it exists and is not a directory", path=path)
+    if not any(path.iterdir()):
+        return
+    if not _is_checkpoint_dir(path):
+        raise CheckpointExistsError(
+            f"cannot save to {path}: the directory holds files that are not a checkpoint; refusing to replace them",
+            path=path,
+        )
+    if not overwrite:
+        raise CheckpointExistsError(f"a checkpoint already exists at {path}; pass overwrite=True to replace it", path=path)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False when unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Move the finished ``staging`` directory to ``path``."""
+    if path.exists() and any(path.iterdir()):
+        if _exchange(staging, path):
+            shutil.rmtree(staging, ignore_errors=True)  # now holds the previous checkpoint
+            return
+        old = path.with_name(f".{path.name}{_OLD_TAG}{uuid.uuid4().hex[:8]}")
+        os.rename(path, old)
+        os.rename(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if path.exists():
+        path.rmdir()
+    os.rename(staging, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tokenizer_section(chunks: list, iter_dir: Path, hf_tokenizer_path, hf_tokenizer_kwargs) -> dict | None:
+    """Write tokenizer files under ``iter_dir/tokenizer`` and return the run-config section."""
+    from ._tokenizer_config import TokenizerConfig, recorded_tokenizer_config
+
+    dest = iter_dir / TOKENIZER_DIRNAME
+    if hf_tokenizer_path is not None:
+        kwargs = dict(hf_tokenizer_kwargs or {})
+        try:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(hf_tokenizer_path), local_files_only=True, **kwargs)
+        except (OSError, ValueError, ImportError) as e:
+            raise TokenizerError(f"cannot read the Hugging Face tokenizer at {hf_tokenizer_path}: {e}", path=str(hf_tokenizer_path)) from e
+        tok.save_pretrained(str(dest))
+        return TokenizerConfig(
+            tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf_tokenizer_path), hf_tokenizer_kwargs=kwargs
+        ).to_run_config_section()
+    source = getattr(chunks[0], SOURCE_ATTR, None) or {}
+    src_dir = source.get("iteration_dir")
+    if src_dir is None:
+        return None
+    src_dir = Path(src_dir)
+    try:
+        config = recorded_tokenizer_config(src_dir)
+    except CheckpointError as e:
+        logger.warning("not carrying the tokenizer of %s over: %s", src_dir, e)
+        return None
+    if config is None:
+        return None
+    bundled = src_dir / TOKENIZER_DIRNAME
+    if bundled.is_dir():
+        shutil.copytree(bundled, dest, symlinks=False)
+    else:
+        for field in ("tokenizer_model", "vocab_file", "merge_file"):
+            value = getattr(config, field, None)
+            if value and Path(value).is_file():
+                dest.mkdir(exist_ok=True)
+                shutil.copy2(value, dest / Path(value).name)
+            elif value and Path(value).is_dir():
+                shutil.copytree(value, dest, dirs_exist_ok=True)
+    return config.to_run_config_section()
+
+
+def save_megatron_model(
+    model,
+    path: str | os.PathLike,
+    ckpt_format: str = "torch_dist",
+    hf_tokenizer_path: str | os.PathLike | None = None,
+    low_memory_save: bool = False,
+    hf_tokenizer_kwargs: dict | None = None,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Save ``model`` (a chunk or list of chunks) as a model-only Megatron Bridge checkpoint.
+
+    Collective: every rank of the default process group calls it (a temporary single-process
+    group is created when none exists). Works on CPU-only hosts. The result loads with this
+    library and with Megatron Bridge's ``load_megatron_model``. Models loaded from Megatron-LM
+    checkpoints are saved too (their config becomes a GPT provider), with their tokenizer.
+    ``low_memory_save=True`` frees the model's parameters after the save (the model is unusable
+    afterwards, as upstream documents); the writer never copies tensors, so peak memory is the
+    model itself. Raises CheckpointExistsError when ``path`` holds a checkpoint and
+    ``overwrite`` is false.
+    """
+    from megatron.core import dist_checkpointing
+
+    from ._distributed import temporary_distributed_context
+
+    if ckpt_format != "torch_dist":
+        raise UnsupportedCheckpointError(f"ckpt_format {ckpt_format!r} is not supported; only 'torch_dist'")
+    chunks = _chunks(model)
+    provider = provider_for_model(chunks)
+    path = Path(os.fspath(path)).expanduser().absolute()
+    own_context = not (dist.is_available() and dist.is_initialized())
+    ctx = temporary_distributed_context("gloo") if own_context else contextlib.nullcontext()
+    with ctx:
+        rank = dist.get_rank()
+        if rank == 0:
+            _check_destination(path, overwrite)
+            staging = path.with_name(f".{path.name}{_PARTIAL_TAG}{uuid.uuid4().hex[:12]}")
+            staging.mkdir()
+        else:
+            staging = None
+        box = [str(staging) if staging else None]
+        dist.broadcast_object_list(box, src=0)
+        staging = Path(box[0])
+        try:
+            iter_dir = staging / iteration_dir_name(0)
+            if rank == 0:
+                iter_dir.mkdir()
+            dist.barrier()
+            if len(chunks) == 1:
+                state = {"model": chunks[0].sharded_state_dict(metadata=dict(CONTENT_METADATA))}
+            else:
+                state = {f"model{i}": c.sharded_state_dict(metadata=dict(CONTENT_METADATA)) for i, c in enumerate(chunks)}
+            state["checkpoint_version"] = CHECKPOINT_VERSION
+            state["iteration"] = 0
+            dist_checkpointing.save(
+                state, str(iter_dir), SyncTorchDistSaveStrategy(), content_metadata=dict(CONTENT_METADATA)
+            )
+            if rank == 0:
+                tokenizer = _tokenizer_section(chunks, iter_dir, hf_tokenizer_path, hf_tokenizer_kwargs)
+                run_config = run_config_for_provider(provider, tokenizer, save_dir=str(path))
+                (iter_dir / RUN_CONFIG_FILENAME).write_text(
+                    yaml.safe_dump(run_config, sort_keys=False, default_flow_style=False), encoding="utf-8"
+                )
+                (staging / TRACKER_FILENAME).write_text("0", encoding="utf-8")
+                _publish(staging, path)
+            dist.barrier()
+        except BaseException:
+            if rank == 0 and staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+    if low_memory_save:
+        for chunk in chunks:
+            for param in chunk.parameters():
+                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+        if isinstance(model, list):
+            model.clear()

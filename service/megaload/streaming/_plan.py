@@ -162,8 +162,10 @@ class ShardPlan:
         return {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready index: the HF index keys (``metadata``, ``weight_map``) plus the shards,
-        skipped entries, checksums and options, so the answer also serves as an HF index."""
+        """JSON-ready index in the shape of the client's ``StateDictIndex``: the HF index keys
+        (``metadata``, ``weight_map``, so the answer also serves as an HF index) plus
+        ``total_size``, the shards, the skipped names (and ``skipped_reasons``: name ->
+        reason), ``checksums`` (name -> hex; empty until :func:`fill_checksums`) and options."""
         return {
             "total_size": self.total_size,
             "metadata": {"total_size": self.total_size},
@@ -178,9 +180,10 @@ class ShardPlan:
                 }
                 for s in self.shards
             ],
-            "skipped": [{"name": s.name, "reason": s.reason} for s in self.skipped],
+            "skipped": [s.name for s in self.skipped],
+            "skipped_reasons": {s.name: s.reason for s in self.skipped},
             "checksum_algorithm": CHECKSUM_ALGORITHM,
-            "checksums": self.checksums,
+            "checksums": self.checksums or {},
             "options": self.options.to_dict(),
         }
 

@@ -67,7 +67,7 @@ def tensor_pieces(
         return
     on_cpu = tensor.device.type == "cpu"
     if on_cpu and tensor.dtype == wire_dtype and _plain_contiguous(tensor):
-        whole = _host_view(tensor.reshape(-1).view(torch.uint8))
+        whole = _host_view(_flat(tensor).view(torch.uint8))
         for s in range(start, end, chunk_bytes):
             yield whole[s : min(s + chunk_bytes, end)]
         return
@@ -95,6 +95,16 @@ def _plain_contiguous(tensor: torch.Tensor) -> bool:
     return tensor.is_contiguous() and not tensor.is_conj() and not tensor.is_neg()
 
 
+def _flat(tensor: torch.Tensor) -> torch.Tensor:
+    """A 1-D view with stride 1 of a contiguous tensor. ``is_contiguous`` ignores the stride
+    of size-1 dimensions, so a one-element tensor may carry any stride; it is reset here,
+    which is valid because a single element's stride is never used."""
+    flat = tensor.reshape(-1)
+    if flat.numel() and flat.stride(0) != 1:
+        flat = flat.as_strided((flat.numel(),), (1,))
+    return flat
+
+
 def _host_view(raw: torch.Tensor) -> memoryview:
     """A zero-copy memoryview of a 1-D contiguous CPU uint8 tensor."""
     return memoryview(raw.numpy())
@@ -108,7 +118,7 @@ def _runs(tensor: torch.Tensor, lo: int, hi: int, budget: int) -> Iterator[torch
     if hi <= lo:
         return
     if tensor.is_contiguous():
-        flat = tensor.reshape(-1)
+        flat = _flat(tensor)
         for s in range(lo, hi, budget):
             yield flat[s : min(s + budget, hi)]
         return
@@ -120,7 +130,7 @@ def _runs(tensor: torch.Tensor, lo: int, hi: int, budget: int) -> Iterator[torch
         while position < hi:
             first = position // row
             stop = min(first + per_block, -(-hi // row), rows)
-            block = tensor[first:stop].contiguous().reshape(-1)
+            block = _flat(tensor[first:stop].contiguous())
             base = first * row
             yield block[position - base : min(hi - base, block.numel())]
             position = base + min(hi - base, block.numel())

@@ -1,0 +1,294 @@
+"""Building a checkpoint's tokenizer: :func:`load_tokenizer` and :func:`build_tokenizer`.
+
+The call order is::
+
+    load_tokenizer(path, **overrides)
+      resolve_iteration_dir(path)                  save dir or iter dir -> iter dir
+      recorded_tokenizer_config(iter_dir)          run_config.yaml "tokenizer:" or common.pt args
+      apply_overrides(config, overrides)           a copy; unknown field -> IncompatibleConfigError
+      build_tokenizer(config, iter_dir=...)        find the files, build the backend
+
+Where the files come from (checkpoints move between clusters): a path the caller passed as
+an override is used as given and must exist; a path recorded in the checkpoint is used when it
+is absolute and exists here; otherwise the copy Bridge bundles in ``<iter_dir>/tokenizer/``
+(``vocab.json``, ``merges.txt``, ``tokenizer.model``, or a Hugging Face directory) is used.
+Upstream fails in that last case. A recorded Hugging Face hub name is looked up in the local
+cache only when nothing is bundled. Nothing is downloaded, ever.
+
+Types built: ``NullTokenizer``, ``GPT2BPETokenizer``, ``SentencePieceTokenizer``,
+``GPTSentencePieceTokenizer``, ``Llama2Tokenizer``, ``HuggingFaceTokenizer``. The other
+Megatron types (BERT word-piece, TikToken, multimodal) raise
+:class:`UnsupportedCheckpointError`; a name Megatron does not know raises
+:class:`TokenizerError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ._errors import IncompatibleConfigError, TokenizerError, UnsupportedCheckpointError
+from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, resolve_iteration_dir
+from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
+from ._tokenizer_types import GPT2BPETokenizer, MegatronTokenizer, NullTokenizer
+
+__all__ = ["load_tokenizer", "build_tokenizer", "read_tokenizer_config", "SUPPORTED_TOKENIZER_TYPES"]
+
+logger = logging.getLogger(__name__)
+
+_SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
+SUPPORTED_TOKENIZER_TYPES = ("NullTokenizer", "GPT2BPETokenizer", *_SENTENCEPIECE_TYPES, "HuggingFaceTokenizer")
+_UNSUPPORTED_TYPES = (
+    "BertWordPieceLowerCase", "BertWordPieceCase", "TikTokenizer", "MultimodalTokenizer", "NullMultimodalTokenizer",
+)
+# megatron-core's tokenizer library each type goes through on Bridge's default path.
+_LIBRARY_OF_TYPE = {"GPT2BPETokenizer": "megatron", "HuggingFaceTokenizer": "huggingface",
+                    **{t: "sentencepiece" for t in _SENTENCEPIECE_TYPES}}
+_SP_KWARGS = frozenset({"legacy", "ignore_extra_whitespaces", "trim_spm_separator_after_special_token", "spm_separator"})
+_HF_DIR_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
+_HUB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+
+
+def read_tokenizer_config(checkpoint_path: str | os.PathLike, **overrides: Any) -> TokenizerConfig:
+    """The tokenizer settings of a checkpoint with ``overrides`` applied, without building
+    anything. Raises TokenizerError when the checkpoint records none and the overrides do not
+    name a ``tokenizer_type``."""
+    iter_dir = resolve_iteration_dir(checkpoint_path)
+    return _effective_config(iter_dir, overrides)
+
+
+def _effective_config(iter_dir: Path, overrides: dict[str, Any]) -> TokenizerConfig:
+    recorded = recorded_tokenizer_config(iter_dir)
+    config = apply_overrides(recorded or TokenizerConfig(), overrides, path=iter_dir)
+    if recorded is None and not config.tokenizer_type:
+        where = (
+            f"{RUN_CONFIG_FILENAME} has 'tokenizer: null'"
+            if (iter_dir / RUN_CONFIG_FILENAME).is_file()
+            else f"{COMMON_FILENAME} holds no args"
+        )
+        raise TokenizerError(
+            f"checkpoint {iter_dir} records no tokenizer ({where}); pass tokenizer_type=... to "
+            f"load_tokenizer, with vocab_size=... for a NullTokenizer or tokenizer_model=... for the others",
+            path=iter_dir,
+        )
+    return config
+
+
+def load_tokenizer(
+    checkpoint_path: str | os.PathLike, *, trust_remote_code: bool = False, **overrides: Any
+) -> MegatronTokenizer:
+    """Build the tokenizer a checkpoint was trained with.
+
+    ``checkpoint_path`` is a save directory or an ``iter_*`` directory, of Megatron Bridge or
+    Megatron-LM. Keyword ``overrides`` replace :class:`TokenizerConfig` fields (an unknown name
+    raises :class:`IncompatibleConfigError` naming it). ``trust_remote_code=True`` (or
+    ``hf_tokenizer_kwargs={"trust_remote_code": True}``) lets a Hugging Face tokenizer run
+    custom code from its files; a checkpoint asking for it is not enough.
+    """
+    iter_dir = resolve_iteration_dir(checkpoint_path)
+    config = _effective_config(iter_dir, overrides)
+    caller_allows = trust_remote_code or (
+        "hf_tokenizer_kwargs" in overrides and config.hf_tokenizer_kwargs.get("trust_remote_code") is True
+    )
+    return build_tokenizer(config, iter_dir=iter_dir, given=frozenset(overrides), trust_remote_code=caller_allows)
+
+
+def build_tokenizer(
+    config: TokenizerConfig,
+    *,
+    iter_dir: Path | None = None,
+    given: frozenset[str] = frozenset(),
+    trust_remote_code: bool = False,
+) -> MegatronTokenizer:
+    """Build a tokenizer from settings. ``iter_dir`` is where bundled files are looked for;
+    ``given`` names the fields the caller set (their paths are used as given, no fallback).
+    ``config.hf_tokenizer_kwargs["trust_remote_code"]`` is ignored: only the
+    ``trust_remote_code`` argument allows custom code."""
+    ttype = config.tokenizer_type
+    where = iter_dir if iter_dir is not None else Path(".")
+    if not ttype:
+        raise TokenizerError(f"no tokenizer_type for the tokenizer of {where}", path=iter_dir)
+    special_tokens = config.special_tokens or config.tiktoken_special_tokens
+    if ttype == "NullTokenizer":
+        if not config.vocab_size:
+            raise TokenizerError(
+                f"a NullTokenizer needs vocab_size, and the tokenizer settings of {where} have none; "
+                f"pass vocab_size=...",
+                path=iter_dir,
+            )
+        return NullTokenizer(config.vocab_size, legacy=config.legacy_tokenizer)
+    if ttype in _UNSUPPORTED_TYPES:
+        raise UnsupportedCheckpointError(
+            f"tokenizer type {ttype!r} of {where} is not supported; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            path=iter_dir,
+        )
+    if ttype not in _LIBRARY_OF_TYPE:
+        raise TokenizerError(
+            f"unknown tokenizer type {ttype!r} for {where}; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            path=iter_dir,
+        )
+    if not config.legacy_tokenizer:
+        _check_metadata(config, ttype, where)
+    if ttype == "GPT2BPETokenizer":
+        vocab = _locate_file(config, "vocab_file", "vocab.json", iter_dir, given)
+        merges = _locate_file(config, "merge_file", "merges.txt", iter_dir, given)
+        return GPT2BPETokenizer(vocab, merges, legacy=config.legacy_tokenizer)
+    if ttype in _SENTENCEPIECE_TYPES:
+        return _build_sentencepiece(config, ttype, special_tokens, iter_dir, given, where)
+    return _build_huggingface(config, special_tokens, iter_dir, given, where, trust_remote_code)
+
+
+def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
+    """megatron-core's tokenizer metadata may name another library or a custom class: honour
+    neither silently."""
+    metadata = config.metadata_path
+    if not metadata:
+        return
+    if isinstance(metadata, str):
+        meta_file = Path(metadata)
+        try:
+            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            logger.warning("tokenizer metadata %s of %s cannot be read (%s); ignoring it", meta_file, where, e)
+            return
+    if not isinstance(metadata, dict):
+        raise IncompatibleConfigError(f"tokenizer metadata of {where} should be a mapping", path=where,
+                                      field="metadata_path")
+    if metadata.get("tokenizer_class") or metadata.get("class_path"):
+        raise UnsupportedCheckpointError(
+            f"tokenizer metadata of {where} names a custom tokenizer class; megaload never imports classes "
+            f"named in a checkpoint",
+            path=where,
+        )
+    library = metadata.get("library")
+    if library is not None and library != _LIBRARY_OF_TYPE[ttype]:
+        raise UnsupportedCheckpointError(
+            f"tokenizer metadata of {where} asks for library {library!r} with tokenizer type {ttype!r}; "
+            f"megaload builds {ttype} only with {_LIBRARY_OF_TYPE[ttype]!r}",
+            path=where,
+        )
+
+
+def _locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir: Path | None,
+                 given: frozenset[str]) -> Path:
+    value = getattr(config, field)
+    if field in given and value:
+        path = Path(value).expanduser()
+        if path.is_file():
+            return path
+        raise TokenizerError(f"{field}={value} passed to load_tokenizer is not a file", path=value)
+    if value and Path(value).is_absolute() and Path(value).is_file():
+        return Path(value)
+    bundled = iter_dir / TOKENIZER_DIRNAME / bundled_name if iter_dir is not None else None
+    if bundled is not None and bundled.is_file():
+        if value:
+            logger.warning("%s %s recorded in the checkpoint is not here; using %s bundled with the checkpoint",
+                           field, value, bundled)
+        return bundled
+    recorded = f"records {field}={value}, which does not exist here" if value else f"records no {field}"
+    raise TokenizerError(
+        f"a {config.tokenizer_type} needs {field}: the checkpoint {recorded}, and "
+        f"{bundled if bundled is not None else 'no iteration directory'} is not there either; "
+        f"pass {field}=... to load_tokenizer",
+        path=bundled if bundled is not None else value,
+    )
+
+
+def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: Any, iter_dir: Path | None,
+                         given: frozenset[str], where: Path) -> MegatronTokenizer:
+    from ._tokenizer_sp import SentencePieceTokenizer
+
+    model = _locate_file(config, "tokenizer_model", "tokenizer.model", iter_dir, given)
+    if config.legacy_tokenizer:
+        return SentencePieceTokenizer(model, tokenizer_type=ttype, legacy=True,
+                                      vocab_extra_ids=config.vocab_extra_ids)
+    kwargs = config.sp_tokenizer_kwargs
+    for key in kwargs:
+        if key not in _SP_KWARGS:
+            raise IncompatibleConfigError(
+                f"sp_tokenizer_kwargs.{key} is not a SentencePiece option (known: {', '.join(sorted(_SP_KWARGS))})",
+                path=where, field=f"sp_tokenizer_kwargs.{key}",
+            )
+    sp_legacy = bool(kwargs.get("legacy", False))
+    if special_tokens and not sp_legacy:
+        raise IncompatibleConfigError(
+            f"special_tokens {special_tokens!r:.80} of {where} need sp_tokenizer_kwargs.legacy=true "
+            f"(a non-legacy SentencePiece model carries its special tokens itself)",
+            path=where, field="special_tokens",
+        )
+    if special_tokens:
+        raise UnsupportedCheckpointError(
+            f"SentencePiece special_tokens added at load time (sp_tokenizer_kwargs.legacy=true) are not "
+            f"supported for {where}",
+            path=where,
+        )
+    return SentencePieceTokenizer(
+        model,
+        tokenizer_type=ttype,
+        ignore_extra_whitespaces=bool(kwargs.get("ignore_extra_whitespaces", True)),
+        strip_decoded=sp_legacy,
+    )
+
+
+def _hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[str]) -> str | Path:
+    value = config.tokenizer_model
+    if "tokenizer_model" in given and value:
+        path = Path(value).expanduser()
+        return path if path.exists() else value
+    if value and Path(value).is_absolute() and Path(value).exists():
+        return Path(value)
+    bundled = iter_dir / TOKENIZER_DIRNAME if iter_dir is not None else None
+    if bundled is not None and any((bundled / name).is_file() for name in _HF_DIR_MARKERS):
+        if value:
+            logger.warning("tokenizer_model %s recorded in the checkpoint is not here; using %s bundled with "
+                           "the checkpoint", value, bundled)
+        return bundled
+    if value and _HUB_NAME.match(value) and ".." not in value:
+        return value  # a hub name: the local cache is tried, offline
+    recorded = f"records tokenizer_model={value}, which does not exist here" if value else "records no tokenizer_model"
+    raise TokenizerError(
+        f"a HuggingFaceTokenizer needs tokenizer_model: the checkpoint {recorded}, and "
+        f"{bundled if bundled is not None else 'no iteration directory'} holds no tokenizer files; "
+        f"pass tokenizer_model=... (a local directory) to load_tokenizer",
+        path=bundled if bundled is not None else value,
+    )
+
+
+def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: Path | None, given: frozenset[str],
+                       where: Path, trust_remote_code: bool) -> MegatronTokenizer:
+    from ._tokenizer_hf import HuggingFaceTokenizer, check_hf_kwargs, needs_remote_code
+
+    kwargs = dict(config.hf_tokenizer_kwargs)
+    check_hf_kwargs(kwargs, legacy=config.legacy_tokenizer, path=where)
+    if kwargs.get("trust_remote_code") is True and not trust_remote_code:
+        logger.warning("the tokenizer settings of %s ask for trust_remote_code=True; not honoured unless the "
+                       "caller passes trust_remote_code=True", where)
+    source = _hf_source(config, iter_dir, given)
+    if not config.legacy_tokenizer:
+        vocab_file = kwargs.pop("vocab_file", None) or config.vocab_file
+        if vocab_file and Path(vocab_file).is_file():
+            kwargs["vocab_file"] = vocab_file
+    if isinstance(special_tokens, dict):
+        special_tokens = list(special_tokens.values())
+    try:
+        return HuggingFaceTokenizer(
+            source,
+            kwargs=kwargs,
+            special_tokens=special_tokens,
+            chat_template=config.chat_template,
+            legacy=config.legacy_tokenizer,
+            trust_remote_code=trust_remote_code,
+        )
+    except TokenizerError as e:
+        custom = needs_remote_code(Path(source)) if isinstance(source, Path) and source.is_dir() else None
+        if custom and not trust_remote_code:
+            raise TokenizerError(
+                f"{custom} maps AutoTokenizer to custom code (auto_map); megaload does not run code from a "
+                f"checkpoint unless the caller passes trust_remote_code=True to load_tokenizer",
+                path=custom,
+            ) from e
+        raise

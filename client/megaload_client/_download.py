@@ -1,0 +1,148 @@
+"""Downloading a state dict into a directory: file names, resumption, checks, the index.
+
+The directory ends up in the layout Hugging Face tools read: the shard files named by the
+service's index plus ``model.safetensors.index.json`` (``metadata.total_size`` and
+``weight_map``). While a shard is in flight it lives in ``<file>.<tag>.incomplete`` where
+``tag`` is derived from the shard's ETag, so bytes of a different version of the shard are
+never resumed onto; stale ``.incomplete`` files of the same shard are removed. A shard is
+renamed to its final name only once its size and header (and, when xxhash is importable,
+every tensor's checksum) match the index. The index file is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._checksums import TensorVerifier
+from ._exceptions import IntegrityError
+from ._models import ShardInfo, StateDictIndex
+from ._resume import FileSink
+from ._safetensors import SafetensorsError, SafetensorsHeader, header_length, parse_header
+from ._shards import check_shard_header
+
+__all__ = ["INDEX_FILENAME", "DownloadResult", "ShardFiles", "read_file_header", "verify_file", "write_index"]
+
+INDEX_FILENAME = "model.safetensors.index.json"
+
+
+@dataclass
+class DownloadResult:
+    """What :meth:`Client.download` did.
+
+    ``checksums_verified`` is False when tensors were checked by size only: xxhash is not
+    installed, ``verify=False`` was passed, or the service listed no checksums.
+    """
+
+    directory: Path
+    index_file: Path
+    shard_files: list[Path]
+    total_bytes: int
+    downloaded_bytes: int = 0
+    reused: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    checksums_verified: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+
+def read_file_header(path: Path) -> SafetensorsHeader:
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = header_length(prefix)
+        raw = f.read(length)
+    if len(raw) != length:
+        raise SafetensorsError(f"file ends inside its {length}-byte header")
+    return parse_header(raw)
+
+
+def verify_file(path: Path, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier) -> None:
+    """Size, header and (when the verifier is active) every tensor's checksum."""
+    where = f"shard {shard.index} ({path.name})"
+    size = path.stat().st_size
+    if size != shard.size:
+        raise IntegrityError(f"{where}: {size} bytes on disk, index says {shard.size}")
+    try:
+        header = read_file_header(path)
+    except SafetensorsError as exc:
+        raise IntegrityError(f"{where} is not valid safetensors: {exc}") from None
+    check_shard_header(header, shard, index)
+    if not verifier.active or header.data_length == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)
+        try:
+            for entry in header.entries:
+                start = header.data_start + entry.begin
+                with view[start : start + entry.nbytes] as part:
+                    verifier.check(entry.name, part, where=f" in {where}")
+        finally:
+            view.release()
+
+
+class ShardFiles:
+    """The final and in-flight files of one shard in the download directory."""
+
+    def __init__(self, directory: Path, shard: ShardInfo) -> None:
+        self.directory = directory
+        self.shard = shard
+        self.final = directory / shard.filename
+
+    def incomplete(self, etag: str | None) -> Path:
+        tag = hashlib.sha256((etag or "no-etag").encode()).hexdigest()[:16]
+        return self.directory / f"{self.shard.filename}.{tag}.incomplete"
+
+    def remove_stale(self, keep: Path) -> None:
+        for path in self.directory.glob(f"{_glob_escape(self.shard.filename)}.*.incomplete"):
+            if path != keep:
+                path.unlink(missing_ok=True)
+
+    def final_is_valid(self, index: StateDictIndex, verifier: TensorVerifier) -> bool:
+        if not self.final.is_file():
+            return False
+        try:
+            verify_file(self.final, self.shard, index, verifier)
+        except IntegrityError:
+            return False
+        return True
+
+    def open(self, etag: str | None) -> FileSink:
+        path = self.incomplete(etag)
+        self.remove_stale(keep=path)
+        sink = FileSink(path)
+        if sink.size > self.shard.size:  # longer than the shard can be: start over
+            sink.reset()
+        return sink
+
+    def commit(self, sink: FileSink, index: StateDictIndex, verifier: TensorVerifier) -> None:
+        """Check the finished ``.incomplete`` file, then rename it into place atomically."""
+        sink.close()
+        path = Path(sink.path)
+        try:
+            verify_file(path, self.shard, index, verifier)
+        except IntegrityError:
+            path.unlink(missing_ok=True)  # never resume onto bytes known to be wrong
+            raise
+        os.replace(path, self.final)
+
+
+def write_index(directory: Path, index: StateDictIndex) -> Path:
+    """Write ``model.safetensors.index.json`` (Hugging Face's shape) atomically."""
+    target = directory / INDEX_FILENAME
+    temporary = directory / f".{INDEX_FILENAME}.{os.getpid()}.tmp"
+    document = {"metadata": {"total_size": index.total_size}, "weight_map": dict(sorted(index.weight_map.items()))}
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)
+    return target
+
+
+def _glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+

@@ -1,0 +1,319 @@
+"""Handles on remote objects: a resident model, a job. Sync and async side by side.
+
+A handle holds its client and the last state the service reported; methods act on the
+object without repeating its id. The helpers at the bottom are shared by both clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from ._exceptions import IntegrityError, JobCancelledError, JobFailedError, JobTimeoutError
+from ._models import (
+    Job,
+    JobKind,
+    JobResult,
+    JobState,
+    LoadModelRequest,
+    ModelInfo,
+    ModelParallelOverrides,
+    SaveModelRequest,
+    StateDictIndex,
+)
+from ._progress import ProgressBar, progress_bar
+
+if TYPE_CHECKING:
+    import torch
+
+    from ._async_client import AsyncClient
+    from ._client import Client
+    from ._download import DownloadResult
+
+__all__ = [
+    "ModelHandle",
+    "AsyncModelHandle",
+    "JobHandle",
+    "AsyncJobHandle",
+    "TERMINAL_STATES",
+    "job_outcome",
+    "load_request",
+    "save_request",
+    "merge_shards",
+    "worker_count",
+]
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+DEFAULT_POLL_INTERVAL = 0.5
+
+
+class _ModelBase:
+    def __init__(self, info: ModelInfo) -> None:
+        self.info = info
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, checkpoint={self.info.checkpoint_path!r})"
+
+
+class ModelHandle(_ModelBase):
+    """A resident model. ``info`` is its state when last fetched (``refresh()`` updates it).
+
+    The state-dict methods take the same options as the client's (``dtype``, ``keys``,
+    ``max_shard_bytes``, ...) and pass them through.
+    """
+
+    def __init__(self, client: Client, info: ModelInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    def refresh(self) -> ModelInfo:
+        self.info = self._client.get_model(self.id).info
+        return self.info
+
+    def index(self, **options: Any) -> StateDictIndex:
+        return self._client.state_dict_index(self.id, **options)
+
+    def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+        return self._client.state_dict(self.id, **options)
+
+    def iter_tensors(self, **options: Any) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._client.iter_tensors(self.id, **options)
+
+    def download(self, directory: Any, **options: Any) -> DownloadResult:
+        return self._client.download(self.id, directory, **options)
+
+    def save(self, path: str, **options: Any) -> JobHandle:
+        return self._client.save(self.id, path, **options)
+
+    def unload(self) -> None:
+        self._client.unload(self.id)
+
+
+class AsyncModelHandle(_ModelBase):
+    """:class:`ModelHandle` for :class:`AsyncClient`: the same methods, awaited."""
+
+    def __init__(self, client: AsyncClient, info: ModelInfo) -> None:
+        super().__init__(info)
+        self._client = client
+
+    async def refresh(self) -> ModelInfo:
+        self.info = (await self._client.get_model(self.id)).info
+        return self.info
+
+    async def index(self, **options: Any) -> StateDictIndex:
+        return await self._client.state_dict_index(self.id, **options)
+
+    async def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+        return await self._client.state_dict(self.id, **options)
+
+    async def iter_tensors(self, **options: Any) -> AsyncIterator[tuple[str, torch.Tensor]]:
+        return await self._client.iter_tensors(self.id, **options)
+
+    async def download(self, directory: Any, **options: Any) -> DownloadResult:
+        return await self._client.download(self.id, directory, **options)
+
+    async def save(self, path: str, **options: Any) -> AsyncJobHandle:
+        return await self._client.save(self.id, path, **options)
+
+    async def unload(self) -> None:
+        await self._client.unload(self.id)
+
+
+class _JobBase:
+    def __init__(self, job: Job, *, remote: bool = True) -> None:
+        self.job = job
+        self._remote = remote  # False: the service started no job (a load found the model resident)
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def state(self) -> JobState:
+        return self.job.state
+
+    @property
+    def done(self) -> bool:
+        return self.job.state in TERMINAL_STATES
+
+    def _model_id(self) -> str:
+        job = job_outcome(self.job)
+        model_id = job.model_id or (job.result.model_id if job.result else None)
+        if job.kind is not JobKind.LOAD or not model_id:
+            raise ValueError(f"job {job.id} is a {job.kind.value} job and names no loaded model")
+        return model_id
+
+    def _bar(self, progress: bool) -> ProgressBar:
+        return progress_bar(progress, total=100, desc=f"{self.job.kind.value} {self.id}", unit="%")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(id={self.id!r}, kind={self.job.kind.value}, state={self.state.value})"
+
+    @classmethod
+    def _resident_job(cls, info: ModelInfo) -> Job:
+        now = datetime.now(timezone.utc)
+        result = JobResult(model=info, model_id=info.id, created=False)
+        return Job(
+            id="", kind=JobKind.LOAD, state=JobState.SUCCEEDED, progress=1.0, model_id=info.id,
+            target=info.iteration_dir, created_at=now, started_at=now, finished_at=now, result=result,
+        )
+
+
+class JobHandle(_JobBase):
+    """A load or save job. ``job`` is its state when last fetched.
+
+    When a ``start_load`` finds the model already resident the service starts no job: the
+    handle is then born succeeded, with ``id == ""``, and ``refresh``/``cancel`` do nothing.
+    """
+
+    def __init__(self, client: Client, job: Job, *, remote: bool = True) -> None:
+        super().__init__(job, remote=remote)
+        self._client = client
+
+    @classmethod
+    def resident(cls, client: Client, info: ModelInfo) -> JobHandle:
+        return cls(client, cls._resident_job(info), remote=False)
+
+    def refresh(self) -> Job:
+        if self._remote:
+            self.job = self._client.get_job(self.id).job
+        return self.job
+
+    def cancel(self) -> None:
+        """Cancel while queued; :class:`JobNotCancellableError` once it runs."""
+        if self._remote:
+            self._client.cancel_job(self.id)
+            self.refresh()
+
+    def wait(
+        self, timeout: float | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL, progress: bool = False
+    ) -> Job:
+        """Poll until the job ends; return it when it succeeded.
+
+        Raises :class:`JobFailedError` (with the service's problem in ``job.error``),
+        :class:`JobCancelledError`, or :class:`JobTimeoutError` after ``timeout`` seconds.
+        ``progress=True`` shows a tqdm bar when tqdm is installed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._bar(progress) as bar:
+            while True:
+                bar.set_to(100 * self.job.progress, self.job.phase)
+                if self.done:
+                    return job_outcome(self.job)
+                remaining = _remaining(deadline, self.job)
+                time.sleep(min(poll_interval, remaining))
+                self.refresh()
+
+    def model(self) -> ModelHandle:
+        """The model a succeeded load job made resident."""
+        return self._client.get_model(self._model_id())
+
+
+class AsyncJobHandle(_JobBase):
+    """:class:`JobHandle` for :class:`AsyncClient`: the same methods, awaited."""
+
+    def __init__(self, client: AsyncClient, job: Job, *, remote: bool = True) -> None:
+        super().__init__(job, remote=remote)
+        self._client = client
+
+    @classmethod
+    def resident(cls, client: AsyncClient, info: ModelInfo) -> AsyncJobHandle:
+        return cls(client, cls._resident_job(info), remote=False)
+
+    async def refresh(self) -> Job:
+        if self._remote:
+            self.job = (await self._client.get_job(self.id)).job
+        return self.job
+
+    async def cancel(self) -> None:
+        if self._remote:
+            await self._client.cancel_job(self.id)
+            await self.refresh()
+
+    async def wait(
+        self, timeout: float | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL, progress: bool = False
+    ) -> Job:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._bar(progress) as bar:
+            while True:
+                bar.set_to(100 * self.job.progress, self.job.phase)
+                if self.done:
+                    return job_outcome(self.job)
+                remaining = _remaining(deadline, self.job)
+                await asyncio.sleep(min(poll_interval, remaining))
+                await self.refresh()
+
+    async def model(self) -> AsyncModelHandle:
+        return await self._client.get_model(self._model_id())
+
+
+# ---------------------------------------------------------------------- shared helpers
+
+
+def _remaining(deadline: float | None, job: Job) -> float:
+    if deadline is None:
+        return float("inf")
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise JobTimeoutError(
+            f"job {job.id} ({job.kind.value}) still {job.state.value} at {job.progress:.0%} when the wait timed out",
+            job,
+        )
+    return left
+
+
+def job_outcome(job: Job) -> Job:
+    """``job`` if it succeeded; the matching :class:`JobError` if it failed or was cancelled."""
+    if job.state is JobState.FAILED:
+        problem = job.error
+        reason = (f"{problem.title}: {problem.detail}" if problem.detail else problem.title) if problem else "no detail"
+        raise JobFailedError(f"job {job.id} ({job.kind.value}) failed: {reason}", job)
+    if job.state is JobState.CANCELLED:
+        raise JobCancelledError(f"job {job.id} ({job.kind.value}) was cancelled", job)
+    return job
+
+
+def load_request(
+    checkpoint_path: str,
+    model_type: str | None,
+    dtype: str | None,
+    mp_overrides: Mapping[str, Any] | ModelParallelOverrides | None,
+    pin: bool,
+    *,
+    wait: bool,
+) -> LoadModelRequest:
+    """Validated here first, so a bad argument fails before anything is sent."""
+    overrides = mp_overrides
+    if overrides is not None and not isinstance(overrides, ModelParallelOverrides):
+        overrides = ModelParallelOverrides.model_validate(dict(overrides))
+    return LoadModelRequest(
+        checkpoint_path=checkpoint_path, model_type=model_type, dtype=dtype, mp_overrides=overrides, pin=pin, wait=wait
+    )
+
+
+def save_request(path: str, ckpt_format: str, hf_tokenizer_path: str | None, overwrite: bool) -> SaveModelRequest:
+    return SaveModelRequest(path=path, ckpt_format=ckpt_format, hf_tokenizer_path=hf_tokenizer_path, overwrite=overwrite)
+
+
+def merge_shards(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One dict in shard order; a key in two shards is an :class:`IntegrityError`."""
+    merged: dict[str, torch.Tensor] = {}
+    for number, part in enumerate(parts):
+        for name, tensor in part.items():
+            if name in merged:
+                raise IntegrityError(f"tensor {name!r} appears in more than one shard (again in shard {number})")
+            merged[name] = tensor
+    return merged
+
+
+def worker_count(max_workers: int, items: int) -> int:
+    if not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
+    return max(1, min(max_workers, items))

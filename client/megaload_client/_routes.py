@@ -1,0 +1,208 @@
+"""The v1 routes as :class:`Call` values: what to send and how to read the answer.
+
+A ``Call`` is plain data plus a parse function; it does no I/O. :class:`~._client.Client`
+and :class:`~._async_client.AsyncClient` send the same calls, so both clients build and
+parse requests identically and differ only in how they wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel
+
+from ._models import (
+    CheckpointConfig,
+    CheckpointTensors,
+    Health,
+    Info,
+    Job,
+    JobList,
+    LoadModelRequest,
+    ModelInfo,
+    ModelList,
+    ProblemDetail,
+    Readiness,
+    SaveModelRequest,
+    StateDictIndex,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenizerInfo,
+)
+from ._retry import is_idempotent
+
+__all__ = ["Call", "state_dict_params", "shard_path"]
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request of the API and the function that turns its successful answer into ``T``.
+
+    ``ok`` lists the statuses handed to ``parse``; any other status >= 400 becomes a typed
+    error. ``idempotent`` overrides the method's default (a POST that may safely repeat).
+    ``timeout`` overrides the client's (``...`` means the client's own).
+    """
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: tuple[tuple[str, str], ...] = ()
+    json: Any = None
+    idempotent: bool | None = None
+    ok: frozenset[int] = frozenset()
+    timeout: Any = ...
+
+    @property
+    def retryable(self) -> bool:
+        return is_idempotent(self.method) if self.idempotent is None else self.idempotent
+
+
+def _as(model: type[M]) -> Callable[[httpx.Response], M]:
+    def parse(response: httpx.Response) -> M:
+        return model.model_validate_json(response.content)
+
+    return parse
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _seg(value: str) -> str:
+    """A path segment, percent-encoded so an id can never change the route."""
+    return quote(str(value), safe="")
+
+
+def _body(request: BaseModel) -> dict[str, Any]:
+    return request.model_dump(mode="json", exclude_none=True)
+
+
+# ------------------------------------------------------------------ service
+
+
+def health() -> Call[Health]:
+    return Call("GET", "/healthz", _as(Health))
+
+
+def _readiness(response: httpx.Response) -> Readiness:
+    try:
+        return Readiness.model_validate_json(response.content)
+    except ValueError:
+        if response.status_code == 200:
+            raise
+    try:  # 503 with a problem document saying why
+        problem = ProblemDetail.model_validate_json(response.content)
+        detail = problem.detail or problem.title
+    except ValueError:
+        detail = response.text[:500] or None
+    return Readiness(status="starting", detail=detail)
+
+
+def ready() -> Call[Readiness]:
+    # 503 is an answer here ("not yet"), not an error, and is not retried.
+    return Call("GET", "/readyz", _readiness, ok=frozenset({503}))
+
+
+def info() -> Call[Info]:
+    return Call("GET", "/v1/info", _as(Info))
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def checkpoint_config(path: str) -> Call[CheckpointConfig]:
+    return Call("GET", "/v1/checkpoints/config", _as(CheckpointConfig), params=(("path", path),))
+
+
+def checkpoint_tensors(path: str) -> Call[CheckpointTensors]:
+    return Call("GET", "/v1/checkpoints/tensors", _as(CheckpointTensors), params=(("path", path),))
+
+
+def checkpoint_tokenizer(path: str) -> Call[TokenizerInfo]:
+    return Call("GET", "/v1/checkpoints/tokenizer", _as(TokenizerInfo), params=(("path", path),))
+
+
+def tokenize(request: TokenizeRequest) -> Call[TokenizeResponse]:
+    # Pure function of its input: safe to repeat.
+    return Call("POST", "/v1/checkpoints/tokenize", _as(TokenizeResponse), json=_body(request), idempotent=True)
+
+
+# ------------------------------------------------------------------ models
+
+
+def _model_or_job(response: httpx.Response) -> ModelInfo | Job:
+    if response.status_code == 202:
+        return Job.model_validate_json(response.content)
+    return ModelInfo.model_validate_json(response.content)
+
+
+def load_model(request: LoadModelRequest, *, timeout: Any = ...) -> Call[ModelInfo | Job]:
+    # A model id is stable for the same checkpoint and options: repeating a load is safe.
+    return Call("POST", "/v1/models", _model_or_job, json=_body(request), idempotent=True, timeout=timeout)
+
+
+def list_models() -> Call[ModelList]:
+    return Call("GET", "/v1/models", _as(ModelList))
+
+
+def get_model(model_id: str) -> Call[ModelInfo]:
+    return Call("GET", f"/v1/models/{_seg(model_id)}", _as(ModelInfo))
+
+
+def unload_model(model_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/models/{_seg(model_id)}", _nothing)
+
+
+def save_model(model_id: str, request: SaveModelRequest) -> Call[Job]:
+    # Not idempotent: each POST starts a job.
+    return Call("POST", f"/v1/models/{_seg(model_id)}/save", _as(Job), json=_body(request))
+
+
+# ------------------------------------------------------------------ state dict
+
+
+def state_dict_params(
+    dtype: str | None = None,
+    keys: str | Iterable[str] | None = None,
+    max_shard_bytes: int | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """The query shared by the index and every shard (the service requires them equal)."""
+    params: list[tuple[str, str]] = []
+    if max_shard_bytes is not None:
+        params.append(("max_shard_bytes", str(int(max_shard_bytes))))
+    if dtype is not None:
+        params.append(("dtype", str(dtype)))
+    if keys is not None:
+        for key in [keys] if isinstance(keys, str) else keys:
+            params.append(("keys", key))
+    return tuple(params)
+
+
+def state_dict_index(model_id: str, params: tuple[tuple[str, str], ...] = ()) -> Call[StateDictIndex]:
+    return Call("GET", f"/v1/models/{_seg(model_id)}/state_dict", _as(StateDictIndex), params=params)
+
+
+def shard_path(model_id: str, index: int) -> str:
+    return f"/v1/models/{_seg(model_id)}/state_dict/{int(index)}"
+
+
+# ------------------------------------------------------------------ jobs
+
+
+def list_jobs() -> Call[JobList]:
+    return Call("GET", "/v1/jobs", _as(JobList))
+
+
+def get_job(job_id: str) -> Call[Job]:
+    return Call("GET", f"/v1/jobs/{_seg(job_id)}", _as(Job))
+
+
+def cancel_job(job_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/jobs/{_seg(job_id)}", _nothing)

@@ -6,6 +6,7 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
 
     ServiceError
     ├── BadRequestError            (also ValueError) malformed input a schema cannot catch
+    ├── UnauthorizedError          no bearer token, or a wrong one
     ├── ForbiddenPathError         (also PermissionError) a path resolves outside its roots
     ├── ModelNotFoundError         (also LookupError) no resident model with that id
     ├── JobNotFoundError           (also LookupError) no job with that id
@@ -20,6 +21,7 @@ from __future__ import annotations
 __all__ = [
     "ServiceError",
     "BadRequestError",
+    "UnauthorizedError",
     "ForbiddenPathError",
     "ModelNotFoundError",
     "JobNotFoundError",
@@ -48,6 +50,10 @@ class BadRequestError(ServiceError, ValueError):
     def __init__(self, message: str, *, field: str | None = None, limit: int | None = None) -> None:
         super().__init__(message, field=field)
         self.limit = limit
+
+
+class UnauthorizedError(ServiceError):
+    """A token is configured and the request has none or a wrong one."""
 
 
 class ForbiddenPathError(ServiceError, PermissionError):

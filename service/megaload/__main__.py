@@ -1,0 +1,130 @@
+"""``megaload serve`` (also ``python -m megaload serve``): run the service on uvicorn.
+
+Every setting has a flag here and a ``MEGALOAD_*`` environment variable (see
+:class:`megaload.settings.Settings`); flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser", "settings_from_args"]
+
+_EPILOG = """\
+environment: every flag has a MEGALOAD_<NAME> variable (MEGALOAD_HOST, MEGALOAD_PORT,
+MEGALOAD_CHECKPOINT_ROOTS and MEGALOAD_SAVE_ROOTS as ':'-separated lists, MEGALOAD_MEMORY_BUDGET,
+MEGALOAD_BACKEND, MEGALOAD_DEVICE, MEGALOAD_TOKEN, MEGALOAD_TOKEN_FILE, MEGALOAD_INSECURE,
+MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL, MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS).
+Flags take precedence. Under torchrun, WORLD_SIZE/RANK/LOCAL_RANK are read; rank 0 serves HTTP.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megaload", description="Megatron checkpoint loading service.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the megaload HTTP service (one uvicorn worker, one engine).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = serve.add_argument
+    a("--host", help="listen address (default 127.0.0.1; a non-loopback address needs a token or --insecure)")
+    a("--port", type=int, help="listen port (default 8000; 0 picks a free port)")
+    a(
+        "--checkpoint-root",
+        dest="checkpoint_roots",
+        action="append",
+        metavar="DIR",
+        help="directory checkpoints may be read from; repeatable (default: ./data if it exists)",
+    )
+    a(
+        "--save-root",
+        dest="save_roots",
+        action="append",
+        metavar="DIR",
+        help="directory checkpoints may be saved to; repeatable (default: none, saves refused)",
+    )
+    a("--memory-budget", help="bytes resident models may use: '64GiB', '500MB', '80%%' or bytes "
+      "(default: 50%% of RAM on CPU, 80%% of GPU memory on CUDA)")
+    a("--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend (default auto: nccl on CUDA, else gloo)")
+    a("--device", choices=["auto", "cpu", "cuda"], help="where models live (default auto: cuda if available)")
+    a("--token", help="bearer token required on /v1 routes (prefer --token-file: flags show in ps)")
+    a("--token-file", metavar="FILE", help="file holding the bearer token")
+    a("--insecure", action="store_true", default=None, help="allow a non-loopback address without a token")
+    a("--log-format", choices=["text", "json"], help="log line format (default text)")
+    a("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
+    a("--shutdown-grace-seconds", type=float, metavar="S",
+      help="how long shutdown waits for a running save before abandoning it (default 30)")
+    a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from pydantic import ValidationError
+
+    from .settings import Settings
+
+    given = {k: v for k, v in vars(args).items() if k != "command" and v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors(include_input=False, include_url=False):
+            where = ".".join(str(x) for x in err["loc"]) or "settings"
+            lines.append(f"  {where}: {err['msg']}")
+        raise SystemExit("megaload: invalid settings:\n" + "\n".join(lines)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    settings = settings_from_args(args)
+    from .logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.rank != 0:
+        return _follow(settings)
+    import uvicorn
+
+    from .app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _follow(settings: Any) -> int:
+    """Ranks other than 0 under torchrun: no HTTP, run what rank 0 broadcasts."""
+    from .engine import Engine
+
+    engine = Engine(
+        device=settings.device,
+        backend=settings.backend,
+        world_size=settings.world_size,
+        rank=settings.rank,
+        local_rank=settings.local_rank,
+    )
+    engine.follow()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

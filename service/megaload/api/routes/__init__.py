@@ -1,0 +1,16 @@
+"""One router per resource.
+
+``health`` (``/healthz``, ``/readyz``, ``/metrics``) is open; every other router is mounted
+under ``/v1`` behind the bearer-token dependency. The state-dict streaming routes
+(``GET /v1/models/{id}/state_dict`` and ``GET, HEAD /v1/models/{id}/state_dict/{n}``) plug in
+as one more router in :data:`V1_ROUTERS`: they take ``runtime.registry.acquire(model_id)``
+(a read lease, released in the ``finally`` of the streamed body) and add to
+``runtime.metrics.stream_bytes``; errors they raise map through ``api.problems``.
+"""
+
+from . import checkpoints, health, info, jobs, models
+
+OPEN_ROUTERS = [health.router]
+V1_ROUTERS = [info.router, checkpoints.router, models.router, jobs.router]
+
+__all__ = ["OPEN_ROUTERS", "V1_ROUTERS"]

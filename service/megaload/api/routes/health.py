@@ -1,0 +1,47 @@
+"""Liveness, readiness and metrics: open routes (no token), answered on the event loop."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from megaload_client import _problems as p
+from megaload_client._models import Health, Readiness
+
+from ...errors import NotReadyError
+from ..deps import RuntimeDep
+from ..problems import error_responses
+from ...metrics import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", response_model=Health, summary="Liveness: 200 while the process serves")
+async def healthz() -> Health:
+    return Health()
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="Readiness: 200 once the distributed context is up and the engine alive",
+    responses=error_responses(p.NOT_READY),
+)
+async def readyz(runtime: RuntimeDep) -> Readiness:
+    if not runtime.ready:
+        state = runtime.engine.state.value
+        detail = f"engine {state}"
+        if runtime.engine.error is not None:
+            detail += f": {runtime.engine.error}"
+        raise NotReadyError(detail, retry_after=1 if state == "starting" else None)
+    return Readiness(status="ready")
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "metrics"}},
+)
+async def metrics(runtime: RuntimeDep) -> Response:
+    runtime.metrics.engine_queue_depth.set(runtime.engine.queue_depth)
+    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,44 @@
+"""``/v1/jobs``: background loads and saves: state, progress, timestamps, result, error."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from megaload_client import _problems as p
+from megaload_client._models import Job, JobList
+
+from ..deps import RuntimeDep
+from ..problems import error_responses
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=128, description="a job id")]
+
+
+@router.get("", response_model=JobList, summary="Known jobs, oldest first", responses=error_responses(p.UNAUTHORIZED))
+async def list_jobs(runtime: RuntimeDep) -> JobList:
+    return JobList(jobs=[r.to_wire() for r in runtime.jobs.list()])
+
+
+@router.get(
+    "/{job_id}",
+    response_model=Job,
+    summary="One job",
+    responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.JOB_NOT_FOUND),
+)
+async def get_job(job_id: JobId, runtime: RuntimeDep) -> Job:
+    return runtime.jobs.get(job_id).to_wire()
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=204,
+    response_class=Response,
+    summary="Cancel a queued job (409 once it runs)",
+    responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.JOB_NOT_FOUND, p.JOB_NOT_CANCELLABLE),
+)
+async def cancel_job(job_id: JobId, runtime: RuntimeDep) -> Response:
+    runtime.jobs.cancel(job_id)
+    return Response(status_code=204)

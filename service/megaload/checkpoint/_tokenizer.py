@@ -258,6 +258,21 @@ def _hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[
     )
 
 
+def _cached_snapshot(repo_id: str) -> Path:
+    """The local cache's copy of a hub repository, found without any network access (some
+    transformers versions would otherwise ask the hub about a name even with local_files_only)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception as e:  # huggingface_hub raises several types for "not cached" / "bad name"
+        raise TokenizerError(
+            f"tokenizer_model {repo_id!r} is neither a local directory nor in the local Hugging Face cache; "
+            f"megaload never downloads: pass tokenizer_model=... (a local directory) to load_tokenizer",
+            path=repo_id,
+        ) from e
+
+
 def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: Path | None, given: frozenset[str],
                        where: Path, trust_remote_code: bool) -> MegatronTokenizer:
     from ._tokenizer_hf import HuggingFaceTokenizer, check_hf_kwargs, needs_remote_code
@@ -268,6 +283,8 @@ def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: P
         logger.warning("the tokenizer settings of %s ask for trust_remote_code=True; not honoured unless the "
                        "caller passes trust_remote_code=True", where)
     source = _hf_source(config, iter_dir, given)
+    if isinstance(source, str):
+        source = _cached_snapshot(source)
     if not config.legacy_tokenizer:
         vocab_file = kwargs.pop("vocab_file", None) or config.vocab_file
         if vocab_file and Path(vocab_file).is_file():

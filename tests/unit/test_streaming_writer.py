@@ -282,3 +282,28 @@ def test_plan_from_metadata_streams_the_real_tensors():
     loaded = safetensors.torch.load(read(plan, 0, state))
     assert torch.equal(loaded["emb"], state["emb"].to(torch.bfloat16))
     assert torch.equal(loaded["ids"], state["ids"])
+
+
+def test_zero_copy_pieces_are_read_only():
+    tensor = torch.zeros(1 << 16)
+    state = {"t": tensor}
+    plan = plan_shards(state)
+    pieces = list(iter_shard_bytes(plan, 0, state, chunk_bytes=1 << 14))
+    assert all(p.readonly for p in pieces)
+    with pytest.raises(TypeError):
+        pieces[-1][0] = 1
+    assert not tensor.any()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensors_stream_like_their_cpu_copies():  # pragma: no cover - GPU only
+    cpu = odd_tensors()
+    cpu.pop("param")
+    cuda = {n: t.cuda() for n, t in cpu.items()}
+    cuda["transposed"] = cuda["transposed"].contiguous().t().contiguous().t()  # keep it non-contiguous
+    for options in (ShardOptions(), ShardOptions(dtype=torch.bfloat16)):
+        plan = plan_shards(cpu, options)
+        for chunk_bytes in (16, 4096, 1 << 20):
+            expected = read(plan, 0, cpu, chunk_bytes=chunk_bytes)
+            assert read(plan, 0, cuda, chunk_bytes=chunk_bytes) == expected
+            assert read(plan, 0, cuda, start=100, end=len(expected) - 3, chunk_bytes=chunk_bytes) == expected[100:-3]

@@ -14,9 +14,11 @@ Three paths, chosen per tensor:
   piece. UNTESTED here: written for GPUs, exercised only where ``torch.cuda.is_available()``.
   Other non-CPU devices copy each run with ``.cpu()``.
 
-Every piece is a 1-D ``memoryview`` of unsigned bytes that stays valid after the next piece is
-produced (buffers are never reused for a piece already handed out), so a consumer may keep or
-queue pieces, as asyncio transports do.
+Every piece is a read-only 1-D ``memoryview`` of unsigned bytes that stays valid after the
+next piece is produced (buffers are never reused for a piece already handed out), so a
+consumer may keep or queue pieces, as asyncio transports do. A zero-copy piece holds a
+reference to the tensor's storage, so the memory stays valid even if the model is evicted
+while a piece still waits in a transport buffer.
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ def _flat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _host_view(raw: torch.Tensor) -> memoryview:
-    """A zero-copy memoryview of a 1-D contiguous CPU uint8 tensor."""
-    return memoryview(raw.numpy())
+    """A zero-copy, read-only memoryview of a 1-D contiguous CPU uint8 tensor (read-only:
+    for the zero-copy path it aliases the model's weights)."""
+    return memoryview(raw.numpy()).toreadonly()
 
 
 def _runs(tensor: torch.Tensor, lo: int, hi: int, budget: int) -> Iterator[torch.Tensor]:

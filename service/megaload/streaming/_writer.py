@@ -46,8 +46,10 @@ def iter_shard_bytes(
     of the file), as ``memoryview`` pieces of at most ``chunk_bytes``.
 
     ``tensors`` is the mapping the plan was made from, or any mapping holding the same
-    tensors by name (only the shard's names are read). Each piece stays valid after the next
-    is produced. Close the iterator (``.close()``) to stop early; it holds nothing else.
+    tensors by name (only the shard's names are read). Each piece is read-only and stays
+    valid after the next is produced. The iterator holds references to the shard's tensors
+    until it is exhausted or closed: ``.close()`` it when the client goes away, then release
+    the model's lease.
 
     Raises, before returning: :class:`ShardNotFoundError`, :class:`RangeNotSatisfiableError`
     (``start``/``end`` outside ``0 <= start <= end <= size``), :class:`InvalidShardOptionsError`
@@ -157,4 +159,4 @@ class _Gatherer:
     def flush(self) -> Iterator[memoryview]:
         if self.buffer:
             out, self.buffer = self.buffer, None
-            yield memoryview(out)
+            yield memoryview(out).toreadonly()

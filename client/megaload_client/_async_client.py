@@ -307,7 +307,7 @@ class AsyncClient(BaseClient):
                 return await asyncio.to_thread(tensors_from_shard, sink.buffer, shard, index, verifier)
 
             parts = await self._map(fetch, index.shards, max_workers)
-        return merge_shards(parts)
+        return merge_shards(parts, index.weight_map)
 
     async def iter_tensors(
         self,

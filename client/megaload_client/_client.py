@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -118,6 +118,8 @@ class Client(BaseClient):
         """Receive one shard into ``transfer``, resuming after breaks; yields each chunk's size."""
         retries = 0
         while not transfer.complete:
+            if abort is not None and abort.is_set():
+                raise _Aborted
             offset_before = transfer.offset
             request = self._shard_request(self._http, call, transfer)
             try:
@@ -157,12 +159,16 @@ class Client(BaseClient):
         with ThreadPoolExecutor(max_workers=worker_count(max_workers, len(items))) as pool:
             futures = [pool.submit(fn, item, abort) for item in items]
             try:
-                return [future.result() for future in futures]
-            except BaseException:
-                abort.set()
-                for future in futures:
-                    future.cancel()
-                raise
+                wait(futures, return_when=FIRST_EXCEPTION)
+            finally:  # a failure, or an interrupt while waiting: stop the rest
+                failed = [f for f in futures if f.done() and not f.cancelled() and f.exception() is not None]
+                if failed or not all(f.done() for f in futures):
+                    abort.set()
+                    for future in futures:
+                        future.cancel()
+            if failed:
+                raise failed[0].exception()
+            return [future.result() for future in futures]
 
     # ---- service -------------------------------------------------------------------
 
@@ -320,7 +326,7 @@ class Client(BaseClient):
                 return tensors_from_shard(sink.buffer, shard, index, verifier)
 
             parts = self._map(fetch, index.shards, max_workers)
-        return merge_shards(parts)
+        return merge_shards(parts, index.weight_map)
 
     def iter_tensors(
         self,

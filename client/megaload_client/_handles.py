@@ -302,14 +302,18 @@ def save_request(path: str, ckpt_format: str, hf_tokenizer_path: str | None, ove
     return SaveModelRequest(path=path, ckpt_format=ckpt_format, hf_tokenizer_path=hf_tokenizer_path, overwrite=overwrite)
 
 
-def merge_shards(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One dict in shard order; a key in two shards is an :class:`IntegrityError`."""
+def merge_shards(parts: list[dict[str, torch.Tensor]], order: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """One dict, ordered as ``order`` (the index's ``weight_map``: the model's own order)
+    where it names every key, else in shard order. A key in two shards is an
+    :class:`IntegrityError`."""
     merged: dict[str, torch.Tensor] = {}
     for number, part in enumerate(parts):
         for name, tensor in part.items():
             if name in merged:
                 raise IntegrityError(f"tensor {name!r} appears in more than one shard (again in shard {number})")
             merged[name] = tensor
+    if order is not None and len(order) == len(merged) and all(name in merged for name in order):
+        return {name: merged[name] for name in order}
     return merged
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -151,3 +152,20 @@ def test_unicode_and_quote_names_round_trip():
     assert data == safetensors.torch.save(state, metadata={"format": "pt"})
     loaded = safetensors.torch.load(data)
     assert set(loaded) == set(state)
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.mark.parametrize("fixture", ["bridge_gpt_tied_rope_fp32", "mlm_gpt"])
+def test_real_model_state_dicts(fixture, tmp_path):
+    # The upstream loader's state dict of each fixture, as saved by the fixture generator.
+    state = safetensors.torch.load_file(FIXTURES / fixture / "reference_state_dict.safetensors")
+    ordered = dict(sorted(state.items()))
+    assert shard_file(ordered) == safetensors.torch.save(ordered, metadata={"format": "pt"})
+    plan = plan_shards(ordered, ShardOptions(dtype=torch.bfloat16, keys=["model.decoder.layers.0.", "model.embedding"]))
+    assert plan.tensors and all(n.startswith(("model.decoder.layers.0.", "model.embedding")) for n in plan.tensors)
+    loaded = safetensors.torch.load(shard_file(ordered, plan.options))
+    assert set(loaded) == set(plan.tensors)
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, ordered[name].to(torch.bfloat16)), name

@@ -143,6 +143,16 @@ def start_service(ckpt_root: Path, *, wait_ready: bool = True, **overrides: Any)
             raise RuntimeError("uvicorn did not stop")
 
 
+@pytest.fixture
+def start(ckpt_root: Path):
+    """``with start(**settings) as svc:`` a server of one's own (no other may run meanwhile)."""
+
+    def _start(**overrides: Any):
+        return start_service(ckpt_root, **overrides)
+
+    return _start
+
+
 @pytest.fixture(scope="module")
 def service(ckpt_root: Path) -> Iterator[Service]:
     with start_service(ckpt_root) as svc:

@@ -493,3 +493,46 @@ def test_importing_the_library_loads_no_tokenizer_backend():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Bundling files for a save.
+
+
+def test_bundle_files_under_bridge_names_then_load_after_a_move(tmp_path, assets):
+    from megaload.checkpoint._tokenizer import bundle_tokenizer_files
+
+    # The source records paths that are gone and bundles its own copy; the SentencePiece model
+    # was recorded under another file name.
+    spm = tmp_path / "elsewhere" / "spm.model"
+    spm.parent.mkdir()
+    shutil.copy2(assets["sp"], spm)
+    for section, files, names in (
+        ({"tokenizer_type": "GPT2BPETokenizer", "vocab_file": f"{GONE}/v.json", "merge_file": f"{GONE}/m.txt"},
+         (assets["vocab"], assets["merges"]), ["merges.txt", "vocab.json"]),
+        ({"tokenizer_type": "Llama2Tokenizer", "tokenizer_model": str(spm)}, (), ["tokenizer.model"]),
+        ({"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": LOST_PATH}, (assets["hf"],), None),
+    ):
+        case = tmp_path / section["tokenizer_type"]
+        case.mkdir()
+        source_dir = bridge_copy(case, section)
+        if files:
+            bundle(source_dir, *files)
+        source_iter = source_dir / "iter_0000000"
+        config = read_tokenizer_config(source_iter)
+        before = load_tokenizer(source_dir).tokenize("hello world")
+
+        # A new checkpoint whose section has lost every path: only the bundled files can serve.
+        target_dir = bridge_copy(case / "target", {**section, "vocab_file": None, "merge_file": None,
+                                                   "tokenizer_model": LOST_PATH})
+        written = bundle_tokenizer_files(config, target_dir / "iter_0000000" / "tokenizer", iter_dir=source_iter)
+        if names is not None:
+            assert sorted(p.name for p in written) == names
+        assert load_tokenizer(target_dir).tokenize("hello world") == before
+
+
+def test_bundle_files_of_a_null_tokenizer_is_nothing(tmp_path):
+    from megaload.checkpoint._tokenizer import bundle_tokenizer_files
+
+    assert bundle_tokenizer_files(read_tokenizer_config(MLM), tmp_path / "tok", iter_dir=MLM / "iter_0000010") == []
+    assert not (tmp_path / "tok").exists()

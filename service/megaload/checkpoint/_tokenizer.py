@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,13 @@ from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, re
 from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
 from ._tokenizer_types import GPT2BPETokenizer, MegatronTokenizer, NullTokenizer
 
-__all__ = ["load_tokenizer", "build_tokenizer", "read_tokenizer_config", "SUPPORTED_TOKENIZER_TYPES"]
+__all__ = [
+    "load_tokenizer",
+    "build_tokenizer",
+    "read_tokenizer_config",
+    "bundle_tokenizer_files",
+    "SUPPORTED_TOKENIZER_TYPES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,11 @@ _UNSUPPORTED_TYPES = (
 # megatron-core's tokenizer library each type goes through on Bridge's default path.
 _LIBRARY_OF_TYPE = {"GPT2BPETokenizer": "megatron", "HuggingFaceTokenizer": "huggingface",
                     **{t: "sentencepiece" for t in _SENTENCEPIECE_TYPES}}
+# The names Bridge's save_tokenizer_assets gives the files it copies into <iter_dir>/tokenizer/.
+_BUNDLED_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "GPT2BPETokenizer": (("vocab_file", "vocab.json"), ("merge_file", "merges.txt")),
+    **{t: (("tokenizer_model", "tokenizer.model"),) for t in _SENTENCEPIECE_TYPES},
+}
 _SP_KWARGS = frozenset({"legacy", "ignore_extra_whitespaces", "trim_spm_separator_after_special_token", "spm_separator"})
 _HF_DIR_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
@@ -309,3 +321,30 @@ def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: P
                 path=custom,
             ) from e
         raise
+
+
+def bundle_tokenizer_files(config: TokenizerConfig, dest: Path, *, iter_dir: Path | None = None,
+                           trust_remote_code: bool = False) -> list[Path]:
+    """Write the files the tokenizer of ``config`` reads into ``dest`` (a checkpoint's
+    ``tokenizer/`` dir) under the names Bridge uses, so that :func:`load_tokenizer` finds them
+    wherever the checkpoint goes. Files are found as :func:`load_tokenizer` finds them
+    (``iter_dir`` is the checkpoint they come from, for its own bundled copy). A Hugging Face
+    tokenizer is loaded and saved with ``save_pretrained`` (never a copy of its directory,
+    which may hold model weights). Returns the files written; none for a NullTokenizer."""
+    ttype = config.tokenizer_type
+    if ttype == "NullTokenizer":
+        return []
+    if ttype == "HuggingFaceTokenizer":
+        tokenizer = build_tokenizer(config, iter_dir=iter_dir, trust_remote_code=trust_remote_code)
+        dest.mkdir(parents=True, exist_ok=True)
+        return sorted(Path(p) for p in tokenizer.hf_tokenizer.save_pretrained(str(dest)))
+    if ttype not in _BUNDLED_NAMES:
+        build_tokenizer(config, iter_dir=iter_dir)  # raises the error naming the type
+    written = []
+    for field, name in _BUNDLED_NAMES[ttype]:
+        source = _locate_file(config, field, name, iter_dir, frozenset())
+        dest.mkdir(parents=True, exist_ok=True)
+        if source.resolve() != (dest / name).resolve():
+            shutil.copyfile(source, dest / name)
+        written.append(dest / name)
+    return written

@@ -1,0 +1,240 @@
+"""The client SDK and CLI end to end against the real megaload service.
+
+The module-scoped ``service`` fixture (tests/integration/conftest.py) runs the real app on a
+real uvicorn server (127.0.0.1, port 0) with the real engine on gloo and copies of the real
+fixture checkpoints; these tests talk to it only through ``megaload_client``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import megaload_client as mc
+
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
+
+
+def _reference(name: str) -> dict[str, torch.Tensor]:
+    """The upstream loader's state dict for a fixture (the library is checked against it too)."""
+    return load_file(str(FIXTURES_DIR / name / "reference_state_dict.safetensors"))
+
+
+@pytest.fixture
+def client(service):
+    with mc.Client(service.base_url, token=service.settings.token_value if service.settings.token else None) as c:
+        yield c
+
+
+@pytest.fixture
+def streaming(service):
+    paths = {getattr(route, "path", "") for route in service.app.routes}
+    if not any(p.startswith("/v1/models/") and p.endswith("/state_dict") for p in paths):
+        pytest.skip("the state-dict streaming routes are not mounted in this build yet")
+
+
+def _cli(service, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "megaload_client", "--url", service.base_url, *args],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+# ---------------------------------------------------------------------- service and checkpoints
+
+
+def test_health_ready_and_info(client, service):
+    assert client.health().status == "ok"
+    assert client.wait_ready(timeout=30).status == "ready"
+    info = client.info()
+    assert info.ready and info.world_size == 1
+    assert info.backend == "gloo"
+    assert [Path(root).resolve() for root in info.checkpoint_roots] == [service.ckpt_root.resolve()]
+
+
+def test_checkpoint_inspection_matches_the_reference(client):
+    reference = _reference("mlm_gpt")
+    config = client.checkpoint_config("mlm_gpt")
+    assert config.format == "megatron_lm" and config.iteration == 10
+    tensors = client.checkpoint_tensors("mlm_gpt")
+    listed = {t.name: t for t in tensors.tensors}
+    assert tensors.tensor_count == len(listed)
+    # Names the checkpoint metadata and the model state dict share (layers are stacked in
+    # the checkpoint, so only the unstacked ones compare directly).
+    for name in ("embedding.word_embeddings.weight", "decoder.final_layernorm.weight", "output_layer.weight"):
+        assert listed[name].shape == list(reference[f"model.{name}"].shape), name
+    tokenizer = client.checkpoint_tokenizer("mlm_gpt")
+    expected = json.loads((FIXTURES_DIR / "mlm_gpt" / "reference_tokenizer.json").read_text())
+    assert tokenizer.vocab_size == expected["vocab_size"] and tokenizer.eod == expected["eod"]
+    ids = client.tokenize("mlm_gpt", expected["null_tokenizer_sentence"])
+    assert ids.ids == expected["null_tokenizer_ids"] and ids.count == len(ids.ids)
+
+
+def test_checkpoint_errors_are_typed(client, service, tmp_path):
+    with pytest.raises(mc.CheckpointNotFoundError) as missing:
+        client.checkpoint_config("no_such_checkpoint")
+    assert isinstance(missing.value, FileNotFoundError) and "no_such_checkpoint" in str(missing.value)
+    with pytest.raises(mc.PermissionDeniedError) as outside:
+        client.checkpoint_config(str(tmp_path))
+    assert isinstance(outside.value, PermissionError)
+    with pytest.raises(mc.NotACheckpointError):
+        client.load("saves")
+
+
+# ---------------------------------------------------------------------- models and jobs
+
+
+def test_load_list_get_and_unload_through_handles(client):
+    model = client.load("mlm_gpt", dtype="bf16")
+    assert model.info.dtype == "bfloat16"
+    again = client.load("mlm_gpt", dtype="bfloat16")
+    assert again.id == model.id  # a repeated load is idempotent
+    assert model.id in [m.id for m in client.list_models().models]
+    assert client.get_model(model.id).info.iteration == 10
+    model.unload()
+    with pytest.raises(mc.ModelNotFoundError) as gone:
+        model.refresh()
+    assert isinstance(gone.value, LookupError)
+
+
+def test_start_load_returns_a_job_that_yields_the_model(client):
+    job = client.start_load("bridge_gpt_tied_rope_fp32", pin=True)
+    finished = job.wait(timeout=120, poll_interval=0.05)
+    assert finished.state is mc.JobState.SUCCEEDED
+    model = job.model()
+    assert model.info.format == "megatron_bridge" and model.info.pinned
+
+
+def test_save_job_waits_and_refuses_to_overwrite(client, service):
+    model = client.load("mlm_gpt")
+    job = model.save("e2e-save")
+    done = job.wait(timeout=300, poll_interval=0.05)
+    assert done.state is mc.JobState.SUCCEEDED
+    assert (service.save_root / "e2e-save").is_dir()
+    assert job.id in [j.id for j in client.list_jobs()]
+    with pytest.raises((mc.CheckpointExistsError, mc.JobFailedError)) as refused:
+        model.save("e2e-save").wait(timeout=300, poll_interval=0.05)
+    if isinstance(refused.value, mc.JobFailedError):
+        assert refused.value.job.error.status == 409
+    else:
+        assert isinstance(refused.value, FileExistsError)
+
+
+def test_unknown_ids_are_typed_not_found(client):
+    with pytest.raises(mc.ModelNotFoundError):
+        client.get_model("0" * 16)
+    with pytest.raises(mc.JobNotFoundError):
+        client.get_job("no-such-job")
+
+
+def test_invalid_load_options_are_refused_before_or_by_the_service(client):
+    with pytest.raises(mc.InvalidDtypeError):
+        client.load("mlm_gpt", dtype="float7")
+    with pytest.raises(ValueError):  # refused by the request model, nothing sent
+        client.load("mlm_gpt", mp_overrides={"tensor_model_parallel_size": 0})
+
+
+# ---------------------------------------------------------------------- state dicts
+
+
+@pytest.mark.parametrize("name", FIXTURES)
+def test_state_dict_equals_the_reference_bit_for_bit(client, streaming, name):
+    model = client.load(name)
+    tensors = model.state_dict(max_shard_bytes=64 * 1024, max_workers=3)
+    reference = _reference(name)
+    assert set(tensors) == set(reference)
+    for key, want in reference.items():
+        assert tensors[key].dtype == want.dtype and torch.equal(tensors[key], want), key
+
+
+def test_iter_tensors_and_async_state_dict_match(client, service, streaming):
+    model = client.load("mlm_gpt")
+    reference = _reference("mlm_gpt")
+    streamed = dict(model.iter_tensors(max_shard_bytes=64 * 1024))
+    assert set(streamed) == set(reference)
+    assert all(torch.equal(streamed[k], reference[k]) for k in reference)
+
+    async def fetch():
+        async with mc.AsyncClient(service.base_url) as aclient:
+            return await aclient.state_dict(model.id, max_shard_bytes=64 * 1024)
+
+    fetched = asyncio.run(fetch())
+    assert all(torch.equal(fetched[k], reference[k]) for k in reference)
+
+
+def test_dtype_cast_and_key_filter(client, streaming):
+    model = client.load("mlm_gpt")
+    reference = _reference("mlm_gpt")
+    cast = model.state_dict(dtype="bf16")
+    assert all(t.dtype == torch.bfloat16 for t in cast.values())
+    assert all(torch.equal(cast[k], reference[k].to(torch.bfloat16)) for k in reference)
+    layer0 = model.state_dict(keys=["model.decoder.layers.0."])
+    assert layer0 and set(layer0) == {k for k in reference if k.startswith("model.decoder.layers.0.")}
+
+
+def test_download_loads_with_safetensors_and_resumes(client, service, streaming, tmp_path):
+    model = client.load("bridge_gpt_tied_rope_fp32")
+    reference = _reference("bridge_gpt_tied_rope_fp32")
+    options = {"max_shard_bytes": 64 * 1024}
+    first = model.download(tmp_path / "full", **options)
+    assert first.checksums_verified
+    index = json.loads(first.index_file.read_text())
+    loaded = {}
+    for filename in sorted(set(index["weight_map"].values())):
+        loaded.update(load_file(str(tmp_path / "full" / filename)))
+    assert set(loaded) == set(reference)
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+    # An interrupted download: half of the last shard sits in its .incomplete file, written
+    # with the real bytes the service serves, under the name the client derives from its ETag.
+    target = tmp_path / "resumed"
+    target.mkdir()
+    shard_index = model.index(**options)
+    last = shard_index.shards[-1]
+    with mc.Client(service.base_url) as raw:
+        head = raw._request(mc._routes.Call(
+            "HEAD", mc._routes.shard_path(model.id, last.index), lambda r: r.headers,
+            params=mc._routes.state_dict_params(None, None, options["max_shard_bytes"]),
+        ))
+    from megaload_client._download import ShardFiles
+
+    partial = ShardFiles(target, last).incomplete(head.get("etag"))
+    partial.write_bytes((tmp_path / "full" / last.filename).read_bytes()[: last.size // 2])
+    resumed = model.download(target, **options)
+    assert resumed.resumed == [last.filename]
+    for shard in shard_index.shards:
+        assert (target / shard.filename).read_bytes() == (tmp_path / "full" / shard.filename).read_bytes()
+    assert not list(target.glob("*.incomplete"))
+    again = model.download(target, **options)
+    assert sorted(again.reused) == sorted(s.filename for s in shard_index.shards)
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def test_cli_against_the_service(service):
+    loaded = _cli(service, "--json", "load", "mlm_gpt")
+    assert loaded.returncode == 0, loaded.stderr
+    model_id = json.loads(loaded.stdout)["id"]
+    listing = _cli(service, "--json", "ls")
+    assert model_id in [m["id"] for m in json.loads(listing.stdout)["models"]]
+    shown = _cli(service, "show", model_id)
+    assert shown.returncode == 0 and model_id in shown.stdout
+    tokens = _cli(service, "--json", "tokenize", "mlm_gpt", "12 34 56 199")
+    assert json.loads(tokens.stdout)["ids"] == [12, 34, 56, 199]
+    info = _cli(service, "info")
+    assert info.returncode == 0 and "gloo" in info.stdout
+
+    missing = _cli(service, "show", "0" * 16)
+    assert missing.returncode == 1
+    assert "404 Model not found" in missing.stderr and "Traceback" not in missing.stderr
+    outside = _cli(service, "load", "/")
+    assert outside.returncode == 1 and "403" in outside.stderr and "Traceback" not in outside.stderr

@@ -21,7 +21,7 @@ from ._base_client import (
     index_bytes,
 )
 from ._checksums import TensorVerifier
-from ._download import DownloadResult, ShardFiles, write_index
+from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import JobHandle, ModelHandle, load_request, merge_shards, save_request, worker_count
 from ._models import (
@@ -384,7 +384,7 @@ class Client(BaseClient):
         target.mkdir(parents=True, exist_ok=True)
         result = DownloadResult(
             directory=target,
-            index_file=target,
+            index_file=target / INDEX_FILENAME,
             shard_files=[target / s.filename for s in index.shards],
             total_bytes=index_bytes(index),
             checksums_verified=verifier.active,

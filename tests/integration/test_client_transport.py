@@ -512,3 +512,15 @@ def test_cli_download_and_errors_without_traceback(url, shards, tmp_path):
     refused = _cli("http://127.0.0.1:1", "--retries", "0", "ls")
     assert refused.returncode == 1 and "could not talk to the service" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_progress_bars_when_asked(url, shards, behaviour, tmp_path, capfd):
+    behaviour.drop_after[0] = 1500
+    behaviour.ignore_range = True  # the dropped shard starts over: the bar rewinds
+    with mc.Client(url) as client:
+        tensors = client.state_dict("m1", progress=True)
+        client.download("m1", tmp_path / "out", progress=True)
+        client.get_job("j1").wait(poll_interval=0.01, progress=True)
+    _assert_equal(tensors, shards.tensors)
+    err = capfd.readouterr().err
+    assert "state_dict m1" in err and "download m1" in err and "save j1" in err

@@ -123,7 +123,10 @@ def build_tokenizer(
     ttype = config.tokenizer_type
     where = iter_dir if iter_dir is not None else Path(".")
     if not ttype:
-        raise TokenizerError(f"no tokenizer_type for the tokenizer of {where}", path=iter_dir)
+        raise TokenizerError(
+            f"the tokenizer settings of {where} name no tokenizer_type; pass tokenizer_type=... to load_tokenizer",
+            path=iter_dir,
+        )
     special_tokens = config.special_tokens or config.tiktoken_special_tokens
     if ttype == "NullTokenizer":
         if not config.vocab_size:

@@ -154,7 +154,7 @@ class AsyncClient(BaseClient):
 
         tasks = [asyncio.ensure_future(gated(item)) for item in items]
         try:
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except BaseException:  # cancelled from outside
             for task in tasks:
                 task.cancel()
@@ -163,7 +163,10 @@ class AsyncClient(BaseClient):
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        return [task.result() for task in tasks]  # re-raises the first failure, in item order
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+        return [task.result() for task in tasks]
 
     # ---- service -------------------------------------------------------------------
 

@@ -472,8 +472,9 @@ def test_async_client_state_dict_iter_and_resumed_download(url, shards, behaviou
             tensors = await client.state_dict("m1")
             streamed = {name: t async for name, t in await client.iter_tensors("m1")}
             behaviour.drop_always[2] = 1500
-            with pytest.raises(mc.APIConnectionError):
-                await mc.AsyncClient(url, max_retries=0).download("m1", tmp_path / "out", max_workers=1)
+            async with mc.AsyncClient(url, max_retries=0) as impatient:
+                with pytest.raises(mc.APIConnectionError):
+                    await impatient.download("m1", tmp_path / "out", max_workers=1)
             behaviour.drop_always.clear()
             result = await client.download("m1", tmp_path / "out")
             behaviour.unavailable = 1

@@ -61,7 +61,7 @@ def test_tensors_from_shard_match_and_are_verified(blobs):
     index = _index_for(blobs)
     verifier = TensorVerifier(index.checksums, index.checksum_algorithm)
     assert verifier.active
-    for shard, blob, want in zip(index.shards, blobs, _shards()):
+    for shard, blob, want in zip(index.shards, blobs, _shards(), strict=True):
         got = tensors_from_shard(bytearray(blob), shard, index, verifier)
         assert set(got) == set(want)
         assert all(torch.equal(got[k], want[k]) for k in want)
@@ -170,7 +170,7 @@ def test_verify_file_checks_size(tmp_path, blobs):
 
 def test_written_index_is_hugging_face_shaped_and_loads(tmp_path, blobs):
     index = _index_for(blobs)
-    for shard, blob in zip(index.shards, blobs):
+    for shard, blob in zip(index.shards, blobs, strict=True):
         (tmp_path / shard.filename).write_bytes(blob)
     path = write_index(tmp_path, index)
     assert path.name == INDEX_FILENAME

@@ -42,6 +42,15 @@ from ._model import (
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
+from ._tokenizer import (
+    SUPPORTED_TOKENIZER_TYPES,
+    build_tokenizer,
+    bundle_tokenizer_files,
+    load_tokenizer,
+    read_tokenizer_config,
+)
+from ._tokenizer_config import TokenizerConfig
+from ._tokenizer_types import MegatronTokenizer
 
 __all__ = [
     # reference API (Megatron Bridge model_load_save)
@@ -49,6 +58,7 @@ __all__ = [
     "megatron_cpu_init_context",
     "temporary_distributed_context",
     "load_model_config",
+    "load_tokenizer",
     "build_and_load_model",
     "load_megatron_model",
     "save_megatron_model",
@@ -56,6 +66,12 @@ __all__ = [
     "dtype_from_hf",
     # beyond the reference
     "parse_dtype",
+    "MegatronTokenizer",
+    "TokenizerConfig",
+    "build_tokenizer",
+    "read_tokenizer_config",
+    "bundle_tokenizer_files",
+    "SUPPORTED_TOKENIZER_TYPES",
     "GPTModelProvider",
     "padded_vocab_size",
     "transformer_config_from_args",

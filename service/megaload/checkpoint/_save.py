@@ -182,45 +182,40 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _tokenizer_section(chunks: list, iter_dir: Path, hf_tokenizer_path, hf_tokenizer_kwargs) -> dict | None:
-    """Write tokenizer files under ``iter_dir/tokenizer`` and return the run-config section."""
+    """Write tokenizer files under ``iter_dir/tokenizer`` and return the run-config section.
+
+    With ``hf_tokenizer_path`` that Hugging Face tokenizer is bundled; otherwise the tokenizer
+    recorded in the checkpoint the model was loaded from (if any) is carried over."""
+    from ._tokenizer import bundle_tokenizer_files
     from ._tokenizer_config import TokenizerConfig, recorded_tokenizer_config
 
     dest = iter_dir / TOKENIZER_DIRNAME
+    src_dir = None
     if hf_tokenizer_path is not None:
         kwargs = dict(hf_tokenizer_kwargs or {})
-        try:
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(hf_tokenizer_path), local_files_only=True, **kwargs)
-        except (OSError, ValueError, ImportError) as e:
-            raise TokenizerError(f"cannot read the Hugging Face tokenizer at {hf_tokenizer_path}: {e}", path=str(hf_tokenizer_path)) from e
-        tok.save_pretrained(str(dest))
-        return TokenizerConfig(
+        config = TokenizerConfig(
             tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf_tokenizer_path), hf_tokenizer_kwargs=kwargs
-        ).to_run_config_section()
-    source = getattr(chunks[0], SOURCE_ATTR, None) or {}
-    src_dir = source.get("iteration_dir")
-    if src_dir is None:
-        return None
-    src_dir = Path(src_dir)
-    try:
-        config = recorded_tokenizer_config(src_dir)
-    except CheckpointError as e:
-        logger.warning("not carrying the tokenizer of %s over: %s", src_dir, e)
-        return None
-    if config is None:
-        return None
-    bundled = src_dir / TOKENIZER_DIRNAME
-    if bundled.is_dir():
-        shutil.copytree(bundled, dest, symlinks=False)
+        )
     else:
-        for field in ("tokenizer_model", "vocab_file", "merge_file"):
-            value = getattr(config, field, None)
-            if value and Path(value).is_file():
-                dest.mkdir(exist_ok=True)
-                shutil.copy2(value, dest / Path(value).name)
-            elif value and Path(value).is_dir():
-                shutil.copytree(value, dest, dirs_exist_ok=True)
+        source = getattr(chunks[0], SOURCE_ATTR, None) or {}
+        if source.get("iteration_dir") is None:
+            return None
+        src_dir = Path(source["iteration_dir"])
+        try:
+            config = recorded_tokenizer_config(src_dir)
+        except CheckpointError as e:
+            logger.warning("not carrying the tokenizer of %s over: %s", src_dir, e)
+            return None
+        if config is None:
+            return None
+    try:
+        bundle_tokenizer_files(
+            config, dest, iter_dir=src_dir, trust_remote_code=bool(config.hf_tokenizer_kwargs.get("trust_remote_code"))
+        )
+    except CheckpointError:
+        if hf_tokenizer_path is not None:
+            raise
+        logger.warning("tokenizer files of %s could not be bundled; recording its settings only", src_dir)
     return config.to_run_config_section()
 
 

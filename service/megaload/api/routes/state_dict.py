@@ -1,0 +1,211 @@
+"""``/v1/models/{id}/state_dict``: a resident model's weights as safetensors shards.
+
+``GET .../state_dict`` answers the index (Hugging Face ``model.safetensors.index.json``
+keys plus the shards, per-tensor checksums and the entries left out); ``GET`` and ``HEAD
+.../state_dict/{n}`` answer shard ``n`` as a complete safetensors file. Both take the same
+query (``max_shard_bytes``, ``dtype``, repeatable ``keys``), so the index describes exactly
+the files the shard route serves under the same query.
+
+A shard request, in order (RFC 9110's precedence of conditional requests)::
+
+    options from the query               422 (invalid-dtype, validation) / 400 (bad keys regex)
+    lease on the model                   404 model-not-found
+    plan (cached per model and options)  404 shard-not-found
+    If-None-Match matches the ETag       304, no body
+    HEAD                                 200, headers only (Range applies to GET only)
+    Range (honoured when If-Range is absent or is the current ETag)
+                                         206 + Content-Range, or 416 with Content-Range: bytes */size
+    body                                 the writer's pieces, from a worker thread, lease held
+                                         until the last byte or the client's disconnect
+
+Headers, sizes and the ETag follow from the plan alone: nothing reads tensor data before the
+body starts. The ETag hashes the model's id and load time, the options and the shard's
+header, so it changes when the model is reloaded or the options change.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+
+from megaload_client import _problems as p
+from megaload_client._models import MAX_DTYPE_CHARS, StateDictIndex
+
+from ...checkpoint import parse_dtype
+from ...registry import ModelEntry
+from ...runtime import Runtime
+from ...streaming import (
+    DEFAULT_MAX_SHARD_BYTES,
+    MAX_KEY_PATTERN_LENGTH,
+    MAX_MAX_SHARD_BYTES,
+    MIN_MAX_SHARD_BYTES,
+    ShardOptions,
+    content_range,
+    iter_shard_bytes,
+    matches_if_none_match,
+    matches_if_range,
+    parse_range,
+    shard_etag,
+)
+from ..deps import RuntimeDep
+from ..problems import error_responses
+from ..shard_plans import ShardPlans
+from ..streaming_body import LeasedStreamingResponse
+
+router = APIRouter(prefix="/models", tags=["state dict"])
+
+SAFETENSORS_MEDIA_TYPE = "application/octet-stream"
+
+ModelId = Annotated[str, Path(min_length=1, max_length=128, description="a model id from POST /v1/models")]
+ShardIndex = Annotated[int, Path(description="the shard's index, from 0 (the index lists them)")]
+
+
+def shard_options(
+    max_shard_bytes: Annotated[
+        int | None,
+        Query(
+            description=f"bound on the tensor bytes of one shard (default {DEFAULT_MAX_SHARD_BYTES}, between "
+            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own"
+        ),
+    ] = None,
+    dtype: Annotated[
+        str | None,
+        Query(
+            max_length=MAX_DTYPE_CHARS,
+            description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)",
+        ),
+    ] = None,
+    keys: Annotated[
+        list[str] | None,
+        Query(
+            description="regular expressions matched at the start of each key (a plain prefix works); "
+            "repeat to keep keys matching any of them",
+        ),
+    ] = None,
+) -> ShardOptions:
+    """The query shared by the index and the shards, validated."""
+    target = None if dtype is None else parse_dtype(dtype)
+    return ShardOptions(
+        max_shard_bytes=DEFAULT_MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes,
+        dtype=target,
+        keys=tuple(keys or ()),
+    )
+
+
+ShardOptionsDep = Annotated[ShardOptions, Depends(shard_options)]
+
+
+def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
+    """The app's plan cache, made on first use for the runtime of this lifespan."""
+    plans = getattr(request.app.state, "shard_plans", None)
+    if plans is None or plans.registry is not runtime.registry:
+        plans = request.app.state.shard_plans = ShardPlans(runtime.registry)
+    return plans
+
+
+ShardPlansDep = Annotated[ShardPlans, Depends(get_shard_plans)]
+
+_OPTION_ERRORS = (p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND)
+
+
+@router.get(
+    "/{model_id}/state_dict",
+    response_model=StateDictIndex,
+    summary="The shard index of a model's state dict (Hugging Face index keys, shards, checksums)",
+    responses=error_responses(*_OPTION_ERRORS),
+)
+async def state_dict_index(model_id: ModelId, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep) -> Response:
+    async with runtime.registry.lease(model_id) as entry:
+        body = await plans.index_json(entry, options)
+    return Response(body, media_type="application/json")
+
+
+_SHARD_RESPONSES = {
+    200: {"description": "the whole shard file", "content": {SAFETENSORS_MEDIA_TYPE: {}}},
+    206: {"description": "the byte range asked for (Content-Range)", "content": {SAFETENSORS_MEDIA_TYPE: {}}},
+    304: {"description": "If-None-Match matched the shard's ETag"},
+    **error_responses(*_OPTION_ERRORS, p.SHARD_NOT_FOUND, p.RANGE_NOT_SATISFIABLE),
+}
+
+
+@router.get(
+    "/{model_id}/state_dict/{n}",
+    response_class=Response,
+    summary="Shard n as a complete safetensors file (ETag, Range, If-Range, If-None-Match)",
+    responses=_SHARD_RESPONSES,
+)
+async def get_shard(
+    model_id: ModelId, n: ShardIndex, request: Request, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+) -> Response:
+    return await _shard_response(runtime, plans, model_id, n, options, request, head=False)
+
+
+@router.head(
+    "/{model_id}/state_dict/{n}",
+    response_class=Response,
+    summary="Headers of shard n (Content-Length, ETag) without the body",
+    responses=_SHARD_RESPONSES,
+)
+async def head_shard(
+    model_id: ModelId, n: ShardIndex, request: Request, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+) -> Response:
+    return await _shard_response(runtime, plans, model_id, n, options, request, head=True)
+
+
+async def _shard_response(
+    runtime: Runtime,
+    plans: ShardPlans,
+    model_id: str,
+    n: int,
+    options: ShardOptions,
+    request: Request,
+    *,
+    head: bool,
+) -> Response:
+    lease = runtime.registry.acquire(model_id)
+    handed_over = False
+    try:
+        entry = lease.entry
+        plan = await plans.plan(entry, options)
+        shard = plan.shard(n)
+        etag = shard_etag(model_identity(entry), plan, n)
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": f'attachment; filename="{shard.filename}"',
+        }
+        if matches_if_none_match(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
+        if head:
+            return Response(
+                status_code=200,
+                headers={**headers, "Content-Length": str(shard.size)},
+                media_type=SAFETENSORS_MEDIA_TYPE,
+            )
+        span = None
+        if matches_if_range(request.headers.get("if-range"), etag):
+            span = parse_range(request.headers.get("range"), shard.size)
+        start, end = span if span is not None else (0, shard.size)
+        headers["Content-Length"] = str(end - start)
+        if span is not None:
+            headers["Content-Range"] = content_range(start, end, shard.size)
+        pieces = iter_shard_bytes(plan, n, entry.state_dict, start=start, end=end)
+        response = LeasedStreamingResponse(
+            pieces,
+            lease,
+            status_code=206 if span is not None else 200,
+            headers=headers,
+            media_type=SAFETENSORS_MEDIA_TYPE,
+            on_bytes=runtime.metrics.stream_bytes.inc,
+        )
+        handed_over = True
+        return response
+    finally:
+        if not handed_over:
+            lease.release()
+
+
+def model_identity(entry: ModelEntry) -> str:
+    """What the ETag knows of the model: its id and when this copy of it was loaded."""
+    return f"{entry.id}@{entry.loaded_at.isoformat()}"

@@ -1,0 +1,172 @@
+"""Shard plans of resident models: made once per (model, load, options), shared by requests.
+
+The state-dict routes ask two things of :class:`ShardPlans`, always while holding a read
+lease on the model's registry entry::
+
+    plan = await plans.plan(entry, options)          # sizes, headers, ETags: no tensor data read
+    body = await plans.index_json(entry, options)    # the index with per-tensor checksums, JSON
+
+A cached plan is keyed by the model id, the time the entry was loaded and the options, so a
+model evicted and loaded again under the same id never meets the plans of its predecessor.
+
+* Planning reads names, shapes and dtypes only. It runs in a worker thread under the caller's
+  lease; two requests that miss at once both plan (cheap) and the first result is kept.
+* Checksums read every tensor once (:func:`~megaload.streaming.fill_checksums`). One task per
+  key computes them in a worker thread under a lease of its own, so a client that goes away
+  neither cancels the work nor makes the next one repeat it; concurrent index requests for
+  the same key await that one task. A failed computation is forgotten (the next request
+  tries again).
+* At most ``max_plans`` keys are kept (least recently used dropped first); keys of models
+  that are no longer resident are dropped whenever a key is added.
+
+The planner is handed the model's tensors plus the names of its modules' extra state
+(``..._extra_state``, serialized module state that is not a weight), which it lists in the
+index's ``skipped`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import torch
+
+from ..errors import ModelNotFoundError
+from ..streaming import ShardOptions, ShardPlan, fill_checksums, plan_shards
+
+if TYPE_CHECKING:
+    from ..registry import ModelEntry, Registry
+
+__all__ = ["ShardPlans", "DEFAULT_MAX_PLANS"]
+
+DEFAULT_MAX_PLANS = 32
+
+_Key = tuple[str, datetime, ShardOptions]
+
+
+@dataclass
+class _Slot:
+    plan: ShardPlan | None = None
+    index: bytes | None = None
+    indexing: asyncio.Task[bytes] | None = None
+
+
+class ShardPlans:
+    """See the module docstring. One per service; used from the event loop only."""
+
+    def __init__(self, registry: Registry, *, max_plans: int = DEFAULT_MAX_PLANS) -> None:
+        if max_plans < 1:
+            raise ValueError(f"max_plans must be at least 1, got {max_plans}")
+        self.registry = registry
+        self.max_plans = max_plans
+        self._slots: OrderedDict[_Key, _Slot] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    async def plan(self, entry: ModelEntry, options: ShardOptions) -> ShardPlan:
+        """The plan of ``entry``'s state dict under ``options``. The caller holds a lease."""
+        return await self._plan(self._slot(entry, options), entry, options)
+
+    async def index_json(self, entry: ModelEntry, options: ShardOptions) -> bytes:
+        """The state-dict index (``ShardPlan.to_dict()`` with checksums) as JSON bytes. The
+        caller holds a lease."""
+        slot = self._slot(entry, options)
+        plan = await self._plan(slot, entry, options)
+        if slot.index is not None:
+            return slot.index
+        if slot.indexing is None:
+            slot.indexing = asyncio.create_task(self._fill(entry, plan, slot), name=f"checksums-{entry.id}")
+            slot.indexing.add_done_callback(_retrieve)
+        return await asyncio.shield(slot.indexing)
+
+    async def _plan(self, slot: _Slot, entry: ModelEntry, options: ShardOptions) -> ShardPlan:
+        if slot.plan is None:
+            plan = await anyio.to_thread.run_sync(plan_shards, streamable_view(entry), options)
+            if slot.plan is None:
+                slot.plan = plan
+        return slot.plan
+
+    async def _fill(self, entry: ModelEntry, plan: ShardPlan, slot: _Slot) -> bytes:
+        try:
+            lease = self.registry.acquire(entry.id)
+        except ModelNotFoundError:
+            slot.indexing = None
+            raise
+        try:
+            if lease.entry is not entry:  # evicted and loaded again since the caller's lease
+                raise ModelNotFoundError(entry.id)
+            filled = await anyio.to_thread.run_sync(fill_checksums, plan, entry.state_dict)
+            body = json.dumps(filled.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except BaseException:
+            slot.indexing = None
+            raise
+        finally:
+            lease.release()
+        slot.index = body
+        slot.indexing = None
+        return body
+
+    def _slot(self, entry: ModelEntry, options: ShardOptions) -> _Slot:
+        key = (entry.id, entry.loaded_at, options)
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+            return slot
+        self._drop_stale()
+        slot = self._slots[key] = _Slot()
+        while len(self._slots) > self.max_plans:
+            self._slots.popitem(last=False)
+        return slot
+
+    def _drop_stale(self) -> None:
+        resident = {(e.id, e.loaded_at) for e in self.registry.list()}
+        for key in [k for k in self._slots if (k[0], k[1]) not in resident]:
+            del self._slots[key]
+
+
+def _retrieve(task: asyncio.Task[bytes]) -> None:
+    """Mark a failure as seen: every awaiter may have gone away before it came."""
+    if not task.cancelled():
+        task.exception()
+
+
+def streamable_view(entry: ModelEntry) -> Mapping[str, Any]:
+    """``entry.state_dict`` (tensors, in the model's order) followed by the names of its
+    modules' extra state, mapped to ``None`` for the planner to list as skipped."""
+    tensors = entry.state_dict
+    extra = [name for name in extra_state_names(getattr(entry.loaded, "model", None)) if name not in tensors]
+    if not extra:
+        return tensors
+    view = dict(tensors)
+    view.update(dict.fromkeys(extra))
+    return view
+
+
+def extra_state_names(chunks: Any) -> list[str]:
+    """The ``_extra_state`` keys ``state_dict()`` gives for ``chunks`` (a module or a list of
+    virtual-pipeline chunks), flattened as :func:`megaload.checkpoint.model_state_dict` keys
+    them, found from the module tree alone: torch adds the key for every module whose class
+    overrides ``get_extra_state``, so nothing is serialized to learn the names."""
+    if chunks is None:
+        return []
+    if isinstance(chunks, torch.nn.Module):
+        chunks = [chunks]
+    names: list[str] = []
+    for i, chunk in enumerate(chunks):
+        if not isinstance(chunk, torch.nn.Module):
+            continue
+        prefix = "model." if len(chunks) == 1 else f"model{i}."
+        for path, module in chunk.named_modules(remove_duplicate=False):
+            if type(module).get_extra_state is not torch.nn.Module.get_extra_state:
+                names.append(f"{prefix}{path}.{_EXTRA_STATE}" if path else f"{prefix}{_EXTRA_STATE}")
+    return names
+
+
+_EXTRA_STATE = "_extra_state"

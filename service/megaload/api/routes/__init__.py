@@ -8,9 +8,9 @@ as one more router in :data:`V1_ROUTERS`: they take ``runtime.registry.acquire(m
 ``runtime.metrics.stream_bytes``; errors they raise map through ``api.problems``.
 """
 
-from . import checkpoints, health, info, jobs, models
+from . import checkpoints, health, info, jobs, models, state_dict
 
 OPEN_ROUTERS = [health.router]
-V1_ROUTERS = [info.router, checkpoints.router, models.router, jobs.router]
+V1_ROUTERS = [info.router, checkpoints.router, models.router, state_dict.router, jobs.router]
 
 __all__ = ["OPEN_ROUTERS", "V1_ROUTERS"]

@@ -1,0 +1,162 @@
+"""Weights of the upstream fixtures, bit for bit against the upstream loader's state dict.
+
+``reference_state_dict.safetensors`` is Megatron Bridge's
+``load_megatron_model(iter_dir, return_state_dict=True, use_cpu_init=True)`` flattened with '.',
+non-tensors and ``_extra_state`` dropped (listed in reference_notes.json). The on-disk
+``.metadata`` entries are in reference_notes.json too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from megaload.checkpoint import (
+    IncompatibleConfigError,
+    TensorMetadata,
+    estimate_model_bytes,
+    load_megatron_model,
+    model_config,
+    model_state_dict,
+    read_tensor_metadata,
+    temporary_distributed_context,
+)
+
+FIXTURE_NAMES = ("bridge_gpt_tied_rope_fp32", "mlm_gpt")
+
+
+@pytest.fixture(scope="module")
+def loaded(references):
+    """Our loads of every fixture, shared by the tests of this module (read only)."""
+    out = {}
+    for name in FIXTURE_NAMES:
+        out[(name, "state_dict", "save_dir")] = load_megatron_model(
+            references.save_dir(name), return_state_dict=True, use_cpu_init=True
+        )
+        out[(name, "state_dict", "iter_dir")] = load_megatron_model(
+            references.iter_dir(name), return_state_dict=True, use_cpu_init=True
+        )
+        out[(name, "model", "save_dir")] = load_megatron_model(references.save_dir(name), use_cpu_init=True)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["save_dir", "iter_dir"])
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_top_level_keys(references, loaded, name, kind):
+    state = loaded[(name, "state_dict", kind)]
+    assert sorted(state) == references.notes(name)["state_dict"]["top_level_keys"]
+
+
+@pytest.mark.parametrize("kind", ["save_dir", "iter_dir"])
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_state_dict_bit_for_bit(references, loaded, flatten_state_dict, assert_bitwise_equal, name, kind):
+    tensors, _ = flatten_state_dict(loaded[(name, "state_dict", kind)])
+    reference = references.state_dict(name)
+    assert len(reference) == references.notes(name)["state_dict"]["num_tensors"]
+    assert_bitwise_equal(tensors, reference)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_non_tensor_entries_match_notes(references, loaded, flatten_state_dict, name):
+    _, others = flatten_state_dict(loaded[(name, "state_dict", "save_dir")])
+    assert others == references.notes(name)["state_dict"]["skipped"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_non_tensor_values_match_on_disk_layout(references, loaded, name):
+    state = loaded[(name, "state_dict", "save_dir")]
+    layout = references.notes(name)["layout"]
+    assert state["checkpoint_version"] == layout["common_pt_checkpoint_version"]
+    assert state["iteration"] == layout["common_pt_iteration"]
+    assert state["content_metadata"] == layout["common_pt_content_metadata"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_tensor_shapes_and_dtypes_match_notes(references, loaded, flatten_state_dict, name):
+    tensors, _ = flatten_state_dict(loaded[(name, "state_dict", "save_dir")])
+    notes = references.notes(name)["state_dict"]["tensors"]
+    assert set(tensors) == set(notes)
+    for key, meta in notes.items():
+        assert list(tensors[key].shape) == meta["shape"], key
+        assert str(tensors[key].dtype) == meta["dtype"], key
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_loaded_model_weights_bit_for_bit(references, loaded, assert_bitwise_equal, name):
+    model = loaded[(name, "model", "save_dir")]
+    assert isinstance(model, list) and len(model) == 1
+    assert_bitwise_equal(model_state_dict(model), references.state_dict(name))
+    # a single chunk (not a list) is accepted too
+    assert_bitwise_equal(model_state_dict(model[0]), references.state_dict(name))
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_loaded_model_is_on_cpu_in_eval_ready_state(references, loaded, name):
+    model = loaded[(name, "model", "save_dir")]
+    for param in model[0].parameters():
+        assert param.device.type == "cpu"
+    cfg = model_config(model)
+    assert cfg.tensor_model_parallel_size == 1 and cfg.pipeline_model_parallel_size == 1
+    assert cfg.params_dtype == torch.float32
+
+
+def _tensor_entries(notes: dict) -> dict[str, dict]:
+    return {
+        key: entry
+        for key, entry in notes["layout"]["distcp_entries"].items()
+        if entry["kind"] == "TensorStorageMetadata" and not key.startswith(("optimizer.", "rng_state"))
+    }
+
+
+@pytest.mark.parametrize("kind", ["save_dir", "iter_dir"])
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_read_tensor_metadata_matches_layout(references, name, kind):
+    path = references.save_dir(name) if kind == "save_dir" else references.iter_dir(name)
+    got = read_tensor_metadata(path)
+    want = _tensor_entries(references.notes(name))
+    assert set(got) == set(want)
+    for key, entry in want.items():
+        meta = got[key]
+        assert isinstance(meta, TensorMetadata)
+        assert meta.name == key
+        assert list(meta.shape) == entry["size"], key
+        assert str(meta.dtype) == entry["dtype"], key
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_estimate_model_bytes_is_the_sum_of_the_entries(references, name):
+    entries = _tensor_entries(references.notes(name)).values()
+    numel = [math.prod(e["size"]) for e in entries]
+    itemsize = {"torch.float32": 4, "torch.bfloat16": 2, "torch.float16": 2}
+    as_stored = sum(n * itemsize[e["dtype"]] for n, e in zip(numel, entries))
+    assert estimate_model_bytes(references.save_dir(name)) == as_stored
+    assert estimate_model_bytes(references.save_dir(name), dtype=torch.bfloat16) == 2 * sum(numel)
+
+
+def test_load_inside_an_existing_group(references, assert_bitwise_equal):
+    """With a group and model-parallel state already set up, the load uses them and leaves them be."""
+    name = "mlm_gpt"
+    with temporary_distributed_context():
+        state = load_megatron_model(references.save_dir(name), return_state_dict=True, use_cpu_init=True)
+        assert dist.is_initialized()
+        explicit = load_megatron_model(
+            references.save_dir(name), return_state_dict=True, use_cpu_init=True, skip_temp_dist_context=True
+        )
+    assert_bitwise_equal({f"model.{k}": v for k, v in state["model"].items()}, references.state_dict(name))
+    assert_bitwise_equal({f"model.{k}": v for k, v in explicit["model"].items()}, references.state_dict(name))
+
+
+def test_model_type_gpt_given_explicitly(references, assert_bitwise_equal):
+    state = load_megatron_model(references.save_dir("mlm_gpt"), model_type="gpt", return_state_dict=True, use_cpu_init=True)
+    assert_bitwise_equal({f"model.{k}": v for k, v in state["model"].items()}, references.state_dict("mlm_gpt"))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "t5", ""])
+def test_unknown_model_type_is_incompatible(references, model_type):
+    with pytest.raises(IncompatibleConfigError) as info:
+        load_megatron_model(references.save_dir("mlm_gpt"), model_type=model_type, use_cpu_init=True)
+    assert info.value.field == "model_type"
+    assert repr(model_type) in str(info.value)

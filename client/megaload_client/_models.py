@@ -60,6 +60,7 @@ __all__ = [
     "Job",
     "JobList",
     "ShardInfo",
+    "StateDictOptions",
     "StateDictIndexMetadata",
     "StateDictIndex",
 ]
@@ -331,6 +332,15 @@ class ShardInfo(_Response):
     filename: str
     size: int = Field(description="bytes of the whole safetensors file, header included")
     tensor_count: int
+    names: list[str] = Field(default_factory=list, description="the tensor keys in this file, in state-dict order")
+
+
+class StateDictOptions(_Response):
+    """The query an index was planned with (the same query serves its shards)."""
+
+    max_shard_bytes: int
+    dtype: str | None = Field(default=None, description="safetensors name of the cast target (BF16...), or null")
+    keys: list[str] = Field(default_factory=list)
 
 
 class StateDictIndexMetadata(_Response):
@@ -352,3 +362,5 @@ class StateDictIndex(_Response):
     skipped: list[str] = Field(
         default_factory=list, description="state-dict entries that are not tensors (e.g. _extra_state), left out"
     )
+    skipped_reasons: dict[str, str] = Field(default_factory=dict, description="skipped entry -> why it was left out")
+    options: StateDictOptions | None = Field(default=None, description="the options the shards were planned with")

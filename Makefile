@@ -22,8 +22,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# `make run`: serve on 127.0.0.1:8000 (MEGALOAD_* settings apply, e.g. MEGALOAD_PORT=9000 make run).
+# With no checkpoint root configured it serves the embedded demo checkpoint, written on first
+# start into MEGALOAD_DATA_DIR (default ./data), and saves into MEGALOAD_DATA_DIR/saves unless
+# save roots are configured. Extra `megaload serve` flags: make run ARGS="--log-format json".
+MEGALOAD_DATA_DIR ?= data
+ARGS ?=
+
 run: $(STAMP)
-	@echo "make run: the service entry point is filed separately (issue: ship it)."
+	$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.egg-info client/*.egg-info

@@ -56,6 +56,8 @@ def check_shard_header(header: SafetensorsHeader, shard: ShardInfo, index: State
     for entry in header.entries:
         if index.weight_map.get(entry.name) != shard.filename:
             raise IntegrityError(f"{where}: tensor {entry.name!r} is not mapped to this file by the index")
+    if shard.names and sorted(shard.names) != sorted(entry.name for entry in header.entries):
+        raise IntegrityError(f"{where}: holds other tensors than the index lists for it")
 
 
 def tensors_from_shard(

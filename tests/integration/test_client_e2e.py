@@ -34,13 +34,6 @@ def client(service):
         yield c
 
 
-@pytest.fixture
-def streaming(service):
-    paths = {getattr(route, "path", "") for route in service.app.routes}
-    if not any(p.startswith("/v1/models/") and p.endswith("/state_dict") for p in paths):
-        pytest.skip("the state-dict streaming routes are not mounted in this build yet")
-
-
 def _cli(service, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "megaload_client", "--url", service.base_url, *args],
@@ -146,7 +139,7 @@ def test_invalid_load_options_are_refused_before_or_by_the_service(client):
 
 
 @pytest.mark.parametrize("name", FIXTURES)
-def test_state_dict_equals_the_reference_bit_for_bit(client, streaming, name):
+def test_state_dict_equals_the_reference_bit_for_bit(client, name):
     model = client.load(name)
     tensors = model.state_dict(max_workers=3)
     reference = _reference(name)
@@ -155,7 +148,7 @@ def test_state_dict_equals_the_reference_bit_for_bit(client, streaming, name):
         assert tensors[key].dtype == want.dtype and torch.equal(tensors[key], want), key
 
 
-def test_iter_tensors_and_async_state_dict_match(client, service, streaming):
+def test_iter_tensors_and_async_state_dict_match(client, service):
     model = client.load("mlm_gpt")
     reference = _reference("mlm_gpt")
     streamed = dict(model.iter_tensors())
@@ -170,7 +163,7 @@ def test_iter_tensors_and_async_state_dict_match(client, service, streaming):
     assert all(torch.equal(fetched[k], reference[k]) for k in reference)
 
 
-def test_bad_state_dict_options_are_typed_errors(client, streaming):
+def test_bad_state_dict_options_are_typed_errors(client):
     model = client.load("mlm_gpt")
     with pytest.raises(ValueError, match="max_shard_bytes") as small:
         model.state_dict(max_shard_bytes=1024)
@@ -181,7 +174,7 @@ def test_bad_state_dict_options_are_typed_errors(client, streaming):
         client.state_dict("0" * 16)
 
 
-def test_dtype_cast_and_key_filter(client, streaming):
+def test_dtype_cast_and_key_filter(client):
     model = client.load("mlm_gpt")
     reference = _reference("mlm_gpt")
     cast = model.state_dict(dtype="bf16")
@@ -191,7 +184,7 @@ def test_dtype_cast_and_key_filter(client, streaming):
     assert layer0 and set(layer0) == {k for k in reference if k.startswith("model.decoder.layers.0.")}
 
 
-def test_download_loads_with_safetensors_and_resumes(client, service, streaming, tmp_path):
+def test_download_loads_with_safetensors_and_resumes(client, service, tmp_path):
     model = client.load("bridge_gpt_tied_rope_fp32")
     reference = _reference("bridge_gpt_tied_rope_fp32")
     options = {"dtype": "fp16"}  # fixtures fit one shard (the service cuts at 1 MiB or more)

@@ -160,3 +160,53 @@ def test_unknown_model_type_is_incompatible(references, model_type):
         load_megatron_model(references.save_dir("mlm_gpt"), model_type=model_type, use_cpu_init=True)
     assert info.value.field == "model_type"
     assert repr(model_type) in str(info.value)
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_build_and_load_model_leaves_the_config_alone(references, assert_bitwise_equal, name):
+    from megaload.checkpoint import build_and_load_model, load_model_config
+
+    cfg, args = load_model_config(references.save_dir(name))
+    before = {f: getattr(cfg, f) for f in ("use_cpu_initialization", "params_dtype", "perform_initialization",
+                                           "tensor_model_parallel_size", "bf16", "fp16")}
+    state = build_and_load_model(
+        references.save_dir(name), cfg, megatron_args=args, return_state_dict=True, use_cpu_init=True
+    )
+    assert {f: getattr(cfg, f) for f in before} == before
+    assert_bitwise_equal({f"model.{k}": v for k, v in state["model"].items()}, references.state_dict(name))
+
+
+def test_build_and_load_model_needs_args_for_megatron_lm(references):
+    from megaload.checkpoint import build_and_load_model, load_model_config
+
+    cfg, _ = load_model_config(references.save_dir("mlm_gpt"))
+    with pytest.raises(IncompatibleConfigError) as info:
+        build_and_load_model(references.save_dir("mlm_gpt"), cfg, use_cpu_init=True)
+    assert info.value.field == "megatron_args"
+
+
+def test_mamba_without_its_kernels_is_a_clear_error(references):
+    try:
+        import mamba_ssm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("mamba_ssm is installed here")
+    from megaload.checkpoint import UnsupportedCheckpointError
+
+    with pytest.raises(UnsupportedCheckpointError) as info:
+        load_megatron_model(references.save_dir("mlm_gpt"), model_type="mamba", use_cpu_init=True)
+    assert "mamba" in str(info.value).lower()
+    assert not dist.is_initialized()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_without_cuda_use_cpu_init_false_falls_back_to_cpu(references, assert_bitwise_equal, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="megaload.checkpoint"):
+        state = load_megatron_model(references.save_dir("bridge_gpt_tied_rope_fp32"), return_state_dict=True)
+    assert any("CUDA is not available" in r.getMessage() for r in caplog.records)
+    assert_bitwise_equal(
+        {f"model.{k}": v for k, v in state["model"].items()}, references.state_dict("bridge_gpt_tied_rope_fp32")
+    )

@@ -88,7 +88,7 @@ class ShardPlans:
 
     async def _plan(self, slot: _Slot, entry: ModelEntry, options: ShardOptions) -> ShardPlan:
         if slot.plan is None:
-            plan = await anyio.to_thread.run_sync(plan_shards, streamable_view(entry), options)
+            plan = await anyio.to_thread.run_sync(_plan_entry, entry, options)
             if slot.plan is None:
                 slot.plan = plan
         return slot.plan
@@ -135,6 +135,10 @@ def _retrieve(task: asyncio.Task[bytes]) -> None:
     """Mark a failure as seen: every awaiter may have gone away before it came."""
     if not task.cancelled():
         task.exception()
+
+
+def _plan_entry(entry: ModelEntry, options: ShardOptions) -> ShardPlan:
+    return plan_shards(streamable_view(entry), options)
 
 
 def streamable_view(entry: ModelEntry) -> Mapping[str, Any]:

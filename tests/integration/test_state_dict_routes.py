@@ -365,3 +365,33 @@ def test_streamed_bytes_are_counted(service):
     _shard(service, model_id, 0, headers={"Range": "bytes=0-9"})
     _shard(service, model_id, 0, method="HEAD")
     assert service.metric("megaload_stream_bytes_total") - before == size + 10
+
+
+def test_checksums_are_computed_once_per_model_and_options(service, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import megaload.api.shard_plans as shard_plans
+
+    calls: list[dict] = []
+    real = shard_plans.fill_checksums
+
+    def counting(plan, tensors, **kwargs):
+        calls.append(plan.options.to_dict())
+        return real(plan, tensors, **kwargs)
+
+    monkeypatch.setattr(shard_plans, "fill_checksums", counting)
+    model_id = _load(service, GENERATED_NAME)
+    params = {"max_shard_bytes": 3 * MiB, "keys": "model.decoder."}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: service.client.get(f"/v1/models/{model_id}/state_dict", params=params), range(4)))
+    assert [a.status_code for a in answers] == [200] * 4
+    assert len({a.content for a in answers}) == 1
+    assert _index(service, model_id, params) == answers[0].json()
+    assert len(calls) == 1
+    # other options are another plan; the same options on a reloaded model are too
+    _index(service, model_id, {**params, "dtype": "bf16"})
+    assert len(calls) == 2
+    assert service.client.delete(f"/v1/models/{model_id}").status_code == 204
+    assert _load(service, GENERATED_NAME) == model_id
+    assert _index(service, model_id, params) == answers[0].json()
+    assert len(calls) == 3

@@ -206,7 +206,8 @@ def test_ranges_inside_and_across_tensors_of_a_generated_model(service, library)
     last = index["shards"][-1]
     header_end, header = layout(last["index"])
     final_name = max(header, key=lambda k: header[k]["data_offsets"][1])
-    assert file_bytes(last["index"], last["size"] - 1, last["size"]) == _raw(expected[final_name]).numpy().tobytes()[-1:]
+    last_byte = _raw(expected[final_name]).numpy().tobytes()[-1:]
+    assert file_bytes(last["index"], last["size"] - 1, last["size"]) == last_byte
 
 
 def test_etag_is_stable_and_changes_with_options_and_model(service):
@@ -279,7 +280,10 @@ def test_head_gives_the_headers_of_get_without_a_body(service):
     assert _shard(service, "no-such-model", 0, method="HEAD").status_code == 404
 
 
-@pytest.mark.parametrize(("name", "dtype", "target"), [("mlm_gpt", "bf16", torch.bfloat16), ("bridge_gpt_tied_rope_fp32", "fp16", torch.float16)])
+@pytest.mark.parametrize(
+    ("name", "dtype", "target"),
+    [("mlm_gpt", "bf16", torch.bfloat16), ("bridge_gpt_tied_rope_fp32", "fp16", torch.float16)],
+)
 def test_dtype_casts_on_the_fly(service, library, tmp_path, name, dtype, target):
     expected, _ = library[name]
     model_id = _load(service, name)
@@ -294,7 +298,8 @@ def test_dtype_casts_on_the_fly(service, library, tmp_path, name, dtype, target)
     for key, tensor in got.items():
         assert index["checksums"][key] == xxhash.xxh3_64_hexdigest(_raw(tensor).numpy().tobytes()), key
     # the resident model is untouched: a plain request still serves float32
-    assert all(t.dtype == torch.float32 for t in _download(service, model_id, _index(service, model_id), (), tmp_path).values())
+    plain = _download(service, model_id, _index(service, model_id), (), tmp_path)
+    assert all(t.dtype == torch.float32 for t in plain.values())
 
 
 def test_keys_select_by_prefix_and_regex(service, library, tmp_path):
@@ -343,12 +348,13 @@ def test_errors_are_typed_problems(service):
         assert str(shard_count) in body["detail"]
     _problem(_shard(service, model_id, "first"), 422, problems.VALIDATION)
 
+    index_url = f"/v1/models/{model_id}/state_dict"
     for params in ({"dtype": "int9"}, {"dtype": "bf17"}):
-        for r in (service.client.get(f"/v1/models/{model_id}/state_dict", params=params), _shard(service, model_id, 0, params)):
+        for r in (service.client.get(index_url, params=params), _shard(service, model_id, 0, params)):
             assert params["dtype"] in _problem(r, 422, problems.INVALID_DTYPE)["detail"]
     body = _problem(_shard(service, model_id, 0, {"max_shard_bytes": 5}), 422, problems.VALIDATION)
     assert body["field"] == "max_shard_bytes" and body["limit"] == MiB
-    body = _problem(service.client.get(f"/v1/models/{model_id}/state_dict", params={"max_shard_bytes": 1 << 40}), 422, problems.VALIDATION)
+    body = _problem(service.client.get(index_url, params={"max_shard_bytes": 1 << 40}), 422, problems.VALIDATION)
     assert body["field"] == "max_shard_bytes" and body["limit"] == 64 << 30
     _problem(_shard(service, model_id, 0, {"max_shard_bytes": "lots"}), 422, problems.VALIDATION)
     body = _problem(_shard(service, model_id, 0, [("keys", f"k{i}") for i in range(65)]), 422, problems.VALIDATION)
@@ -383,7 +389,8 @@ def test_checksums_are_computed_once_per_model_and_options(service, monkeypatch)
     model_id = _load(service, GENERATED_NAME)
     params = {"max_shard_bytes": 3 * MiB, "keys": "model.decoder."}
     with ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda _: service.client.get(f"/v1/models/{model_id}/state_dict", params=params), range(4)))
+        url = f"/v1/models/{model_id}/state_dict"
+        answers = list(pool.map(lambda _: service.client.get(url, params=params), range(4)))
     assert [a.status_code for a in answers] == [200] * 4
     assert len({a.content for a in answers}) == 1
     assert _index(service, model_id, params) == answers[0].json()

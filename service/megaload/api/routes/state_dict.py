@@ -115,7 +115,9 @@ _OPTION_ERRORS = (p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, 
     summary="The shard index of a model's state dict (Hugging Face index keys, shards, checksums)",
     responses=error_responses(*_OPTION_ERRORS),
 )
-async def state_dict_index(model_id: ModelId, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep) -> Response:
+async def state_dict_index(
+    model_id: ModelId, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+) -> Response:
     async with runtime.registry.lease(model_id) as entry:
         body = await plans.index_json(entry, options)
     return Response(body, media_type="application/json")
@@ -136,7 +138,12 @@ _SHARD_RESPONSES = {
     responses=_SHARD_RESPONSES,
 )
 async def get_shard(
-    model_id: ModelId, n: ShardIndex, request: Request, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+    model_id: ModelId,
+    n: ShardIndex,
+    request: Request,
+    options: ShardOptionsDep,
+    runtime: RuntimeDep,
+    plans: ShardPlansDep,
 ) -> Response:
     return await _shard_response(runtime, plans, model_id, n, options, request, head=False)
 
@@ -148,7 +155,12 @@ async def get_shard(
     responses=_SHARD_RESPONSES,
 )
 async def head_shard(
-    model_id: ModelId, n: ShardIndex, request: Request, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+    model_id: ModelId,
+    n: ShardIndex,
+    request: Request,
+    options: ShardOptionsDep,
+    runtime: RuntimeDep,
+    plans: ShardPlansDep,
 ) -> Response:
     return await _shard_response(runtime, plans, model_id, n, options, request, head=True)
 

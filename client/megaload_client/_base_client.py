@@ -124,6 +124,7 @@ class BaseClient:
         self, http: httpx.Client | httpx.AsyncClient, call: Call[None], transfer: ShardTransfer
     ) -> httpx.Request:
         request = self._build_request(http, call)
+        request.headers["Accept"] = "application/octet-stream, application/problem+json"
         request.headers.update(transfer.request_headers())
         return request
 

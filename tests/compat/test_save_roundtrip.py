@@ -303,7 +303,7 @@ def test_save_without_tokenizer_records_none(small_fp32):
 # --- existing destinations ----------------------------------------------------------------------
 
 
-def test_existing_checkpoint_is_not_overwritten(tmp_path, small_fp32):
+def test_existing_checkpoint_is_not_overwritten(tmp_path):
     _, model_b = build_gpt(99)
     save_dir = tmp_path / "ckpt"
     _, model_a = build_gpt(98)
@@ -400,11 +400,6 @@ def test_non_gpt_megatron_chunk_is_refused(tmp_path):
     assert not (tmp_path / "ckpt").exists() and not leftovers(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: provider_for_model calls model_config() (megatron get_model_config) before its own "
-    "GPTModel check, so a module without .config raises a bare RuntimeError, not UnsupportedCheckpointError",
-)
 def test_plain_torch_module_is_refused_with_a_typed_error(tmp_path):
     with pytest.raises(UnsupportedCheckpointError):
         save_megatron_model(torch.nn.Linear(4, 4), tmp_path / "ckpt")
@@ -457,13 +452,6 @@ def test_writer_error_after_data_files_leaves_nothing(tmp_path, monkeypatch):
     assert not dist.is_initialized()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _writer.SyncTorchDistSaveStrategy uses FileSystemWriter(thread_count=2); torch DCP swallows an "
-    "exception raised in its helper writer thread, writes .metadata without that file's entries and the save "
-    "is published as if complete (loading it then fails with KeyError -> CorruptCheckpointError)",
-)
 def test_io_error_in_a_writer_thread_never_publishes_a_broken_checkpoint(tmp_path, monkeypatch, assert_bitwise_equal):
     """Fault injection: an I/O error while writing a data file on a thread other than the caller's
     (disk full, EIO). Either the save fails and leaves nothing, or what it published is complete."""

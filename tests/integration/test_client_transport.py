@@ -525,3 +525,16 @@ def test_progress_bars_when_asked(url, shards, behaviour, tmp_path, capfd):
     _assert_equal(tensors, shards.tensors)
     err = capfd.readouterr().err
     assert "state_dict m1" in err and "download m1" in err and "save j1" in err
+
+
+def test_without_xxhash_downloads_check_sizes_only_and_say_so(url, shards, behaviour, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # as on a machine without xxhash
+    assert not mc.checksums_available()
+    with mc.Client(url) as client:
+        result = client.download("m1", tmp_path / "out")
+        assert not result.checksums_verified
+        behaviour.corrupt = 1  # a flipped byte keeps the size: only a checksum would notice
+        tensors = client.state_dict("m1")
+    for original in shards.files:
+        assert (tmp_path / "out" / original.name).read_bytes() == original.read_bytes()
+    assert set(tensors) == set(shards.tensors)

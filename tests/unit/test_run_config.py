@@ -423,11 +423,7 @@ def _activations():
 @pytest.mark.parametrize(
     "name",
     [
-        n if n != "tanh" else pytest.param(n, marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: torch.tanh encodes as torch._VariableFunctionsClass.tanh (its __module__/__qualname__), "
-            "which the decoder's table (torch.tanh) does not know: a saved tanh model is refused on load",
-        ))
+        n
         for n in ["gelu", "silu", "relu", "squared_relu", "quick_gelu", "fast_gelu", "openai_gelu", "erf_gelu", "tanh"]
     ],
 )

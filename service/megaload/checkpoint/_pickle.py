@@ -101,21 +101,41 @@ def _admissible_common_global(qualname: str) -> Any | None:
     return None
 
 
-def loads_weights_only(source: str | Path | io.BytesIO, *, what: str) -> Any:
-    """``torch.load(weights_only=True)`` admitting only our allowlisted extra globals.
+def _globals_in_archive(source: str | Path | io.BytesIO) -> set[str]:
+    """Every global the archive's ``data.pkl`` references (read statically, nothing built)."""
+    from torch import _weights_only_unpickler
 
-    ``what`` names the file in error messages. Raises UnsafeCheckpointError when the pickle
-    references anything else, CorruptCheckpointError when it cannot be read.
+    with zipfile.ZipFile(source) as archive:
+        names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+        if len(names) != 1:
+            raise CorruptCheckpointError(f"expected one data.pkl in the archive, found {len(names)}")
+        data = archive.read(names[0])
+    return set(_weights_only_unpickler.get_globals_in_pkl(io.BytesIO(data)))
+
+
+def loads_weights_only(source: str | Path | io.BytesIO, *, what: str) -> Any:
+    """``torch.load(weights_only=True)`` admitting only torch's built-in weights-only types and
+    our allowlist.
+
+    Globals that other code added to torch's process-wide safe list (megatron-core adds several
+    on import) do not count: every global in the pickle is checked against torch's built-in set
+    and our policy before anything is unpickled. ``what`` names the file in error messages.
+    Raises UnsafeCheckpointError for anything else, CorruptCheckpointError when unreadable.
     """
+    from torch import _weights_only_unpickler
+
     try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(source)
-    except (zipfile.BadZipFile, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError) as e:
+        referenced = _globals_in_archive(source)
+    except CorruptCheckpointError as e:
+        raise CorruptCheckpointError(f"{what}: {e}", path=what) from e
+    except (zipfile.BadZipFile, RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, KeyError) as e:
         raise CorruptCheckpointError(f"{what} is not a readable torch archive: {e}", path=what) from e
     finally:
         if isinstance(source, io.BytesIO):
             source.seek(0)
+    builtin = set(_weights_only_unpickler._get_allowed_globals())
     extra = []
-    for qualname in unsafe:
+    for qualname in sorted(referenced - builtin):
         obj = _admissible_common_global(qualname)
         if obj is None:
             raise UnsafeCheckpointError(
@@ -131,8 +151,8 @@ def loads_weights_only(source: str | Path | io.BytesIO, *, what: str) -> Any:
             with torch.serialization.safe_globals(to_add):
                 return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # weights_only refused something get_unsafe_globals did not list (e.g. a REDUCE on an
-        # allowed type); treat as unsafe, never fall back to a full unpickle.
+        # weights_only refused something the static scan admitted (e.g. a REDUCE on an allowed
+        # type); treat as unsafe, never fall back to a full unpickle.
         raise UnsafeCheckpointError(f"{what} cannot be loaded safely: {e}", path=what) from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CorruptCheckpointError(f"{what} cannot be read: {e}", path=what) from e

@@ -109,6 +109,9 @@ class SafeTorchDistLoadStrategy(_mcore_torch.TorchDistLoadShardedStrategy):
         )
         pyt_state_dict = _mcore_torch.mcore_to_pyt_state_dict(sharded_state_dict, True)
         reader = _SafeFileSystemReader(checkpoint_dir)
+        # Read (and vet) the metadata here: inside load_state_dict a reader error becomes an
+        # AssertionError string, losing its type. The reader caches it for DCP's own call.
+        reader.read_metadata()
         dcp.load_state_dict(
             pyt_state_dict,
             reader,

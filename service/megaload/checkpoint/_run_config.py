@@ -212,6 +212,15 @@ def provider_from_run_config(run_config: dict[str, Any], *, path: str | Path) ->
 # writing
 
 
+def _canonical_target(fn: Callable) -> str:
+    """The name a function is written under: the first spelling the decoder table has for it
+    (``torch.tanh``, not its ``torch._VariableFunctionsClass.tanh`` qualname), else its qualname."""
+    for target, known in list(_activation_table().items()) + list(_INIT_FUNCTIONS.items()):
+        if known is fn:
+            return target
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
 def encode_value(value: Any) -> Any:
     """A YAML-safe form of one config value, with the markers Bridge's loader understands."""
     if value is None or isinstance(value, (bool, int, str)):
@@ -224,11 +233,11 @@ def encode_value(value: Any) -> Any:
         return {"_target_": f"{type(value).__module__}.{type(value).__qualname__}", "_call_": True, "_args_": [value.value]}
     if isinstance(value, functools.partial):
         fn = value.func
-        out = {"_target_": f"{fn.__module__}.{fn.__qualname__}", "_partial_": True, "_args_": list(value.args)}
+        out = {"_target_": _canonical_target(fn), "_partial_": True, "_args_": list(value.args)}
         out.update({k: encode_value(v) for k, v in value.keywords.items()})
         return out
     if callable(value) and hasattr(value, "__qualname__"):
-        return {"_target_": f"{value.__module__}.{value.__qualname__}", "_call_": False}
+        return {"_target_": _canonical_target(value), "_call_": False}
     if isinstance(value, (list, tuple)):
         return [encode_value(v) for v in value]
     if isinstance(value, dict):

@@ -61,14 +61,14 @@ def _chunks(model) -> list:
 def provider_for_model(chunks: list) -> GPTModelProvider:
     """The GPTModelProvider describing ``chunks``: its own config when it is one, otherwise a
     provider built from a Megatron-LM TransformerConfig plus the GPT fields of the model."""
-    config = model_config(chunks)
-    if isinstance(config, GPTModelProvider):
-        return config
     from megatron.core.models.gpt import GPTModel
 
     first = chunks[0]
     if not isinstance(first, GPTModel):
-        raise UnsupportedCheckpointError(f"only GPT models can be saved, got {type(first).__name__}")
+        raise UnsupportedCheckpointError(f"only megatron-core GPT models can be saved, got {type(first).__name__}")
+    config = model_config(chunks)
+    if isinstance(config, GPTModelProvider):
+        return config
     source = getattr(first, SOURCE_ATTR, None) or {}
     args = source.get("args")
     kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in GPT_PROVIDER_FIELDS}
@@ -105,6 +105,28 @@ def provider_for_model(chunks: list) -> GPTModelProvider:
         return GPTModelProvider(**kwargs)
     except (TypeError, ValueError, AssertionError) as e:
         raise IncompatibleConfigError(f"cannot describe the model as a GPT provider: {e}") from e
+
+
+def _verify_written(iter_dir: Path) -> None:
+    """Check that every item ``.metadata`` lists lies inside a data file that exists, before the
+    checkpoint is published (a writer that lost a file must not produce a checkpoint)."""
+    from ._pickle import load_dcp_metadata
+
+    metadata = load_dcp_metadata(iter_dir)
+    sizes: dict[str, int] = {}
+    for index, info in (metadata.storage_data or {}).items():
+        name = str(info.relative_path)
+        if name not in sizes:
+            try:
+                sizes[name] = (iter_dir / name).stat().st_size
+            except FileNotFoundError as e:
+                raise CheckpointError(f"save incomplete: {iter_dir / name} was not written", path=iter_dir) from e
+        if info.offset + info.length > sizes[name]:
+            raise CheckpointError(f"save incomplete: {iter_dir / name} is shorter than its metadata says", path=iter_dir)
+    listed = {k for k in metadata.state_dict_metadata}
+    stored = {index.fqn for index in (metadata.storage_data or {})}
+    if listed - stored:
+        raise CheckpointError(f"save incomplete: no data written for {sorted(listed - stored)[:5]}", path=iter_dir)
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
@@ -277,6 +299,7 @@ def save_megatron_model(
                 state, str(iter_dir), SyncTorchDistSaveStrategy(), content_metadata=dict(CONTENT_METADATA)
             )
             if rank == 0:
+                _verify_written(iter_dir)
                 tokenizer = _tokenizer_section(chunks, iter_dir, hf_tokenizer_path, hf_tokenizer_kwargs)
                 run_config = run_config_for_provider(provider, tokenizer, save_dir=str(path))
                 (iter_dir / RUN_CONFIG_FILENAME).write_text(

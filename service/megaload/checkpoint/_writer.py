@@ -26,7 +26,10 @@ __all__ = ["SyncTorchDistSaveStrategy"]
 class SyncTorchDistSaveStrategy(SaveShardedStrategy):
     """Synchronous torch_dist writer (backend ``torch_dist``, version 1)."""
 
-    def __init__(self, thread_count: int = 2) -> None:
+    # One writer thread: DCP's FileSystemWriter runs extra threads whose exceptions it does not
+    # propagate (a failed file would be missing from a "successful" save); with one, every write
+    # happens on the calling thread and an I/O error fails the save.
+    def __init__(self, thread_count: int = 1) -> None:
         super().__init__("torch_dist", 1)
         self.thread_count = thread_count
 

@@ -154,7 +154,26 @@ def test_tracker_release_without_release_dir(copy_fixture):
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b"\n  \n", b"ten", b"-1", b"1.5", b"10 11", b"../iter_0000010", b"9" * 100, b"\xff\xfe\x00", b"RELEASE!"],
+    [
+        b"",
+        b"\n  \n",
+        b"ten",
+        b"-1",
+        b"1.5",
+        b"10 11",
+        b"../iter_0000010",
+        b"9" * 100,
+        b"\xff\xfe\x00",
+        b"RELEASE!",
+        pytest.param(
+            "\u00b2".encode(),  # superscript two: str.isdigit() says yes, int() says no
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="BUG: _layout._read_tracker checks text.isdigit(), which accepts Unicode digits such as "
+                "'\u00b2' that int() rejects: a raw ValueError escapes instead of CorruptCheckpointError",
+            ),
+        ),
+    ],
 )
 def test_garbage_tracker(tmp_path, content):
     (tmp_path / "latest_checkpointed_iteration.txt").write_bytes(content)

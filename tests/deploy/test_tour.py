@@ -1,0 +1,91 @@
+"""The five-minute tour in docs/README_tour.md runs as written against `make run`'s service.
+
+Every ```bash block after the tour's heading is run, in order, as one bash script (so the
+variables it sets carry over), from a fresh directory whose .venv is this interpreter's; the
+only change is the service's URL (a free port instead of 8000).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TOUR = REPO / "docs" / "README_tour.md"
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def tour_script(url: str) -> str:
+    text = TOUR.read_text()
+    _, tour = text.split("## Five-minute tour", 1)
+    blocks = re.findall(r"```bash\n(.*?)```", tour, re.S)
+    assert len(blocks) >= 5
+    return "set -euo pipefail\n" + "\n".join(blocks).replace(DEFAULT_URL, url)
+
+
+def test_two_commands_open_the_section():
+    text = TOUR.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    assert commands == ["make run", "make test"]
+    assert text.index("make run") < text.index("## Five-minute tour")
+
+
+@pytest.mark.slow
+def test_the_tour_runs_as_written(tmp_path):
+    if shutil.which("bash") is None or shutil.which("curl") is None:
+        pytest.skip("the tour needs bash and curl")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEGALOAD_")}
+    data = tmp_path / "data"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "megaload.demo", "--data-dir", str(data), "--serve"],
+        cwd=REPO, env={**env, "MEGALOAD_PORT": str(port), "MEGALOAD_MEMORY_BUDGET": "1GiB"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.25)
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
+        done = subprocess.run(
+            ["bash", "-c", tour_script(url)], cwd=work, env={**env, "MEGALOAD_URL": url},
+            capture_output=True, text=True, timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        out = done.stdout
+        assert '"status":"ready"' in out and "detokenized: 'Hello, megaload'" in out
+        assert re.search(r"^\d+ tensors, \d+ values$", out, re.M)
+        assert "model.decoder.layers.0.self_attention.linear_qkv.weight (384, 128) torch.bfloat16" in out
+        assert re.search(r"save\s+succeeded", out) and '"state":"succeeded"' in out
+        assert (work / "demo-safetensors" / "model.safetensors.index.json").is_file()
+        assert (data / "saves" / "demo-gpt-copy" / "latest_checkpointed_iteration.txt").is_file()
+        assert "checkpoint      saves/demo-gpt-copy" in out
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(60)
+        finally:
+            if server.poll() is None:
+                server.kill()

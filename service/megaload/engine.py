@@ -29,6 +29,7 @@ import gc
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -140,6 +141,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._models: dict[str, LoadedModel] = {}
+        self._owns_context = False  # only a context this engine built is torn down by it
         self._tokenizers: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self.running: str | None = None  # name of the command being run, for logs and /v1/info
 
@@ -261,6 +263,7 @@ class Engine:
     # ------------------------------------------------------------------ worker
 
     def _loop(self) -> None:
+        _yield_to_the_event_loop()
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -322,12 +325,14 @@ class Engine:
 
                 torch.cuda.set_device(self.local_rank)
             initialize_distributed(self.backend, world_size=self.world_size, rank=self.rank)
+            self._owns_context = True
             initialize_model_parallel(self.tensor_model_parallel_size, self.pipeline_model_parallel_size)
         except BaseException as e:
             self.error = e
             self.state = EngineState.FAILED
             logger.error("engine start-up failed: %s", e)
             raise
+        _settle_heap()
         self.state = EngineState.READY
         self._ready.set()
         logger.info(
@@ -341,6 +346,8 @@ class Engine:
     def _op_shutdown(self) -> None:
         from megaload.checkpoint import is_distributed_initialized, shutdown_distributed
 
+        if not self._owns_context:
+            return
         if self.world_size > 1 and self.rank == 0 and is_distributed_initialized():
             self._broadcast(("shutdown", {}))
         self._models.clear()
@@ -348,6 +355,7 @@ class Engine:
         gc.collect()
         if is_distributed_initialized():
             shutdown_distributed()
+        self._owns_context = False
         logger.info("distributed context torn down")
 
     def _op_model_config(self, path: str) -> dict[str, Any]:
@@ -443,10 +451,12 @@ class Engine:
         loaded = self._models.pop(model_id, None)
         if loaded is None:
             return
+        # Megatron modules hold no reference cycles: dropping the last references frees the
+        # tensors at once. No gc.collect() here: a full collection holds the GIL for hundreds
+        # of milliseconds and would stall the event loop.
         loaded.state_dict.clear()
         loaded.model.clear()
         del loaded
-        gc.collect()
         if self.device == "cuda":
             import torch
 
@@ -527,6 +537,34 @@ class Engine:
                 "mp_overrides.sequence_parallel needs tensor_model_parallel_size > 1",
                 field="mp_overrides.sequence_parallel",
             )
+
+
+def _yield_to_the_event_loop() -> None:
+    """Make the worker thread the one that waits when the process is busy.
+
+    Heavy commands keep a core and (between C calls) the GIL busy for seconds; the event loop
+    must still answer ``/healthz`` within milliseconds. Two knobs: a lower scheduling priority
+    for this thread (Linux schedules threads individually, so ``setpriority`` on the thread id
+    affects only it), and a shorter GIL switch interval (1 ms instead of 5 ms), so a loop thread
+    waiting for the GIL gets it back sooner. What remains are C calls that hold the GIL: torch's
+    ``torch.load`` of each large tensor record in the DCP reader holds it for 20-200 ms.
+    """
+    sys.setswitchinterval(0.001)
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError, PermissionError):  # not Linux, or not allowed: keep going
+        logger.debug("could not lower the engine thread's priority")
+
+
+def _settle_heap() -> None:
+    """Import what loads need, then move every object alive now (torch, megatron, their
+    modules) out of the garbage collector's view (:func:`gc.freeze`): later collections, which
+    hold the GIL, only walk objects created since, so they no longer stall the event loop."""
+    import megatron.core.dist_checkpointing  # noqa: F401
+    import megatron.core.models.gpt  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
 
 
 def _model_type_of(config: Any) -> str | None:

@@ -1,0 +1,65 @@
+"""Bearer tokens on /v1 (constant-time compared), open health routes, and readiness."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from megaload.checkpoint import initialize_distributed, shutdown_distributed
+from megaload_client import _problems as problems
+
+TOKEN = "s3cret-token-for-tests-0123456789"
+
+
+def test_token_guards_v1_only(start):
+    with start(token=TOKEN) as svc:
+        assert svc.client.get("/v1/info").status_code == 200  # the client sends the token
+        with httpx.Client(base_url=svc.base_url) as anon:
+            assert anon.get("/healthz").status_code == 200
+            assert anon.get("/readyz").status_code == 200
+            assert anon.get("/metrics").status_code == 200
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                            {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Bearer"}):
+                for method, url in (("GET", "/v1/info"), ("GET", "/v1/models"), ("POST", "/v1/models"),
+                                    ("GET", "/v1/jobs"), ("GET", "/v1/checkpoints/tensors?path=mlm_gpt")):
+                    r = anon.request(method, url, headers=headers, json={"checkpoint_path": "mlm_gpt"})
+                    assert r.status_code == 401, (headers, url, r.text)
+                    assert r.headers["content-type"] == "application/problem+json"
+                    assert r.json()["type"] == problems.UNAUTHORIZED
+                    assert r.headers["www-authenticate"].startswith("Bearer")
+            ok = anon.get("/v1/info", headers={"Authorization": f"Bearer {TOKEN}"})
+            assert ok.status_code == 200 and ok.json()["auth_required"] is True
+            # nothing was loaded by the refused POSTs
+            assert ok.json()["models"] == 0
+
+
+def test_token_file(start, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with start(token_file=token_file) as svc:
+        with httpx.Client(base_url=svc.base_url) as anon:
+            assert anon.get("/v1/info").status_code == 401
+            assert anon.get("/v1/info", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_not_ready_when_the_context_cannot_be_built(start):
+    # another process group already exists in this process: the engine cannot build its own
+    initialize_distributed("gloo")
+    try:
+        with start(wait_ready=False) as svc:
+            deadline = time.monotonic() + 30
+            while svc.runtime.engine.state.value == "starting" and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert svc.client.get("/healthz").status_code == 200
+            r = svc.client.get("/readyz")
+            assert r.status_code == 503
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["type"] == problems.NOT_READY
+            assert "failed" in r.json()["detail"]
+            r = svc.load("mlm_gpt")
+            assert r.status_code == 503 and r.json()["type"] == problems.NOT_READY
+            assert svc.client.get("/v1/info").json()["ready"] is False
+    finally:
+        shutdown_distributed()
+

@@ -10,8 +10,9 @@
 
 The model is a real megatron-core ``GPTModel`` (4 layers, hidden size 128, RoPE, RMSNorm,
 SwiGLU, tied embeddings, float32 weights; about 4.5 MB on disk), built with
-:class:`~megaload.checkpoint.GPTModelProvider` under CPU initialization and saved with :func:`~megaload.checkpoint.save_megatron_model`; a fixed seed makes every write
-produce the same tensors. Both parts are published by an atomic rename, so a crash
+:class:`~megaload.checkpoint.GPTModelProvider` under CPU initialization and saved with
+:func:`~megaload.checkpoint.save_megatron_model`; a fixed seed makes every write produce the
+same tensors. Both parts are published by an atomic rename, so a crash
 leaves either nothing or a complete directory; a later call finds them and returns at once
 (without importing torch). It needs a process without a torch.distributed default group: run
 it before the service's engine starts (``make run`` runs it in its own process).

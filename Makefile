@@ -30,7 +30,7 @@ MEGALOAD_DATA_DIR ?= data
 ARGS ?=
 
 run: $(STAMP)
-	$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
+	@$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info service/*.egg-info client/*.egg-info

@@ -44,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_"):
+            if key not in _STANDARD_ATTRS and key not in out and not key.startswith("_") and key != "color_message":
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)

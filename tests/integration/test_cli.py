@@ -1,0 +1,96 @@
+"""``megaload serve`` / ``python -m megaload serve`` as a real process: help, refused
+settings, JSON logs with request ids, and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+FLAGS = ("--host", "--port", "--checkpoint-root", "--save-root", "--memory-budget", "--backend", "--device",
+         "--token", "--token-file", "--insecure", "--log-format", "--log-level", "--shutdown-grace-seconds")
+
+
+def _megaload(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "megaload", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_help_documents_every_setting():
+    r = _megaload("serve", "--help")
+    assert r.returncode == 0
+    for flag in FLAGS:
+        assert flag in r.stdout, flag
+    assert "MEGALOAD_" in r.stdout
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--host", "0.0.0.0"], ["token", "--insecure"]),
+        (["--memory-budget", "120%"], ["memory_budget", "100"]),
+        (["--memory-budget", "lots"], ["memory_budget"]),
+        (["--checkpoint-root", "/definitely/not/here"], ["does not exist"]),
+        (["--token", "short"], ["at least 16"]),
+        (["--port", "70000"], ["port"]),
+    ],
+)
+def test_unsafe_or_invalid_settings_refuse_to_start(args, words):
+    r = _megaload("serve", *args)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    for word in words:
+        assert word in r.stderr, (word, r.stderr)
+
+
+def test_token_never_echoed_in_errors():
+    secret = "a-secret-token-that-must-not-leak"
+    r = _megaload("serve", "--token", secret, "--token-file", "/nonexistent")
+    assert r.returncode != 0 and secret not in r.stderr and secret not in r.stdout
+
+
+def test_serve_json_logs_and_sigterm(ckpt_root):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "megaload", "serve", "--port", "0", "--checkpoint-root", str(ckpt_root),
+         "--log-format", "json", "--memory-budget", "1GiB"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    try:
+        port = None
+        deadline = time.monotonic() + 120
+        while port is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
+            if m:
+                port = int(m.group(1))
+        assert port, "".join(lines)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            while c.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            r = c.post("/v1/models", json={"checkpoint_path": "mlm_gpt"}, headers={"X-Request-ID": "cli-test-1"})
+            assert r.status_code == 201, r.text
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=60)
+        lines.extend(rest.splitlines(keepends=True))
+        # uvicorn re-raises the signal after its graceful shutdown (the conventional exit status)
+        assert proc.returncode in (0, -signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
+    assert records, "".join(lines)
+    access = [r for r in records if r.get("request_id") == "cli-test-1"]
+    assert any(r["logger"] == "megaload.access" and r.get("status") == 201 for r in access), access
+    assert any("distributed context torn down" in r["message"] for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -37,6 +37,7 @@ from ..checkpoint import (
 )
 from ..errors import (
     BadRequestError,
+    EngineStoppedError,
     ForbiddenPathError,
     InsufficientMemoryError,
     JobNotCancellableError,
@@ -85,6 +86,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     JobNotCancellableError: p.JOB_NOT_CANCELLABLE,
     InsufficientMemoryError: p.INSUFFICIENT_MEMORY,
     NotReadyError: p.NOT_READY,
+    EngineStoppedError: p.NOT_READY,
     # the streaming library
     StreamingError: p.INTERNAL,
     InvalidShardOptionsError: p.VALIDATION,

@@ -165,14 +165,7 @@ def test_tracker_release_without_release_dir(copy_fixture):
         b"9" * 100,
         b"\xff\xfe\x00",
         b"RELEASE!",
-        pytest.param(
-            "\u00b2".encode(),  # superscript two: str.isdigit() says yes, int() says no
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: _layout._read_tracker checks text.isdigit(), which accepts Unicode digits such as "
-                "'\u00b2' that int() rejects: a raw ValueError escapes instead of CorruptCheckpointError",
-            ),
-        ),
+        "\u00b2".encode(),  # superscript two: str.isdigit() says yes, int() says no
     ],
 )
 def test_garbage_tracker(tmp_path, content):

@@ -203,11 +203,11 @@ def test_megatron_core_enum_is_admitted(copy_fixture):
     save_dir = copy_fixture("bridge_gpt_tied_rope_fp32")
     common_path = save_dir / "iter_0000000" / "common.pt"
     torch.save({**_trusted_common("bridge_gpt_tied_rope_fp32"), "backend": AttnBackend.local}, common_path)
-    before = list(torch.serialization.get_safe_globals())
+    before = _safe_globals_set()
     state = load_common_state_dict(common_path.parent)
     assert state["backend"] is AttnBackend.local
     assert state["iteration"] == 0
-    assert list(torch.serialization.get_safe_globals()) == before
+    assert _safe_globals_set() == before
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage" * 10, b"PK\x03\x04truncated-zip"])
@@ -391,6 +391,11 @@ def test_hostile_extra_state_bytes_are_refused(copy_fixture, marker, tmp_path):
 # --- torch's process-wide safe-globals list -----------------------------------------------------
 
 
+def _safe_globals_set() -> set:
+    """torch keeps its safe globals in a set; the list it returns has no meaningful order."""
+    return set(torch.serialization.get_safe_globals())
+
+
 def _every_load(name: str) -> None:
     save_dir = FIXTURES_DIR / name / "checkpoint"
     load_model_config(save_dir)
@@ -418,18 +423,18 @@ def test_safe_globals_unchanged_by_loads(restore_safe_globals, name):
     # admit it itself (the Megatron-LM fixture needs it) and must not leave it behind
     torch.serialization.clear_safe_globals()
     torch.serialization.add_safe_globals([g for g in restore_safe_globals if g is not argparse.Namespace])
-    before = list(torch.serialization.get_safe_globals())
+    before = _safe_globals_set()
     assert argparse.Namespace not in before
     _every_load(name)
-    assert list(torch.serialization.get_safe_globals()) == before
+    assert _safe_globals_set() == before
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_callers_own_safe_globals_are_kept(restore_safe_globals, name):
     torch.serialization.add_safe_globals([argparse.Namespace])
-    before = list(torch.serialization.get_safe_globals())
+    before = _safe_globals_set()
     _every_load(name)
-    after = list(torch.serialization.get_safe_globals())
+    after = _safe_globals_set()
     assert argparse.Namespace in after
     assert after == before
 
@@ -447,8 +452,8 @@ def test_process_wide_safe_globals_do_not_widen_the_allowlist(copy_fixture):
 
 
 def test_safe_globals_unchanged_after_a_refusal(restore_safe_globals, copy_fixture, marker):
-    before = list(torch.serialization.get_safe_globals())
+    before = _safe_globals_set()
     save_dir, _ = _hostile_common(copy_fixture, "mlm_gpt", ShellPayload(marker), "args")
     with pytest.raises(UnsafeCheckpointError):
         load_model_config(save_dir)
-    assert list(torch.serialization.get_safe_globals()) == before
+    assert _safe_globals_set() == before

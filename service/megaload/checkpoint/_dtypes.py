@@ -64,21 +64,13 @@ def dtype_from_str(dtype: str | torch.dtype) -> torch.dtype:
 def dtype_from_hf(config: Any) -> torch.dtype:
     """The dtype of a Hugging Face config: ``torch_dtype``, or ``dtype`` (transformers 5).
 
-    Raises ``AttributeError`` when neither is set and ``ValueError`` when the value is neither
-    a recognized string nor a ``torch.dtype``.
+    Raises ``AttributeError`` when the config has neither attribute and ``ValueError`` when the
+    value is neither a recognized string nor a ``torch.dtype`` (``None`` included, as upstream).
     """
-    value = None
-    for attr in ("torch_dtype", "dtype"):
-        try:
-            value = getattr(config, attr)
-        except AttributeError:
-            continue
-        if value is not None:
-            break
-    else:
+    present = [attr for attr in ("torch_dtype", "dtype") if hasattr(config, attr)]
+    if not present:
         raise AttributeError(f"{type(config).__name__} has neither `torch_dtype` nor `dtype`")
-    if value is None:
-        raise AttributeError(f"{type(config).__name__} has no `torch_dtype`/`dtype` value set")
+    value = next((getattr(config, attr) for attr in present if getattr(config, attr) is not None), None)
     if isinstance(value, torch.dtype):
         return value
     if isinstance(value, str):

@@ -94,7 +94,7 @@ def _read_tracker(save_dir: Path) -> str:
         )
     if text == "release":
         return "release"
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise CorruptCheckpointError(
             f"{tracker} should hold an iteration number or 'release', got {text[:40]!r}", path=tracker
         )

@@ -296,6 +296,24 @@ def _first_failure(exc: BaseException) -> BaseException:
     return inner
 
 
+def _build_for(checkpoint_path, config: Any, model_type, megatron_args) -> list:
+    """:func:`build_model`, with megatron-core's construction errors turned into one typed error
+    that names the checkpoint (its config is what could not be built)."""
+    where = os.fspath(checkpoint_path)
+    try:
+        return build_model(config, model_type=model_type, megatron_args=megatron_args)
+    except IncompatibleConfigError as e:
+        if where in str(e):
+            raise
+        raise IncompatibleConfigError(f"{where}: {e}", path=where, field=e.field) from e
+    except CheckpointError:
+        raise
+    except Exception as e:  # megatron-core raises bare Exception, RuntimeError, ZeroDivisionError...
+        raise IncompatibleConfigError(
+            f"{where}: the model cannot be built from its config: {type(e).__name__}: {e}", path=where
+        ) from e
+
+
 def build_and_load_model(
     checkpoint_path: str | os.PathLike,
     model_cfg: Any,
@@ -337,7 +355,7 @@ def build_and_load_model(
         _check_parallel_state(config)
         init = megatron_cpu_init_context(config) if use_cpu_init else contextlib.nullcontext()
         with init:
-            model = build_model(config, model_type=model_type, megatron_args=megatron_args)
+            model = _build_for(checkpoint_path, config, model_type, megatron_args)
         state = load_weights(model, checkpoint_path, return_state_dict=return_state_dict)
         source = {"iteration_dir": inspect_layout(checkpoint_path).iteration_dir, "args": megatron_args}
         for chunk in model:

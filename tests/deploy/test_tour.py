@@ -1,4 +1,4 @@
-"""The five-minute tour in docs/README_tour.md runs as written against `make run`'s service.
+"""The five-minute tour in README.md runs as written against `make run`'s service.
 
 Every ```bash block after the tour's heading is run, in order, as one bash script (so the
 variables it sets carry over), from a fresh directory whose .venv is this interpreter's; the
@@ -21,13 +21,14 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-TOUR = REPO / "docs" / "README_tour.md"
+TOUR = REPO / "README.md"
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def tour_script(url: str) -> str:
     text = TOUR.read_text()
     _, tour = text.split("## Five-minute tour", 1)
+    tour = tour.split("\n## ", 1)[0]  # up to the next section
     blocks = re.findall(r"```bash\n(.*?)```", tour, re.S)
     assert len(blocks) >= 5
     return "set -euo pipefail\n" + "\n".join(blocks).replace(DEFAULT_URL, url)

@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
+        runtime = Runtime(settings, to_problem=problems.problem_for)
         app.state.runtime = runtime
         app.state.metrics_ref[0] = runtime.metrics
         await runtime.start()

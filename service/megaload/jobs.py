@@ -81,6 +81,7 @@ class JobHandle:
         self._record = record
 
     def started(self, phase: str = "running") -> None:
+        """The engine began the job's work: queued -> running (no longer cancellable)."""
         rec = self._record
         if rec.state is JobState.QUEUED:
             rec.state = JobState.RUNNING

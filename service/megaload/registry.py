@@ -141,12 +141,27 @@ class Lease:
         self.release()
 
 
+# What a load is doing, as (fraction done, phase) for the progress of load jobs.
+PHASES = {
+    "estimating": (0.05, "estimating"),
+    "reserving": (0.1, "waiting for memory"),
+    "loading": (0.2, "loading"),
+}
+
+
 @dataclass
 class _Inflight:
     task: asyncio.Task | None = None
     waiters: int = 0
     started: bool = False
     on_start: list[Callable[[], None]] = field(default_factory=list)
+    on_phase: list[Callable[[float, str], None]] = field(default_factory=list)
+    phase: tuple[float, str] | None = None
+
+    def set_phase(self, name: str) -> None:
+        self.phase = PHASES[name]
+        for cb in self.on_phase:
+            cb(*self.phase)
 
     def mark_started(self) -> None:
         if self.started:
@@ -201,11 +216,17 @@ class Registry:
     # ------------------------------------------------------------------ loading
 
     async def load(
-        self, spec: LoadSpec, *, pin: bool = False, on_start: Callable[[], None] | None = None
+        self,
+        spec: LoadSpec,
+        *,
+        pin: bool = False,
+        on_start: Callable[[], None] | None = None,
+        on_phase: Callable[[float, str], None] | None = None,
     ) -> tuple[ModelEntry, bool]:
         """Make ``spec`` resident; returns ``(entry, created)`` where ``created`` is True only
         for the call that started the load. ``on_start`` runs (on the loop) when the engine
-        begins work on it, or at once if that already happened."""
+        begins work on it, or at once if that already happened; ``on_phase(fraction, phase)``
+        at each step of the load (see :data:`PHASES`)."""
         model_id = spec.model_id
         entry = self._entries.get(model_id)
         if entry is not None:
@@ -226,6 +247,10 @@ class Registry:
                 on_start()
             else:
                 inflight.on_start.append(on_start)
+        if on_phase is not None:
+            inflight.on_phase.append(on_phase)
+            if inflight.phase is not None:
+                on_phase(*inflight.phase)
         inflight.waiters += 1
         try:
             entry = await asyncio.shield(inflight.task)
@@ -245,11 +270,16 @@ class Registry:
             previous = self._evicting.get(model_id)
             if previous is not None:  # the same id is still being released: let that finish first
                 await previous._released.wait()
-            needed = await self._loader.estimate_bytes(spec.iteration_dir, spec.dtype, inflight.mark_started)
+            def estimating() -> None:
+                inflight.mark_started()
+                inflight.set_phase("estimating")
+
+            needed = await self._loader.estimate_bytes(spec.iteration_dir, spec.dtype, estimating)
             inflight.mark_started()
+            inflight.set_phase("reserving")
             await self._reserve(needed)
             try:
-                loaded = await self._loader.load(model_id, spec, None)
+                loaded = await self._loader.load(model_id, spec, lambda: inflight.set_phase("loading"))
             except BaseException:
                 async with self._cond:
                     self._reserved -= needed

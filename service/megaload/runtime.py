@@ -3,7 +3,8 @@
 Route handlers stay thin by calling the methods here; each takes and returns wire models (or
 registry entries) and raises only typed errors. Life cycle (driven by the app's lifespan)::
 
-    runtime = Runtime(settings)      # resolves device, backend and budget; no thread yet
+    runtime = Runtime(settings, to_problem=problem_for)
+                                     # resolves device, backend and budget; no thread yet
     await runtime.start()            # engine thread up; /readyz turns 200 once the context is
     ...                              # built (start() does not wait for that)
     await runtime.stop()             # cancel queued jobs, let a running save finish within the
@@ -16,6 +17,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 import anyio
@@ -29,6 +31,7 @@ from megaload_client._models import (
     LoadModelRequest,
     MemoryInfo,
     ModelInfo,
+    ProblemDetail,
     SaveModelRequest,
     TensorInfo,
     TokenizeRequest,
@@ -63,9 +66,8 @@ DEFAULT_BUDGET_FRACTION = {"cpu": 0.5, "cuda": 0.8}
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
-        from .api.problems import problem_for
-
+    def __init__(self, settings: Settings, *, to_problem: Callable[[BaseException], ProblemDetail]) -> None:
+        """``to_problem`` is the HTTP layer's error mapping, used for failed jobs' ``error``."""
         self.settings = settings
         self.metrics = Metrics()
         self.engine = Engine(
@@ -85,7 +87,7 @@ class Runtime:
             raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
         self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
         self.registry = Registry(self.engine, budget, metrics=self.metrics)
-        self.jobs = JobManager(problem_for, metrics=self.metrics, max_finished=settings.max_finished_jobs)
+        self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ life cycle
@@ -190,7 +192,9 @@ class Runtime:
         spec = await self.load_spec(req)
 
         async def run(handle: JobHandle) -> JobResult:
-            entry, created = await self.registry.load(spec, pin=req.pin, on_start=handle.started)
+            entry, created = await self.registry.load(
+                spec, pin=req.pin, on_start=handle.started, on_phase=handle.progress
+            )
             return JobResult(model=self.model_info(entry), model_id=entry.id, created=created)
 
         return self.jobs.submit(JobKind.LOAD, run, target=spec.iteration_dir, model_id=spec.model_id)
@@ -231,7 +235,7 @@ class Runtime:
             try:
                 await self.engine.call(
                     "save",
-                    handle.started,
+                    lambda: handle.started("saving"),
                     model_id=model_id,
                     path=str(dest),
                     ckpt_format=req.ckpt_format,

@@ -37,6 +37,8 @@ class Loader:
     async def load(self, model_id, spec, on_start=None):
         if self.gate is not None:
             await self.gate.wait()
+        if on_start is not None:
+            on_start()
         self.loads[spec.iteration_dir] += 1
         if spec.iteration_dir in self.fail:
             raise CorruptCheckpointError(f"{spec.iteration_dir} is broken", path=spec.iteration_dir)
@@ -201,6 +203,30 @@ def test_cancelling_the_only_waiter_before_the_engine_starts_cancels_the_load():
         await asyncio.sleep(0.01)
         assert not reg.is_loading(spec("a").model_id)
         assert loader.loads["a"] == 0 and reg.memory().reserved_bytes == 0
+
+    run(main())
+
+
+def test_phases_reach_every_waiter():
+    async def main():
+        loader = Loader({"a": 100})
+        loader.gate = asyncio.Event()
+        reg = Registry(loader, 1000)
+        seen: list[list[str]] = [[], []]
+        started: list[int] = []
+        first = asyncio.create_task(
+            reg.load(spec("a"), on_start=lambda: started.append(1), on_phase=lambda f, p: seen[0].append(p))
+        )
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(
+            reg.load(spec("a"), on_start=lambda: started.append(2), on_phase=lambda f, p: seen[1].append(p))
+        )
+        await asyncio.sleep(0.01)
+        loader.gate.set()
+        await asyncio.gather(first, second)
+        assert seen[0] == ["estimating", "waiting for memory", "loading"]
+        assert seen[1] == ["waiting for memory", "loading"]  # joined late: told the current phase at once
+        assert started == [1, 2]
 
     run(main())
 

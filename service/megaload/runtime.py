@@ -232,25 +232,25 @@ class Runtime:
         lease = self.registry.acquire(model_id)  # eviction waits for the save
 
         async def run(handle: JobHandle) -> JobResult:
-            try:
-                await self.engine.call(
-                    "save",
-                    lambda: handle.started("saving"),
-                    model_id=model_id,
-                    path=str(dest),
-                    ckpt_format=req.ckpt_format,
-                    hf_tokenizer_path=None if tokenizer is None else str(tokenizer),
-                    overwrite=req.overwrite,
-                )
-            finally:
-                lease.release()
+            await self.engine.call(
+                "save",
+                lambda: handle.started("saving"),
+                model_id=model_id,
+                path=str(dest),
+                ckpt_format=req.ckpt_format,
+                hf_tokenizer_path=None if tokenizer is None else str(tokenizer),
+                overwrite=req.overwrite,
+            )
             return JobResult(model_id=model_id, path=str(dest))
 
         try:
-            return self.jobs.submit(JobKind.SAVE, run, target=str(dest), model_id=model_id)
+            record = self.jobs.submit(JobKind.SAVE, run, target=str(dest), model_id=model_id)
         except BaseException:
             lease.release()
             raise
+        # released however the job ends, also when it is cancelled before its runner starts
+        record.task.add_done_callback(lambda _task: lease.release())
+        return record
 
     # ------------------------------------------------------------------ info
 

@@ -125,3 +125,23 @@ def test_cancel_a_queued_job(service, copy_checkpoint):
     assert service.metric("megaload_checkpoint_loads_total", outcome="success") == loads_before + len(jobs) - 1
     assert service.client.get(f"/v1/models/{last['model_id']}").status_code == 404
     assert service.metric("megaload_jobs", kind="load", state="cancelled") >= 1
+
+
+def test_cancelled_save_returns_its_lease(service, copy_checkpoint):
+    model = service.load("mlm_gpt", dtype="bf16").json()
+    names = []
+    for i in range(4):
+        name = f"mlm_busy_{i}"
+        if not (service.ckpt_root / name).exists():
+            copy_checkpoint("mlm_gpt", service.ckpt_root / name)
+        names.append(name)
+    busy = [service.load(name, dtype="fp16", wait=False).json() for name in names]
+    save = service.client.post(f"/v1/models/{model['id']}/save", json={"path": "never_written"})
+    assert save.status_code == 202
+    assert service.client.get(f"/v1/models/{model['id']}").json()["active_leases"] == 1
+    assert service.client.delete(f"/v1/jobs/{save.json()['id']}").status_code == 204
+    for job in busy:
+        service.wait_job(job["id"])
+    assert service.client.get(f"/v1/models/{model['id']}").json()["active_leases"] == 0
+    assert not (service.save_root / "never_written").exists()
+    assert service.client.delete(f"/v1/models/{model['id']}").status_code == 204

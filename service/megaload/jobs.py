@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from megaload_client import _problems as problems
 from megaload_client._models import Job, JobKind, JobResult, JobState, ProblemDetail
 
 from .errors import EngineStoppedError, JobNotCancellableError, JobNotFoundError
@@ -170,9 +169,7 @@ class JobManager:
                 record.state = JobState.FAILED
                 record.finished_at = _now()
                 record.phase = "abandoned"
-                record.error = ProblemDetail(
-                    type=problems.NOT_READY, title="Job abandoned", status=503, detail=reason
-                )
+                record.error = self._to_problem(EngineStoppedError(reason))
                 if record.task is not None:
                     record.task.cancel()
                 abandoned.append(record)
@@ -220,9 +217,7 @@ class JobManager:
         record.phase = "cancelled"
         record.finished_at = _now()
         if shutdown_reason is not None:
-            record.error = ProblemDetail(
-                type=problems.NOT_READY, title="Job cancelled", status=503, detail=shutdown_reason
-            )
+            record.error = self._to_problem(EngineStoppedError(shutdown_reason))
         self._update_gauges()
 
     def _forget_old(self) -> None:

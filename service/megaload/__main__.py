@@ -87,6 +87,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     settings = settings_from_args(args)
+    from .devices import resolve_backend, resolve_device
+
+    try:
+        resolve_backend(settings.backend, resolve_device(settings.device))
+    except ValueError as e:
+        raise SystemExit(f"megaload: invalid settings:\n  {e}") from None
     from .logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)

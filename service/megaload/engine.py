@@ -38,13 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .devices import resolve_backend, resolve_device
 from .errors import EngineStoppedError, NotReadyError
 from .jsonable import object_fields, to_jsonable
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
-__all__ = ["Engine", "EngineState", "LoadedModel", "resolve_device", "resolve_backend", "device_memory_bytes"]
+__all__ = ["Engine", "EngineState", "LoadedModel"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,37 +81,6 @@ class LoadedModel:
     config_type: str
     load_seconds: float
     model: list[Any] = field(repr=False, default_factory=list)
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when CUDA is usable, else ``cpu``. ``cuda`` without CUDA raises."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NotReadyError("device 'cuda' was asked for but this torch cannot use CUDA", retry_after=None)
-    return device
-
-
-def resolve_backend(backend: str, device: str) -> str:
-    """``auto`` -> ``nccl`` on CUDA, ``gloo`` on CPU. ``nccl`` on CPU raises."""
-    if backend == "auto":
-        return "nccl" if device == "cuda" else "gloo"
-    if backend == "nccl" and device != "cuda":
-        raise NotReadyError("backend 'nccl' needs device 'cuda'; use 'gloo' on CPU", retry_after=None)
-    return backend
-
-
-def device_memory_bytes(device: str, local_rank: int = 0) -> int:
-    """Total memory of the device models live on (host RAM for ``cpu``)."""
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.get_device_properties(local_rank).total_memory)
-    import psutil
-
-    return int(psutil.virtual_memory().total)
 
 
 class Engine:

@@ -48,7 +48,8 @@ from .checkpoint import (
     inspect_layout,
     parse_dtype,
 )
-from .engine import Engine, EngineState, device_memory_bytes
+from .devices import device_memory_bytes
+from .engine import Engine, EngineState
 from .errors import BadRequestError
 from .jobs import JobHandle, JobManager, JobRecord
 from .metrics import Metrics

@@ -39,6 +39,7 @@ def test_help_documents_every_setting():
         (["--checkpoint-root", "/definitely/not/here"], ["does not exist"]),
         (["--token", "short"], ["at least 16"]),
         (["--port", "70000"], ["port"]),
+        (["--device", "cpu", "--backend", "nccl"], ["nccl", "gloo"]),
     ],
 )
 def test_unsafe_or_invalid_settings_refuse_to_start(args, words):

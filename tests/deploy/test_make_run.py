@@ -49,7 +49,7 @@ def test_make_run_calls_the_launcher_with_the_data_dir(tmp_path):
     stamp = tmp_path / "stamp"
     stamp.touch()  # an up-to-date install stamp: only the run recipe is printed
     out = subprocess.run(
-        [make, "-n", "run", f"STAMP={stamp}", "ARGS=--log-format json"],
+        [make, "--no-print-directory", "-n", "run", f"STAMP={stamp}", "ARGS=--log-format json"],
         cwd=REPO, env=_env(MEGALOAD_DATA_DIR=str(tmp_path / "d")), capture_output=True, text=True, check=True,
     ).stdout.strip().splitlines()
     assert len(out) == 1, out

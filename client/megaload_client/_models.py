@@ -197,12 +197,15 @@ class CheckpointTensors(_Response):
 class TokenizerInfo(_Response):
     path: str
     iteration_dir: str
-    tokenizer_type: str = Field(description="class name of the tokenizer")
+    tokenizer_type: str = Field(description="Megatron tokenizer type, e.g. HuggingFaceTokenizer, NullTokenizer")
     vocab_size: int | None = None
     eod: int | None = None
     bos: int | None = None
     eos: int | None = None
     pad: int | None = None
+    special_ids: dict[str, int] = Field(
+        default_factory=dict, description="every special token the tokenizer has (eod, bos, eos, pad, unk, ...)"
+    )
 
 
 class TokenizeRequest(_Request):

@@ -449,13 +449,14 @@ class Engine:
 
     def _op_tokenizer_info(self, path: str) -> dict[str, Any]:
         tok = self._tokenizer(path)
-        info: dict[str, Any] = {"tokenizer_type": type(tok).__name__}
-        for attr in ("vocab_size", "eod", "bos", "eos", "pad"):
-            try:
-                value = getattr(tok, attr)
-            except (AttributeError, NotImplementedError):
-                value = None
-            info[attr] = value if isinstance(value, int) and not isinstance(value, bool) else None
+        special = {name: int(value) for name, value in tok.special_ids.items()}
+        info: dict[str, Any] = {
+            "tokenizer_type": tok.tokenizer_type,
+            "vocab_size": int(tok.vocab_size),
+            "special_ids": special,
+        }
+        for name in ("eod", "bos", "eos", "pad"):
+            info[name] = special.get(name)
         return info
 
     def _op_tokenize(self, path: str, text: str, detokenize: bool) -> dict[str, Any]:
@@ -466,7 +467,7 @@ class Engine:
             ids = [int(i) for i in tok.tokenize(text)]
             back = tok.detokenize(ids) if detokenize else None
         except Exception as e:  # tokenizers raise anything (NullTokenizer: ValueError on words)
-            raise TokenizerError(f"{type(tok).__name__} cannot tokenize this text: {e}", path=path) from e
+            raise TokenizerError(f"{tok.tokenizer_type} cannot tokenize this text: {e}", path=path) from e
         return {"ids": ids, "count": len(ids), "detokenized": None if back is None else str(back)}
 
     # ------------------------------------------------------------------ helpers (worker thread)

@@ -71,6 +71,8 @@ def test_tokenizer_and_tokenize(service):
     assert info["vocab_size"] == ref["vocab_size"]
     assert info["eod"] == ref["eod"]
     assert info["bos"] is None and info["eos"] is None and info["pad"] is None  # absent on NullTokenizer
+    assert info["tokenizer_type"] == "NullTokenizer"
+    assert info["special_ids"] == {"eod": ref["eod"]}
     r = service.client.post("/v1/checkpoints/tokenize", json={"path": "mlm_gpt", "text": ref["null_tokenizer_sentence"]})
     assert r.status_code == 200, r.text
     assert r.json()["ids"] == ref["null_tokenizer_ids"]

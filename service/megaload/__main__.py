@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="directory checkpoints may be saved to; repeatable (default: none, saves refused)",
     )
     a("--memory-budget", help="bytes resident models may use: '64GiB', '500MB', '80%%' or bytes "
-      "(default: 50%% of RAM on CPU, 80%% of GPU memory on CUDA)")
+      "(default: 50%% of RAM, or of the container's memory limit, on CPU; 80%% of GPU memory on CUDA)")
     a("--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend (default auto: nccl on CUDA, else gloo)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where models live (default auto: cuda if available)")
     a("--token", help="bearer token required on /v1 routes (prefer --token-file: flags show in ps)")
@@ -113,7 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # a second Ctrl-C during the graceful shutdown
+        return 130
     return 0 if server.started else 1
 
 

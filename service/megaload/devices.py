@@ -42,4 +42,27 @@ def device_memory_bytes(device: str, local_rank: int = 0) -> int:
         return int(torch.cuda.get_device_properties(local_rank).total_memory)
     import psutil
 
-    return int(psutil.virtual_memory().total)
+    total = int(psutil.virtual_memory().total)
+    limit = cgroup_memory_limit()
+    return min(total, limit) if limit else total
+
+
+_CGROUP_LIMIT_FILES = (
+    "/sys/fs/cgroup/memory.max",  # cgroup v2
+    "/sys/fs/cgroup/memory/memory.limit_in_bytes",  # cgroup v1
+)
+
+
+def cgroup_memory_limit(files: tuple[str, ...] = _CGROUP_LIMIT_FILES) -> int | None:
+    """The memory limit of this process's container (cgroup), or None when there is none.
+    ``files`` are tried in order; the first that exists decides."""
+    for name in files:
+        try:
+            with open(name, encoding="ascii") as f:
+                text = f.read().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if text.isdigit() and 0 < int(text) < (1 << 60):  # v1 reports "no limit" as a huge number
+            return int(text)
+        return None
+    return None

@@ -138,7 +138,7 @@ class Settings(BaseSettings):
         default_factory=list, description="directories checkpoints may be written to (none: saves refused)"
     )
     memory_budget: MemoryBudget | None = Field(
-        None, description="bytes resident models may use: '64GiB', '80%', bytes (default: 70% of RAM/GPU memory)"
+        None, description="bytes resident models may use: '64GiB', '80%', bytes (default: 50% of RAM, or of the container's memory limit, on CPU; 80% of GPU memory on CUDA)"
     )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models live")

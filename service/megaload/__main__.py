@@ -17,7 +17,8 @@ _EPILOG = """\
 environment: every flag has a MEGALOAD_<NAME> variable (MEGALOAD_HOST, MEGALOAD_PORT,
 MEGALOAD_CHECKPOINT_ROOTS and MEGALOAD_SAVE_ROOTS as ':'-separated lists, MEGALOAD_MEMORY_BUDGET,
 MEGALOAD_BACKEND, MEGALOAD_DEVICE, MEGALOAD_TOKEN, MEGALOAD_TOKEN_FILE, MEGALOAD_INSECURE,
-MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL, MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS).
+MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL, MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS,
+MEGALOAD_TENSOR_PARALLEL, MEGALOAD_PIPELINE_PARALLEL, MEGALOAD_COLLECTIVE_TIMEOUT_SECONDS).
 Flags take precedence. Under torchrun, WORLD_SIZE/RANK/LOCAL_RANK are read; rank 0 serves HTTP.
 """
 
@@ -61,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shutdown-grace-seconds", type=float, metavar="S",
       help="how long shutdown waits for a running save before abandoning it (default 30)")
     a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
+    a("--tensor-parallel", type=int, metavar="T",
+      help="tensor-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
+    a("--pipeline-parallel", type=int, metavar="P",
+      help="pipeline-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
+    a("--collective-timeout-seconds", type=float, metavar="S",
+      help="how long a collective waits for the other ranks before the service fails and exits (default 300)")
     return parser
 
 
@@ -121,15 +128,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _follow(settings: Any) -> int:
-    """Ranks other than 0 under torchrun: no HTTP, run what rank 0 broadcasts."""
+    """Ranks other than 0 under torchrun: no HTTP, run what rank 0 broadcasts.
+
+    SIGTERM and SIGINT do not stop a follower: it keeps running rank 0's commands (a save in
+    progress is collective) until rank 0 broadcasts the shutdown; if rank 0 is gone, the
+    collective timeout ends the wait and the follower exits with status 1."""
+    import logging
+    import signal
+
     from .engine import Engine
 
+    log = logging.getLogger("megaload.follower")
+
+    def wait_for_rank_0(signum: int, _frame: Any) -> None:
+        log.info("rank %d: %s received; waiting for rank 0's shutdown", settings.rank, signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, wait_for_rank_0)
+    signal.signal(signal.SIGINT, wait_for_rank_0)
     engine = Engine(
         device=settings.device,
         backend=settings.backend,
         world_size=settings.world_size,
         rank=settings.rank,
         local_rank=settings.local_rank,
+        tensor_parallel=settings.tensor_parallel,
+        pipeline_parallel=settings.pipeline_parallel,
+        collective_timeout_seconds=settings.collective_timeout_seconds,
     )
     engine.follow()
     return 0

@@ -81,6 +81,11 @@ class LoadedModel:
     config_type: str
     load_seconds: float
     model: list[Any] = field(repr=False, default_factory=list)
+    # Multi-rank models: this rank's own tensors, rank 0's directory of every rank's parts
+    # (``state_dict`` is then a GatheredTensors) and, on other ranks, what this one sends.
+    local_state_dict: dict[str, Any] = field(repr=False, default_factory=dict)
+    directory: Any = field(repr=False, default=None)
+    sends: dict[str, str] = field(repr=False, default_factory=dict)
 
 
 class Engine:
@@ -94,6 +99,9 @@ class Engine:
         world_size: int = 1,
         rank: int = 0,
         local_rank: int = 0,
+        tensor_parallel: int = 1,
+        pipeline_parallel: int = 1,
+        collective_timeout_seconds: float = 300.0,
         metrics: Metrics | None = None,
     ) -> None:
         self.device = resolve_device(device)
@@ -101,8 +109,14 @@ class Engine:
         self.world_size = world_size
         self.rank = rank
         self.local_rank = local_rank
-        self.tensor_model_parallel_size = 1
-        self.pipeline_model_parallel_size = 1
+        self.tensor_model_parallel_size = tensor_parallel
+        self.pipeline_model_parallel_size = pipeline_parallel
+        self.collective_timeout_seconds = collective_timeout_seconds
+        # Rank 0 pings the other ranks when idle, well within the collective timeout, so that a
+        # follower waiting for the next command never times out and a dead one is noticed.
+        self.heartbeat_seconds = max(1.0, min(30.0, collective_timeout_seconds / 4))
+        self.tp_rank = 0
+        self.pp_rank = 0
         self.metrics = metrics
         self.state = EngineState.STARTING
         self.error: BaseException | None = None
@@ -235,7 +249,11 @@ class Engine:
     def _loop(self) -> None:
         _yield_to_the_event_loop()
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=self.heartbeat_seconds if self._multi_rank_ready() else None)
+            except queue.Empty:
+                self._heartbeat()
+                continue
             if item is _STOP:
                 return
             name, kwargs, fut, on_start = item
@@ -246,7 +264,9 @@ class Engine:
                 if on_start is not None:
                     on_start()
                 if self.world_size > 1 and name not in ("startup", "shutdown"):
-                    self._broadcast((name, kwargs))
+                    if self.state is EngineState.FAILED:
+                        raise NotReadyError(f"the engine failed: {self.error}", retry_after=None)
+                    self._collective(self._broadcast, (name, kwargs))
                 result = getattr(self, f"_op_{name}")(**kwargs)
             except Exception as e:
                 fut.set_exception(e)
@@ -262,6 +282,44 @@ class Engine:
             finally:
                 self.running = None
 
+    def _multi_rank_ready(self) -> bool:
+        return self.world_size > 1 and self.state is EngineState.READY
+
+    def _heartbeat(self) -> None:
+        self.running = "heartbeat"
+        try:
+            self._collective(self._broadcast, ("heartbeat", {}))
+            self._collective(self._op_heartbeat)
+        except Exception:
+            pass  # _collective has failed the engine
+        finally:
+            self.running = None
+
+    def _collective(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` (a collective); when it fails (a rank died, hung past the collective
+        timeout, or the group broke) the engine fails: /readyz answers 503 and the process
+        exits with status 1 within a second, for the orchestrator to restart the job."""
+        try:
+            return fn(*args)
+        except Exception as e:
+            self._fail(e)
+            raise
+
+    def _fail(self, error: BaseException) -> None:
+        if self.state is EngineState.FAILED:
+            return
+        self.error = error
+        self.state = EngineState.FAILED
+        logger.critical(
+            "rank %d: a collective failed (%s: %s); the distributed context is broken, exiting",
+            self.rank,
+            type(error).__name__,
+            error,
+        )
+        timer = threading.Timer(1.0, os._exit, args=(1,))
+        timer.daemon = True
+        timer.start()
+
     def _broadcast(self, command: tuple[str, dict[str, Any]] | None) -> None:
         import torch.distributed as dist
 
@@ -275,7 +333,11 @@ class Engine:
         self._op_startup()
         while True:
             box: list[Any] = [None]
-            dist.broadcast_object_list(box, src=0)
+            try:
+                dist.broadcast_object_list(box, src=0)
+            except Exception as e:  # rank 0 died or hung past the collective timeout
+                logger.critical("rank %d: no command from rank 0 (%s: %s); exiting", self.rank, type(e).__name__, e)
+                raise SystemExit(1) from None
             name, kwargs = box[0]
             try:
                 getattr(self, f"_op_{name}")(**kwargs)
@@ -294,9 +356,20 @@ class Engine:
                 import torch
 
                 torch.cuda.set_device(self.local_rank)
-            initialize_distributed(self.backend, world_size=self.world_size, rank=self.rank)
+            import datetime
+
+            from megatron.core import parallel_state
+
+            initialize_distributed(
+                self.backend,
+                world_size=self.world_size,
+                rank=self.rank,
+                timeout=datetime.timedelta(seconds=self.collective_timeout_seconds),
+            )
             self._owns_context = True
             initialize_model_parallel(self.tensor_model_parallel_size, self.pipeline_model_parallel_size)
+            self.tp_rank = parallel_state.get_tensor_model_parallel_rank()
+            self.pp_rank = parallel_state.get_pipeline_model_parallel_rank()
         except BaseException as e:
             self.error = e
             self.state = EngineState.FAILED
@@ -319,7 +392,13 @@ class Engine:
         if not self._owns_context:
             return
         if self.world_size > 1 and self.rank == 0 and is_distributed_initialized():
-            self._broadcast(("shutdown", {}))
+            if self.state is EngineState.FAILED:
+                logger.warning("not telling the other ranks to shut down: the distributed context is broken")
+                return
+            try:
+                self._broadcast(("shutdown", {}))
+            except Exception as e:
+                logger.warning("could not tell the other ranks to shut down: %s", e)
         self._models.clear()
         self._tokenizers.clear()
         gc.collect()
@@ -370,52 +449,125 @@ class Engine:
         dtype: str | None,
         mp_overrides: dict[str, Any] | None,
     ) -> LoadedModel:
-        from megaload.checkpoint import load_megatron_model, model_state_dict, parse_dtype
-
-        self._check_overrides(mp_overrides)
-        target = None if dtype is None else parse_dtype(dtype)
         started = time.monotonic()
+        model: list[Any] = []
+        state_dict: dict[str, Any] = {}
+        error: BaseException | None = None
         try:
-            model = load_megatron_model(
-                path,
-                model_type=model_type,
-                use_cpu_init=self.device == "cpu",
-                skip_temp_dist_context=True,
-                mp_overrides=dict(mp_overrides) if mp_overrides else None,
-            )
-            if not isinstance(model, list):
-                model = [model]
-            if target is not None:
-                for chunk in model:
-                    chunk.to(dtype=target)
-            for chunk in model:
-                chunk.eval()
-                for p in chunk.parameters():
-                    p.requires_grad_(False)
-            state_dict = model_state_dict(model)
-        except BaseException:
+            model, state_dict = self._load_local(path, model_type, dtype, mp_overrides)
+        except BaseException as e:  # CheckpointException derives from BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            error = e
+        directory = None
+        if self.world_size > 1:
+            directory = self._agree_on_load(path, model, state_dict, error)
+        if error is not None:
             if self.metrics is not None:
                 self.metrics.checkpoint_loads.labels(outcome="failure").inc()
-            raise
+            raise error
         seconds = time.monotonic() - started
+        local_bytes = _unique_nbytes(state_dict.values())
+        view: Any = state_dict
+        sends: dict[str, str] = {}
+        if directory is not None:
+            from .model_parallel import GatheredTensors, sent_by
+
+            view = GatheredTensors(directory, lambda name: self._gather_blocking(model_id, name))
+            sends = sent_by(directory).get(self.rank, {})
+        specs = view.specs if directory is not None else state_dict
         loaded = LoadedModel(
             model_id=model_id,
-            state_dict=state_dict,
-            parameter_count=sum(p.numel() for chunk in model for p in chunk.parameters()),
-            size_bytes=_unique_nbytes(state_dict.values()),
-            dtype=_dtype_of(state_dict.values()),
+            state_dict=view,
+            parameter_count=sum(_numel(t.shape) for t in specs.values()),
+            size_bytes=local_bytes,
+            dtype=_dtype_of(specs.values()),
             model_type=model_type or _model_type_of(getattr(model[0], "config", None)),
             config_type=type(getattr(model[0], "config", None)).__name__,
             load_seconds=seconds,
             model=model,
+            local_state_dict=state_dict,
+            directory=directory,
+            sends=sends,
         )
         self._models[model_id] = loaded
         if self.metrics is not None:
             self.metrics.checkpoint_loads.labels(outcome="success").inc()
             self.metrics.load_seconds.observe(seconds)
             self.metrics.checkpoint_bytes_read.inc(_dir_bytes(Path(path)))
-        logger.info("loaded %s as %s in %.2fs (%d bytes)", path, model_id, seconds, loaded.size_bytes)
+        logger.info("loaded %s as %s in %.2fs (%d bytes on this rank)", path, model_id, seconds, local_bytes)
         return loaded
+
+    def _load_local(
+        self, path: str, model_type: str | None, dtype: str | None, mp_overrides: dict[str, Any] | None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        from megaload.checkpoint import load_megatron_model, model_state_dict, parse_dtype
+
+        self._check_overrides(mp_overrides)
+        target = None if dtype is None else parse_dtype(dtype)
+        overrides = dict(mp_overrides or {})
+        overrides["tensor_model_parallel_size"] = self.tensor_model_parallel_size
+        overrides["pipeline_model_parallel_size"] = self.pipeline_model_parallel_size
+        model = load_megatron_model(
+            path,
+            model_type=model_type,
+            use_cpu_init=self.device == "cpu",
+            skip_temp_dist_context=True,
+            mp_overrides=overrides,
+        )
+        if not isinstance(model, list):
+            model = [model]
+        if target is not None:
+            for chunk in model:
+                chunk.to(dtype=target)
+        for chunk in model:
+            chunk.eval()
+            for p in chunk.parameters():
+                p.requires_grad_(False)
+        return model, model_state_dict(model)
+
+    def _agree_on_load(self, path: str, model: list[Any], state_dict: dict[str, Any], error: BaseException | None):
+        """Every rank learns every rank's outcome; a failure anywhere fails the load on all
+        ranks (the new model is dropped, resident ones stay). Rank 0 returns the directory of
+        the model's parts."""
+        from megaload.checkpoint import padded_vocab_rows
+
+        from .model_parallel import Directory, agree, describe_local, first_failure
+
+        parts = []
+        if error is None:
+            try:
+                parts = describe_local(model, state_dict)
+            except Exception as e:
+                error = e
+        outcomes = self._collective(agree, self.rank, self.tp_rank, self.pp_rank, error, parts)
+        failure = first_failure(outcomes, path)
+        if failure is not None:
+            model.clear()
+            state_dict.clear()
+            raise error if error is not None else failure
+        return Directory.build(outcomes, padded_vocab_rows(model, 1) if model else None)
+
+    def _gather_blocking(self, model_id: str, name: str) -> Any:
+        """From a stream's thread: the full tensor ``name``, gathered by all ranks."""
+        return self._submit("gather_tensor", {"model_id": model_id, "name": name}).result()
+
+    def _op_gather_tensor(self, model_id: str, name: str) -> Any:
+        from .errors import ModelNotFoundError
+        from .model_parallel import receive_full, send_part
+
+        loaded = self._models.get(model_id)
+        if loaded is None or loaded.directory is None:
+            raise ModelNotFoundError(model_id)
+        if self.rank == 0:
+            return self._collective(receive_full, loaded.directory, loaded.local_state_dict, name)
+        self._collective(send_part, self.rank, loaded.local_state_dict, loaded.sends, name)
+        return None
+
+    def _op_heartbeat(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
 
     def _op_release(self, model_id: str) -> None:
         loaded = self._models.pop(model_id, None)
@@ -425,6 +577,7 @@ class Engine:
         # tensors at once. No gc.collect() here: a full collection holds the GIL for hundreds
         # of milliseconds and would stall the event loop.
         loaded.state_dict.clear()
+        loaded.local_state_dict.clear()
         loaded.model.clear()
         del loaded
         if self.device == "cuda":
@@ -560,8 +713,15 @@ def _unique_nbytes(tensors: Any) -> int:
     return total
 
 
+def _numel(shape: Any) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
 def _dtype_of(tensors: Any) -> str:
-    found = {str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()}
+    found = {str(t.dtype).removeprefix("torch.") for t in tensors if t.dtype.is_floating_point}
     if len(found) == 1:
         return found.pop()
     return "mixed" if found else "none"

@@ -77,6 +77,9 @@ class Runtime:
             world_size=settings.world_size,
             rank=settings.rank,
             local_rank=settings.local_rank,
+            tensor_parallel=settings.tensor_parallel,
+            pipeline_parallel=settings.pipeline_parallel,
+            collective_timeout_seconds=settings.collective_timeout_seconds,
             metrics=self.metrics,
         )
         total = device_memory_bytes(self.engine.device, settings.local_rank)

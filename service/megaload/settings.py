@@ -151,6 +151,22 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600, description="how long shutdown waits for a running save before abandoning it"
     )
     max_finished_jobs: int = Field(1000, ge=1, le=1_000_000, description="finished jobs kept for GET /v1/jobs")
+    tensor_parallel: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="tensor-parallel size of every loaded model (default: world size / pipeline_parallel; "
+        "T*P must equal the world size)",
+    )
+    pipeline_parallel: int | None = Field(
+        None, ge=1, le=1024, description="pipeline-parallel size of every loaded model (default 1)"
+    )
+    collective_timeout_seconds: float = Field(
+        300.0,
+        ge=5,
+        le=86400,
+        description="how long a collective may wait for the other ranks before the service fails and exits",
+    )
     world_size: int = Field(
         1, ge=1, validation_alias=AliasChoices("world_size", "WORLD_SIZE"), description="set by torchrun"
     )
@@ -210,6 +226,17 @@ class Settings(BaseSettings):
             )
         if self.rank >= self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.pipeline_parallel is None:
+            self.pipeline_parallel = 1
+        if self.tensor_parallel is None:
+            self.tensor_parallel = max(1, self.world_size // self.pipeline_parallel)
+        layout = self.tensor_parallel * self.pipeline_parallel
+        if layout != self.world_size:
+            raise ValueError(
+                f"tensor_parallel ({self.tensor_parallel}) x pipeline_parallel ({self.pipeline_parallel}) = {layout} "
+                f"must equal the world size ({self.world_size}): every rank holds one model-parallel part and "
+                "data-parallel replicas are not supported; start torchrun with --nproc-per-node (x nodes) = T*P"
+            )
         return self
 
     @property

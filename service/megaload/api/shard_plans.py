@@ -38,16 +38,27 @@ import anyio
 import torch
 
 from ..errors import ModelNotFoundError
-from ..streaming import ShardOptions, ShardPlan, fill_checksums, plan_shards
+from ..streaming import LazyTensors, ShardOptions, ShardPlan, fill_checksums, plan_shards
 
 if TYPE_CHECKING:
     from ..registry import ModelEntry, Registry
 
-__all__ = ["ShardPlans", "DEFAULT_MAX_PLANS"]
+__all__ = ["ShardPlans", "Reshard", "tensor_view", "DEFAULT_MAX_PLANS"]
 
 DEFAULT_MAX_PLANS = 32
 
-_Key = tuple[str, datetime, ShardOptions]
+
+
+@dataclass(frozen=True)
+class Reshard:
+    """Serve what rank ``tp_rank`` of a TP=``tp_size`` model holds (``tp_rank``/``tp_size``
+    query parameters), cut from the full tensors by :func:`megaload.checkpoint.tp_slice`."""
+
+    tp_rank: int
+    tp_size: int
+
+
+_Key = tuple[str, datetime, ShardOptions, "Reshard | None"]
 
 
 @dataclass
@@ -70,30 +81,34 @@ class ShardPlans:
     def __len__(self) -> int:
         return len(self._slots)
 
-    async def plan(self, entry: ModelEntry, options: ShardOptions) -> ShardPlan:
+    async def plan(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None) -> ShardPlan:
         """The plan of ``entry``'s state dict under ``options``. The caller holds a lease."""
-        return await self._plan(self._slot(entry, options), entry, options)
+        return await self._plan(self._slot(entry, options, reshard), entry, options, reshard)
 
-    async def index_json(self, entry: ModelEntry, options: ShardOptions) -> bytes:
+    async def index_json(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None) -> bytes:
         """The state-dict index (``ShardPlan.to_dict()`` with checksums) as JSON bytes. The
         caller holds a lease."""
-        slot = self._slot(entry, options)
-        plan = await self._plan(slot, entry, options)
+        slot = self._slot(entry, options, reshard)
+        plan = await self._plan(slot, entry, options, reshard)
         if slot.index is not None:
             return slot.index
         if slot.indexing is None:
-            slot.indexing = asyncio.create_task(self._fill(entry, plan, slot), name=f"checksums-{entry.id}")
+            slot.indexing = asyncio.create_task(
+                self._fill(entry, plan, slot, reshard), name=f"checksums-{entry.id}"
+            )
             slot.indexing.add_done_callback(_retrieve)
         return await asyncio.shield(slot.indexing)
 
-    async def _plan(self, slot: _Slot, entry: ModelEntry, options: ShardOptions) -> ShardPlan:
+    async def _plan(
+        self, slot: _Slot, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None
+    ) -> ShardPlan:
         if slot.plan is None:
-            plan = await anyio.to_thread.run_sync(_plan_entry, entry, options)
+            plan = await anyio.to_thread.run_sync(_plan_entry, entry, options, reshard)
             if slot.plan is None:
                 slot.plan = plan
         return slot.plan
 
-    async def _fill(self, entry: ModelEntry, plan: ShardPlan, slot: _Slot) -> bytes:
+    async def _fill(self, entry: ModelEntry, plan: ShardPlan, slot: _Slot, reshard: Reshard | None) -> bytes:
         try:
             lease = self.registry.acquire(entry.id)
         except ModelNotFoundError:
@@ -102,7 +117,7 @@ class ShardPlans:
         try:
             if lease.entry is not entry:  # evicted and loaded again since the caller's lease
                 raise ModelNotFoundError(entry.id)
-            filled = await anyio.to_thread.run_sync(fill_checksums, plan, entry.state_dict)
+            filled = await anyio.to_thread.run_sync(fill_checksums, plan, tensor_view(entry, reshard))
             body = json.dumps(filled.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         except BaseException:
             slot.indexing = None
@@ -113,8 +128,8 @@ class ShardPlans:
         slot.indexing = None
         return body
 
-    def _slot(self, entry: ModelEntry, options: ShardOptions) -> _Slot:
-        key = (entry.id, entry.loaded_at, options)
+    def _slot(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None) -> _Slot:
+        key = (entry.id, entry.loaded_at, options, reshard)
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
@@ -137,14 +152,35 @@ def _retrieve(task: asyncio.Task[bytes]) -> None:
         task.exception()
 
 
-def _plan_entry(entry: ModelEntry, options: ShardOptions) -> ShardPlan:
-    return plan_shards(streamable_view(entry), options)
+def _plan_entry(entry: ModelEntry, options: ShardOptions, reshard: Reshard | None) -> ShardPlan:
+    return plan_shards(streamable_view(entry, reshard), options)
 
 
-def streamable_view(entry: ModelEntry) -> Mapping[str, Any]:
+def tensor_view(entry: ModelEntry, reshard: Reshard | None) -> Mapping[str, Any]:
+    """What the stream reads: ``entry.state_dict`` (full tensors; for a model split over
+    ranks a :class:`~megaload.streaming.LazyTensors` that gathers each when read), or with
+    ``reshard`` the slices one rank of that layout holds (worker thread: walks modules)."""
+    if reshard is None:
+        return entry.state_dict
+    from ..checkpoint import padded_vocab_rows, partition_rules
+    from ..model_parallel import SlicedTensors
+
+    loaded = entry.loaded
+    directory = getattr(loaded, "directory", None)
+    rules = directory.rules if directory is not None else partition_rules(loaded.model)
+    return SlicedTensors(
+        entry.state_dict, rules, reshard.tp_rank, reshard.tp_size, padded_vocab_rows(loaded.model, reshard.tp_size)
+    )
+
+
+def streamable_view(entry: ModelEntry, reshard: Reshard | None = None) -> Mapping[str, Any]:
     """``entry.state_dict`` (tensors, in the model's order) followed by the names of its
-    modules' extra state, mapped to ``None`` for the planner to list as skipped."""
-    tensors = entry.state_dict
+    modules' extra state, mapped to ``None`` for the planner to list as skipped. Lazy views
+    (models split over ranks, ``reshard`` slices) are planned as they are, without the
+    extra-state names."""
+    tensors = tensor_view(entry, reshard)
+    if isinstance(tensors, LazyTensors):
+        return tensors
     extra = [name for name in extra_state_names(getattr(entry.loaded, "model", None)) if name not in tensors]
     if not extra:
         return tensors

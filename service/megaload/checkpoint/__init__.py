@@ -30,6 +30,16 @@ from ._errors import (
     UnsupportedCheckpointError,
 )
 from ._layout import CheckpointFormat, CheckpointLayout, inspect_layout, resolve_iteration_dir
+from ._partition import (
+    PartitionRule,
+    assemble_full,
+    global_layer_names,
+    padded_vocab_rows,
+    partition_rules,
+    rule_of,
+    tp_slice,
+    tp_slice_shape,
+)
 from ._model import (
     MP_OVERRIDE_FIELDS,
     build_and_load_model,
@@ -78,6 +88,14 @@ __all__ = [
     "build_model",
     "load_weights",
     "model_state_dict",
+    "PartitionRule",
+    "partition_rules",
+    "rule_of",
+    "global_layer_names",
+    "padded_vocab_rows",
+    "assemble_full",
+    "tp_slice",
+    "tp_slice_shape",
     "model_config",
     "MP_OVERRIDE_FIELDS",
     "inspect_layout",

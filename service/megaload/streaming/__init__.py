@@ -42,6 +42,7 @@ from ._errors import (
 )
 from ._etags import ETAG_FORMAT_VERSION, matches_if_none_match, matches_if_range, shard_etag
 from ._header import encode_header
+from ._lazy import LazyTensors
 from ._options import (
     DEFAULT_MAX_SHARD_BYTES,
     MAX_KEY_PATTERN_LENGTH,
@@ -83,6 +84,7 @@ __all__ = [
     "SAFETENSORS_DTYPE_NAMES",
     "safetensors_dtype_name",
     # writer
+    "LazyTensors",
     "iter_shard_bytes",
     "DEFAULT_CHUNK_BYTES",
     "MIN_CHUNK_BYTES",

@@ -13,6 +13,7 @@ from typing import Any
 
 import xxhash
 
+from ._lazy import LazyTensors, check_spec
 from ._plan import ShardPlan
 from ._tensor_bytes import DeviceStaging, tensor_pieces
 from ._writer import DEFAULT_CHUNK_BYTES, _check_chunk_bytes, resolve_tensor
@@ -29,7 +30,14 @@ def compute_checksums(
     missing or changed.
     """
     _check_chunk_bytes(chunk_bytes)
-    sources = [(entry, resolve_tensor(entry, tensors)) for entry in plan.tensors.values()]
+    if isinstance(tensors, LazyTensors):
+        for entry in plan.tensors.values():
+            check_spec(entry, tensors)
+        sources: Any = (
+            (entry, resolve_tensor(entry, {entry.name: tensors.fetch(entry.name)})) for entry in plan.tensors.values()
+        )
+    else:
+        sources = [(entry, resolve_tensor(entry, tensors)) for entry in plan.tensors.values()]
     staging = DeviceStaging(chunk_bytes)
     out: dict[str, str] = {}
     for entry, tensor in sources:

@@ -15,12 +15,13 @@ a device error).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 
 from ._errors import InvalidShardOptionsError, PlanMismatchError, RangeNotSatisfiableError
+from ._lazy import LazyTensors, check_spec
 from ._plan import ShardPlan, TensorEntry
 from ._tensor_bytes import DeviceStaging, tensor_pieces
 
@@ -46,7 +47,8 @@ def iter_shard_bytes(
     of the file), as ``memoryview`` pieces of at most ``chunk_bytes``.
 
     ``tensors`` is the mapping the plan was made from, or any mapping holding the same
-    tensors by name (only the shard's names are read). Each piece is read-only and stays
+    tensors by name (only the shard's names are read). A :class:`LazyTensors` is checked
+    against the plan now and each tensor fetched when the stream reaches it. Each piece is read-only and stays
     valid after the next is produced. The iterator holds references to the shard's tensors
     until it is exhausted or closed: ``.close()`` it when the client goes away, then release
     the model's lease.
@@ -61,8 +63,26 @@ def iter_shard_bytes(
         end = shard.size
     _check_range(start, end, shard.size)
     _check_chunk_bytes(chunk_bytes)
+    if isinstance(tensors, LazyTensors):
+        entries = [plan.tensors[name] for name in shard.layout]
+        for entry in entries:
+            check_spec(entry, tensors)
+        return _shard_pieces(shard.header, _fetched(entries, tensors, start, end), start, end, chunk_bytes)
     sources = [(plan.tensors[name], resolve_tensor(plan.tensors[name], tensors)) for name in shard.layout]
     return _shard_pieces(shard.header, sources, start, end, chunk_bytes)
+
+
+def _fetched(
+    entries: list[TensorEntry], tensors: LazyTensors, start: int, end: int
+) -> Iterator[tuple[TensorEntry, Any]]:
+    """(entry, tensor) of a lazy mapping, fetched when reached; entries outside ``[start,
+    end)`` are passed with no tensor (the writer skips them unread)."""
+    for entry in entries:
+        lo, hi = entry.file_offset, entry.file_offset + entry.nbytes
+        if hi <= start or lo >= end or entry.nbytes == 0:
+            yield entry, None
+            continue
+        yield entry, resolve_tensor(entry, {entry.name: tensors.fetch(entry.name)})
 
 
 def resolve_tensor(entry: TensorEntry, tensors: Mapping[str, Any]) -> torch.Tensor:
@@ -114,7 +134,7 @@ def _check_chunk_bytes(chunk_bytes: object) -> None:
 
 def _shard_pieces(
     header: bytes,
-    sources: list[tuple[TensorEntry, torch.Tensor]],
+    sources: Iterable[tuple[TensorEntry, torch.Tensor]],
     start: int,
     end: int,
     chunk_bytes: int,

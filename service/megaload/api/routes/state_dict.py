@@ -50,7 +50,8 @@ from ...streaming import (
 )
 from ..deps import RuntimeDep
 from ..problems import error_responses
-from ..shard_plans import ShardPlans
+from ...errors import BadRequestError
+from ..shard_plans import Reshard, ShardPlans, tensor_view
 from ..streaming_body import LeasedStreamingResponse
 
 router = APIRouter(prefix="/models", tags=["state dict"])
@@ -95,6 +96,38 @@ def shard_options(
 
 ShardOptionsDep = Annotated[ShardOptions, Depends(shard_options)]
 
+MAX_TP_SIZE = 1024
+
+
+def reshard_query(
+    tp_rank: Annotated[
+        int | None,
+        Query(ge=0, lt=MAX_TP_SIZE, description="with tp_size: serve what this tensor-parallel rank holds"),
+    ] = None,
+    tp_size: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_TP_SIZE,
+            description="with tp_rank: the tensor-parallel size of the engine pulling the weights; "
+            "column-parallel tensors are split on dim 0 (fused QKV per query group, GLU fc1 per half), "
+            "row-parallel weights on dim 1, vocabulary tensors on padded rows, others whole",
+        ),
+    ] = None,
+) -> Reshard | None:
+    """The resharding query: both parameters or neither."""
+    if tp_rank is None and tp_size is None:
+        return None
+    if tp_rank is None or tp_size is None:
+        missing = "tp_rank" if tp_rank is None else "tp_size"
+        raise BadRequestError(f"{missing} is required together with {'tp_size' if missing == 'tp_rank' else 'tp_rank'}", field=missing)
+    if tp_rank >= tp_size:
+        raise BadRequestError(f"tp_rank={tp_rank} must be below tp_size={tp_size}", field="tp_rank")
+    return Reshard(tp_rank=tp_rank, tp_size=tp_size)
+
+
+ReshardDep = Annotated["Reshard | None", Depends(reshard_query)]
+
 
 def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
     """The app's plan cache, made on first use for the runtime of this lifespan."""
@@ -116,10 +149,10 @@ _OPTION_ERRORS = (p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, 
     responses=error_responses(*_OPTION_ERRORS),
 )
 async def state_dict_index(
-    model_id: ModelId, options: ShardOptionsDep, runtime: RuntimeDep, plans: ShardPlansDep
+    model_id: ModelId, options: ShardOptionsDep, reshard: ReshardDep, runtime: RuntimeDep, plans: ShardPlansDep
 ) -> Response:
     async with runtime.registry.lease(model_id) as entry:
-        body = await plans.index_json(entry, options)
+        body = await plans.index_json(entry, options, reshard)
     return Response(body, media_type="application/json")
 
 
@@ -142,10 +175,11 @@ async def get_shard(
     n: ShardIndex,
     request: Request,
     options: ShardOptionsDep,
+    reshard: ReshardDep,
     runtime: RuntimeDep,
     plans: ShardPlansDep,
 ) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, request, head=False)
+    return await _shard_response(runtime, plans, model_id, n, options, reshard, request, head=False)
 
 
 @router.head(
@@ -159,10 +193,11 @@ async def head_shard(
     n: ShardIndex,
     request: Request,
     options: ShardOptionsDep,
+    reshard: ReshardDep,
     runtime: RuntimeDep,
     plans: ShardPlansDep,
 ) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, request, head=True)
+    return await _shard_response(runtime, plans, model_id, n, options, reshard, request, head=True)
 
 
 async def _shard_response(
@@ -171,6 +206,7 @@ async def _shard_response(
     model_id: str,
     n: int,
     options: ShardOptions,
+    reshard: Reshard | None,
     request: Request,
     *,
     head: bool,
@@ -179,9 +215,12 @@ async def _shard_response(
     handed_over = False
     try:
         entry = lease.entry
-        plan = await plans.plan(entry, options)
+        plan = await plans.plan(entry, options, reshard)
         shard = plan.shard(n)
-        etag = shard_etag(model_identity(entry), plan, n)
+        identity = model_identity(entry)
+        if reshard is not None:
+            identity += f"#tp{reshard.tp_rank}of{reshard.tp_size}"
+        etag = shard_etag(identity, plan, n)
         headers = {
             "ETag": etag,
             "Accept-Ranges": "bytes",
@@ -202,7 +241,7 @@ async def _shard_response(
         headers["Content-Length"] = str(end - start)
         if span is not None:
             headers["Content-Range"] = content_range(start, end, shard.size)
-        pieces = iter_shard_bytes(plan, n, entry.state_dict, start=start, end=end)
+        pieces = iter_shard_bytes(plan, n, tensor_view(entry, reshard), start=start, end=end)
         response = LeasedStreamingResponse(
             pieces,
             lease,

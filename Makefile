@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test run clean
+.PHONY: install test test-mcore-oldest run clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,24 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# The library against the oldest megatron-core we support (the range in pyproject.toml), in a venv
+# of its own: the compatibility and library tests.
+MCORE_OLDEST ?= 0.15.3
+OLDEST_VENV ?= .venv-mcore-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.installed-$(MCORE_OLDEST)
+
+$(OLDEST_STAMP): pyproject.toml client/pyproject.toml
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/pip install --upgrade pip setuptools wheel
+	$(OLDEST_VENV)/bin/pip install "$(TORCH_SPEC)"
+	$(OLDEST_VENV)/bin/pip install -e ./client
+	$(OLDEST_VENV)/bin/pip install -e ".[test]" "megatron-core==$(MCORE_OLDEST)"
+	touch $(OLDEST_STAMP)
+
+test-mcore-oldest: $(OLDEST_STAMP)
+	$(OLDEST_VENV)/bin/python -m pytest tests/compat tests/unit/test_pickle_safety.py tests/unit/test_run_config.py \
+		tests/unit/test_layout.py tests/unit/test_dtypes.py tests/unit/test_distributed_context.py tests/unit/test_tokenizer.py
+
 # `make run`: serve on 127.0.0.1:8000 (MEGALOAD_* settings apply, e.g. MEGALOAD_PORT=9000 make run).
 # With no checkpoint root configured it serves the embedded demo checkpoint, written on first
 # start into MEGALOAD_DATA_DIR (default ./data), and saves into MEGALOAD_DATA_DIR/saves unless
@@ -33,4 +51,4 @@ run: $(STAMP)
 	@$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info service/*.egg-info client/*.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info service/*.egg-info client/*.egg-info

@@ -7,6 +7,7 @@ Every setting has a flag here and a ``MEGALOAD_*`` environment variable (see
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -145,6 +146,7 @@ def _follow(settings: Any) -> int:
 
     signal.signal(signal.SIGTERM, wait_for_rank_0)
     signal.signal(signal.SIGINT, wait_for_rank_0)
+    log.info("rank %d (pid %d) follows rank 0", settings.rank, os.getpid())
     engine = Engine(
         device=settings.device,
         backend=settings.backend,

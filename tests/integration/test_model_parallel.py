@@ -224,3 +224,43 @@ def test_failed_load_keeps_residents_and_readiness(tp2):
     assert_same(tp2.tensors(model_id, keys="model.decoder.layers.1."), {
         k: v for k, v in reference("mlm_gpt").items() if k.startswith("model.decoder.layers.1.")
     })
+
+
+def test_pipeline_parallel_streams_global_layer_names(tmp_path):
+    """PP=2: each stage holds one layer (numbered locally 0); names and tensors are global."""
+    shutil.copytree(FIXTURES_DIR / "mlm_gpt" / "checkpoint", tmp_path / "mlm_gpt")
+    (tmp_path / "saves").mkdir()
+    service = TorchrunService(tmp_path, "--pipeline-parallel", "2")
+    try:
+        assert_same(service.tensors(service.load("mlm_gpt")), reference("mlm_gpt"))
+    finally:
+        service.client.close()
+        service.stop()
+
+
+def test_killed_follower_fails_readiness_and_exits(tmp_path):
+    shutil.copytree(FIXTURES_DIR / "mlm_gpt" / "checkpoint", tmp_path / "mlm_gpt")
+    (tmp_path / "saves").mkdir()
+    timeout = 10
+    service = TorchrunService(tmp_path, "--collective-timeout-seconds", str(timeout))
+    try:
+        m = re.search(r"rank 1 \(pid (\d+)\) follows rank 0", service.output)
+        assert m, service.output
+        import os
+
+        os.kill(int(m.group(1)), signal.SIGKILL)
+        killed = time.monotonic()
+        unready = None
+        while time.monotonic() - killed < timeout + 20 and service.proc.poll() is None:
+            try:
+                if service.client.get("/readyz", timeout=2).status_code != 200:
+                    unready = unready or time.monotonic()
+            except httpx.TransportError:
+                unready = unready or time.monotonic()
+            time.sleep(0.1)
+        code = service.proc.wait(timeout + 20)
+        assert code != 0, service.output
+        assert unready is not None and unready - killed <= timeout + 5, service.output
+    finally:
+        service.client.close()
+        service.stop()

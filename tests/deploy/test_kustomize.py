@@ -61,7 +61,7 @@ def openapi_paths() -> set[str]:
 # ------------------------------------------------------------------------------ rendering
 
 
-@pytest.mark.parametrize("target", ["base", "overlays/cpu", "overlays/gpu"])
+@pytest.mark.parametrize("target", ["base", "overlays/cpu", "overlays/gpu", "overlays/multi-gpu"])
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_rendered_resource_is_valid_kubernetes(target, version):
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -248,3 +248,60 @@ def test_cpu_overlay_has_no_gpu_and_a_budget_below_its_memory_limit():
     limit = quantity_bytes(resources["limits"]["memory"])
     assert budget.bytes is not None and budget.bytes <= 0.8 * limit
     assert container(docs)["image"].endswith(":cpu") and DOCKERFILE.stage("cpu")
+
+
+# ------------------------------------------------------------------------------ model parallel
+
+
+def test_multi_gpu_overlay_runs_one_rank_per_gpu_at_a_layout_settings_accept():
+    docs = rendered("multi-gpu")
+    env = env_of(docs)
+    gpus = int(container(docs)["resources"]["limits"]["nvidia.com/gpu"])
+    assert int(env["MEGALOAD_NPROC_PER_NODE"]) == gpus > 1
+    tp, pp = int(env["MEGALOAD_TENSOR_PARALLEL"]), int(env["MEGALOAD_PIPELINE_PARALLEL"])
+    assert tp * pp == gpus
+    settings = Settings(world_size=gpus, tensor_parallel=tp, pipeline_parallel=pp, backend="nccl",
+                        collective_timeout_seconds=env["MEGALOAD_COLLECTIVE_TIMEOUT_SECONDS"])
+    assert settings.tensor_parallel == tp
+
+
+LWS = KUSTOMIZE / "examples" / "multi-node-lws"
+
+
+def lws_pods() -> dict[str, dict]:
+    (lws,) = [d for d in render(LWS) if d["kind"] == "LeaderWorkerSet"]
+    spec = lws["spec"]["leaderWorkerTemplate"]
+    return {"leader": spec["leaderTemplate"], "worker": spec["workerTemplate"], "size": spec["size"]}
+
+
+@pytest.mark.parametrize("role", ["leader", "worker"])
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_lws_pod_templates_are_valid_pods(role, version):
+    """The LeaderWorkerSet is a custom resource: its pod templates are checked as Pods."""
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    template = lws_pods()[role]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "megaload", **template["metadata"]},
+           "spec": template["spec"]}
+    kubernetes_validate.validate(pod, version, strict=True)
+    (service,) = [d for d in render(LWS) if d["kind"] == "Service"]
+    kubernetes_validate.validate(service, version, strict=True)
+
+
+def test_lws_ranks_match_the_layout_and_rank_0_is_the_leader():
+    pods = lws_pods()
+    for role in ("leader", "worker"):
+        (c,) = pods[role]["spec"]["containers"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        command = " ".join(c["command"] + c["args"])
+        nproc = int(re.search(r"--nproc-per-node=(\d+)", command).group(1))
+        assert '--node-rank="$LWS_WORKER_INDEX"' in command and '--master-addr="$LWS_LEADER_ADDRESS"' in command
+        assert int(c["resources"]["limits"]["nvidia.com/gpu"]) == nproc
+        world = nproc * pods["size"]
+        Settings(world_size=world, tensor_parallel=int(env["MEGALOAD_TENSOR_PARALLEL"]),
+                 pipeline_parallel=int(env["MEGALOAD_PIPELINE_PARALLEL"]), backend="nccl", host="127.0.0.1")
+        for name in env:
+            if name.startswith("MEGALOAD_"):
+                assert name.removeprefix("MEGALOAD_").lower() in Settings.model_fields, name
+    assert "readinessProbe" in pods["leader"]["spec"]["containers"][0]
+    (service,) = [d for d in render(LWS) if d["kind"] == "Service"]
+    assert service["spec"]["selector"]["leaderworkerset.sigs.k8s.io/worker-index"] == "0"

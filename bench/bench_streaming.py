@@ -283,6 +283,18 @@ def versions() -> dict[str, str]:
     }
 
 
+def source_state() -> dict[str, object]:
+    """The commit the service and client ran from, and which of their files differed from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.rstrip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "service", "client").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted": [line[3:] for line in changed]}
+
+
 def fresh_dir(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
@@ -438,9 +450,9 @@ def main() -> None:
     args.data_dir = args.data_dir.resolve()
 
     checkpoint = ensure_checkpoint(args.data_dir)
-    results: dict = {"machine": machine(), "versions": versions(), "model": MODEL}
+    results: dict = {"machine": machine(), "versions": versions(), "source": source_state(), "model": MODEL}
     results["checkpoint_bytes"] = checkpoint_bytes(checkpoint)
-    print(json.dumps({k: results[k] for k in ("machine", "versions")}))
+    print(json.dumps({k: results[k] for k in ("machine", "versions", "source")}))
     bench_load.warm_page_cache(checkpoint)
     if not args.skip_load:
         results["library_load"] = bench_load.library_load(checkpoint)

@@ -4,8 +4,9 @@ Checkpoints here are written by DCP itself (``dcp.save``); each load through our
 compared with the same load through DCP's stock ``FileSystemReader`` (the oracle) and with
 the tensors that were saved. The cases cover each way a tensor item is read: straight into a
 contiguous target of the same dtype (whole, or a row range of the stored tensor when the
-target is a shard of it), through a buffer and ``copy_`` (a cast, a transposed record, a
-non-contiguous target), an empty tensor, and a record in torch's legacy (non-zip) format.
+target is a shard of it), chunk by chunk through a scratch buffer (a cast), through a
+whole buffer and ``copy_`` (a transposed record, a non-contiguous target), an empty tensor,
+and a record in torch's legacy (non-zip) format. "large" spans more than one read chunk.
 Hostile and damaged records are refused with typed errors.
 """
 
@@ -32,6 +33,7 @@ def _saved() -> dict[str, torch.Tensor]:
     base = torch.randn(8, 5, generator=g)
     return {
         "plain": torch.randn(64, 48, generator=g),
+        "large": torch.randn(3, 2_000_001, generator=g),  # 24 MB: more than one read chunk
         "transposed": base.t(),  # DCP keeps its strides: a non-contiguous record
         "bf16": torch.randn(6, 7, generator=g).to(torch.bfloat16),
         "ints": torch.randint(-(2**40), 2**40, (33,), generator=g, dtype=torch.int64),

@@ -18,8 +18,12 @@ Here the archive is taken apart instead:
 3. ``torch.load(weights_only=True, map_location="meta")`` of the archive gives the tensor's
    dtype, shape, strides and storage offset without reading the storage;
 4. the storage bytes are read with ``readinto`` in bounded chunks (a file read releases the
-   GIL), straight into the destination tensor when the stored tensor is the plain contiguous
-   image of it, else into a fresh buffer that the caller copies from.
+   GIL): straight into the destination tensor when the stored tensor is the plain contiguous
+   image of it; through a small reused scratch buffer, chunk by chunk ``copy_``-ed (which
+   releases the GIL too), when only the dtype or the device differs; else into a fresh
+   buffer that the caller copies from (a transposed record, a non-contiguous target).
+   Freeing a large buffer holds the GIL (``munmap``, about 0.1 ms per MiB), which the
+   scratch buffer avoids.
 
 An archive that does not fit this shape (several storages, compression, a foreign byte
 order) is read whole and decoded by ``torch.load(weights_only=True)`` as DCP does, after the
@@ -40,7 +44,7 @@ import torch
 
 from ._errors import CorruptCheckpointError, UnsafeCheckpointError
 
-__all__ = ["FileWindow", "TensorRecord", "open_tensor_record", "read_bytes", "read_into"]
+__all__ = ["CHUNK_BYTES", "FileWindow", "TensorRecord", "open_tensor_record", "read_bytes", "read_into"]
 
 # Bytes per read call: a page-cache read of this size takes a few milliseconds, and the GIL
 # is free during it, so chunking bounds only how long between the loop's checks for errors.
@@ -167,15 +171,15 @@ class TensorRecord:
                 f"{self.what}: tensor geometry outside its storage: {e}", path=self.what
             ) from e
 
-    def read_contiguous_into(self, source_view: torch.Tensor, target: torch.Tensor) -> bool:
-        """Read straight into ``target`` the bytes of ``source_view`` (a view of :attr:`meta`)
-        when both are plain contiguous CPU images of the same dtype; False when not possible."""
+    def read_contiguous_into(self, source_view: torch.Tensor, target: torch.Tensor, scratch: torch.Tensor) -> bool:
+        """Fill ``target`` with ``source_view`` (a view of :attr:`meta`) when both are plain
+        contiguous images of the same shape: read straight into a CPU target of the same
+        dtype, else a ``scratch`` (uint8, CPU) at a time, each chunk ``copy_``-ed (cast, or
+        moved to the target's device) into its slice of the target. False when not possible."""
         if self.loaded is not None or self.meta is None:
             return False
         if not (
-            target.device.type == "cpu"
-            and type(target) is torch.Tensor
-            and target.dtype == source_view.dtype
+            type(target) is torch.Tensor
             and target.is_contiguous()
             and source_view.is_contiguous()
             and target.size() == source_view.size()
@@ -183,11 +187,19 @@ class TensorRecord:
             and not target.is_neg()
         ):
             return False
-        nbytes = target.numel() * target.element_size()
-        if nbytes:
-            start = self.data_start + source_view.storage_offset() * source_view.element_size()
-            dest = memoryview(target.reshape(-1).view(torch.uint8).numpy())
-            read_into(self.window, start, dest, what=self.what)
+        itemsize = source_view.element_size()
+        start = self.data_start + source_view.storage_offset() * itemsize
+        if target.numel() == 0:
+            return True
+        if target.device.type == "cpu" and target.dtype == source_view.dtype:
+            read_into(self.window, start, memoryview(target.reshape(-1).view(torch.uint8).numpy()), what=self.what)
+            return True
+        flat, step = target.view(-1), scratch.numel() // itemsize
+        for first in range(0, flat.numel(), step):
+            count = min(step, flat.numel() - first)
+            chunk = scratch[: count * itemsize]
+            read_into(self.window, start + first * itemsize, memoryview(chunk.numpy()), what=self.what)
+            flat[first : first + count].copy_(chunk.view(source_view.dtype))
         return True
 
 

@@ -38,7 +38,7 @@ from megatron.core.dist_checkpointing.strategies import torch as _mcore_torch
 from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 
-from ._distcp import FileWindow, open_tensor_record, read_bytes
+from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
 from ._errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict, load_dcp_metadata, loads_weights_only
@@ -91,12 +91,14 @@ class _SafeFileSystemReader(FileSystemReader):
 
         Byte items go to ``planner.load_bytes`` (the allowlisted unpickle). Tensor items are
         read through :func:`open_tensor_record`: straight into the target when the stored
-        tensor is its plain contiguous image (the usual case: no resharding, no cast), else
-        into a fresh buffer and then ``copy_`` (which releases the GIL). Items with storage
-        transforms (compression extensions) take DCP's own path.
+        tensor is its plain contiguous image (the usual case), through one reused scratch
+        buffer chunk by chunk when only dtype or device differ, else into a fresh buffer and
+        then ``copy_`` (which releases the GIL). Items with storage transforms (compression
+        extensions) take DCP's own path.
         """
         if any(self.storage_data[item.storage_index].transform_descriptors for item in plan.items):
             return super().read_data(plan, planner)
+        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
         per_file: dict[str, list] = {}
         for item in plan.items:
             per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
@@ -105,12 +107,13 @@ class _SafeFileSystemReader(FileSystemReader):
             items.sort(key=lambda item: self.storage_data[item.storage_index].offset)
             with open(path, "rb", buffering=0) as raw:
                 for item in items:
-                    self._read_item(raw, f"{path}@{self.storage_data[item.storage_index].offset}", item, planner)
+                    where = f"{path}@{self.storage_data[item.storage_index].offset}"
+                    self._read_item(raw, where, item, planner, scratch)
         done: Future[None] = Future()
         done.set_result(None)
         return done
 
-    def _read_item(self, raw, what: str, item, planner) -> None:
+    def _read_item(self, raw, what: str, item, planner, scratch: torch.Tensor) -> None:
         info = self.storage_data[item.storage_index]
         window = FileWindow(raw, info.offset, info.length)
         if item.type == LoadItemType.BYTE_IO:
@@ -126,7 +129,7 @@ class _SafeFileSystemReader(FileSystemReader):
                 f"{what}: the stored piece has shape {tuple(source.size())}, its target {tuple(target.size())}",
                 path=what,
             )
-        if not record.read_contiguous_into(source, target):
+        if not record.read_contiguous_into(source, target, scratch):
             stored = record.read()
             target.copy_(narrow_tensor_by_index(stored, item.storage_offsets, item.lengths))
         planner.commit_tensor(item, target)

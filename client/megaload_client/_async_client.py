@@ -2,12 +2,15 @@
 
 Requests, answers, retries and resumption are decided by the same shared code as the sync
 client (:mod:`._base_client`, :mod:`._routes`, :mod:`._resume`); only waiting differs.
-CPU-heavy checks (checksums over whole shards) run in a worker thread.
+Shard bodies on plain http are read by the sync client's standard-library reader
+(:mod:`._direct_transport`) in a worker thread per shard, so bytes never pass through the
+event loop; checksums are computed as the bytes arrive, in that same thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,6 +27,7 @@ from ._base_client import (
     index_bytes,
 )
 from ._checksums import TensorVerifier
+from ._direct_transport import direct_transport_for, receive_shard
 from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import AsyncJobHandle, AsyncModelHandle, load_request, merge_shards, save_request, worker_count
@@ -43,10 +47,10 @@ from ._models import (
     TokenizerInfo,
 )
 from ._progress import progress_bar
-from ._resume import BufferSink, ShardTransfer
+from ._resume import BufferSink, ShardTransfer, fresh_buffer
 from ._routes import Call
 from ._safetensors import require_torch
-from ._shards import StreamSink, check_index, tensors_from_shard
+from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
 
 if TYPE_CHECKING:
     import torch
@@ -77,6 +81,8 @@ class AsyncClient(BaseClient):
         super().__init__(base_url, token=token, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
+        if http_client is None:
+            self._direct = direct_transport_for(self.base_url, self.timeout)
 
     async def close(self) -> None:
         if self._owns_http:
@@ -109,8 +115,47 @@ class AsyncClient(BaseClient):
             await asyncio.sleep(delay)
             retries += 1
 
+    async def _receive_all(self, call: Call[None], transfer: ShardTransfer, progress: Callable[[int], None]) -> None:
+        """Receive a whole shard into ``transfer``: on plain http in one worker thread."""
+        if self._direct is None:
+            async for size in self._stream_shard(call, transfer):
+                progress(size)
+            return
+        abort = threading.Event()
+
+        def run() -> None:
+            for size in receive_shard(self, self._direct, call, transfer, abort):
+                progress(size)
+
+        try:
+            await asyncio.to_thread(run)
+        finally:  # cancelled: the thread stops at its next read
+            abort.set()
+
+    async def _receive(self, call: Call[None], transfer: ShardTransfer) -> AsyncIterator[int]:
+        """Receive one shard piece by piece (each direct read in a worker thread)."""
+        if self._direct is None:
+            async for size in self._stream_shard(call, transfer):
+                yield size
+            return
+        abort = threading.Event()
+        pieces = receive_shard(self, self._direct, call, transfer, abort)
+        in_thread = False
+        try:
+            while True:
+                in_thread = True
+                size = await asyncio.to_thread(next, pieces, None)
+                in_thread = False
+                if size is None:
+                    return
+                yield size
+        finally:
+            abort.set()
+            if not in_thread:  # else the read under way sees the abort and closes it
+                pieces.close()
+
     async def _stream_shard(self, call: Call[None], transfer: ShardTransfer) -> AsyncIterator[int]:
-        """Receive one shard into ``transfer``, resuming after breaks; yields each chunk's size."""
+        """Receive one shard into ``transfer`` through httpx, resuming after breaks."""
         retries = 0
         while not transfer.complete:
             offset_before = transfer.offset
@@ -299,15 +344,18 @@ class AsyncClient(BaseClient):
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             async def fetch(shard: ShardInfo) -> dict[str, torch.Tensor]:
-                sink = BufferSink(shard.size)
+                sink = BufferSink(shard.size, await asyncio.to_thread(fresh_buffer, shard.size))
                 transfer = ShardTransfer(
-                    sink, shard.size, on_restart=lambda held: bar.update(-held), where=f"shard {shard.index}"
+                    sink,
+                    shard.size,
+                    on_restart=lambda held: bar.update(-held),
+                    where=f"shard {shard.index}",
+                    checker=ShardChecker(shard, index, verifier),
                 )
                 call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                async for size in self._stream_shard(call, transfer):
-                    bar.update(size)
+                await self._receive_all(call, transfer, bar.update)
                 sink.release()
-                return await asyncio.to_thread(tensors_from_shard, sink.buffer, shard, index, verifier)
+                return tensors_from_shard(sink.buffer, shard, index, None)  # checked on arrival
 
             parts = await self._map(fetch, index.shards, max_workers)
         return merge_shards(parts, index.weight_map)
@@ -329,12 +377,18 @@ class AsyncClient(BaseClient):
 
         async def tensors() -> AsyncIterator[tuple[str, torch.Tensor]]:
             for shard in index.shards:
-                sink = StreamSink(shard, index, verifier)
-                transfer = ShardTransfer(sink, shard.size, where=f"shard {shard.index}")
+                sink = StreamSink(shard, index, None)  # the checker verifies as bytes arrive
+                transfer = ShardTransfer(
+                    sink, shard.size, where=f"shard {shard.index}", checker=ShardChecker(shard, index, verifier)
+                )
                 call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                async for _ in self._stream_shard(call, transfer):
-                    for item in sink.drain():
-                        yield item
+                pieces = self._receive(call, transfer)
+                try:
+                    async for _ in pieces:
+                        for item in sink.drain():
+                            yield item
+                finally:
+                    await pieces.aclose()
                 sink.close()
                 for item in sink.drain():
                     yield item
@@ -378,23 +432,28 @@ class AsyncClient(BaseClient):
                 path = routes.shard_path(model_id, shard.index)
                 head = await self._request(Call("HEAD", path, lambda r: r.headers, params=params))
                 sink = files.open(head.get("etag"))
-                if sink.size:
-                    result.resumed.append(shard.filename)
-                bar.update(sink.size)
-                start = sink.size
-                transfer = ShardTransfer(
-                    sink,
-                    shard.size,
-                    etag=head.get("etag"),
-                    on_restart=lambda held: bar.update(-held),
-                    where=f"shard {shard.index} ({shard.filename})",
-                )
+                checker = ShardChecker(shard, index, verifier)
                 try:
-                    async for size in self._stream_shard(self._shard_call(path, params), transfer):
-                        bar.update(size)
+                    await asyncio.to_thread(sink.replay, checker.feed)  # what an earlier run left
+                    if sink.size:
+                        result.resumed.append(shard.filename)
+                    bar.update(sink.size)
+                    start = sink.size
+                    transfer = ShardTransfer(
+                        sink,
+                        shard.size,
+                        etag=head.get("etag"),
+                        on_restart=lambda held: bar.update(-held),
+                        where=f"shard {shard.index} ({shard.filename})",
+                        checker=checker,
+                    )
+                    await self._receive_all(self._shard_call(path, params), transfer, bar.update)
+                except IntegrityError:
+                    files.discard(sink)  # never resume onto bytes known to be wrong
+                    raise
                 finally:
                     sink.close()
-                await asyncio.to_thread(files.commit, sink, index, verifier)
+                await asyncio.to_thread(files.commit, sink, index, verifier, checked=True)
                 result.downloaded_bytes += shard.size - (0 if transfer.restarts else start)
 
             await self._map(fetch, index.shards, max_workers)

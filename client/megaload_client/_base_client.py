@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 from ._version import __version__
+from ._direct_transport import DirectTransport
 from ._environment import resolve_token
 from ._exceptions import connection_error, make_status_error
 from ._models import StateDictIndex
@@ -70,6 +71,7 @@ class BaseClient:
         self.retry_policy = RetryPolicy(max_retries=max_retries)
         self._token = resolve_token(token)
         self._extra_headers = dict(headers or {})
+        self._direct: DirectTransport | None = None  # set by a client that owns its httpx client
 
     @property
     def max_retries(self) -> int:
@@ -120,13 +122,25 @@ class BaseClient:
     def _shard_call(self, path: str, params: tuple[tuple[str, str], ...]) -> Call[None]:
         return Call("GET", path, lambda response: None, params=params)
 
+    def _shard_headers(self, transfer: ShardTransfer) -> dict[str, str]:
+        headers = self._default_headers()
+        headers["Accept"] = "application/octet-stream, application/problem+json"
+        headers.update(transfer.request_headers())
+        return headers
+
     def _shard_request(
         self, http: httpx.Client | httpx.AsyncClient, call: Call[None], transfer: ShardTransfer
     ) -> httpx.Request:
         request = self._build_request(http, call)
-        request.headers["Accept"] = "application/octet-stream, application/problem+json"
-        request.headers.update(transfer.request_headers())
+        request.headers.update(self._shard_headers(transfer))
         return request
+
+    @property
+    def shard_transport(self) -> str:
+        """What reads shard bodies: ``"direct"`` (the standard library, straight into
+        their destination; see :mod:`megaload_client._direct_transport`) or ``"httpx"``
+        (https, a caller's own ``http_client``, or a proxy set for the host)."""
+        return "direct" if self._direct is not None else "httpx"
 
     @staticmethod
     def _retries_after_break(retries: int, transfer: ShardTransfer, offset_before: int) -> int:

@@ -8,6 +8,7 @@ the download and state-dict functions report it).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from ._exceptions import IntegrityError
 
@@ -52,10 +53,19 @@ class TensorVerifier:
     def check(self, name: str, data: bytes | bytearray | memoryview, *, where: str = "") -> None:
         if not self.active:
             return
+        self.check_digest(name, digest(data, self.algorithm), where=where)
+
+    def hasher(self) -> Any | None:
+        """A fresh streaming hasher (``update(bytes)``, ``hexdigest()``); ``None`` when inactive."""
+        if not self.active:
+            return None
+        return _xxh3_64()()
+
+    def check_digest(self, name: str, actual: str, *, where: str = "") -> None:
+        """Compare a digest computed elsewhere (e.g. while the bytes arrived) with the index."""
         expected = self.checksums.get(name)
         if expected is None:
             raise IntegrityError(f"tensor {name!r}{where} is not listed in the index's checksums")
-        actual = digest(data, self.algorithm)
         if actual != expected:
             raise IntegrityError(
                 f"tensor {name!r}{where}: {self.algorithm} {actual} does not match the index ({expected})"

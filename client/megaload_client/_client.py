@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,6 +22,7 @@ from ._base_client import (
     index_bytes,
 )
 from ._checksums import TensorVerifier
+from ._direct_transport import direct_transport_for, receive_shard
 from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import JobHandle, ModelHandle, load_request, merge_shards, save_request, worker_count
@@ -40,10 +42,10 @@ from ._models import (
     TokenizerInfo,
 )
 from ._progress import progress_bar
-from ._resume import BufferSink, ShardTransfer
+from ._resume import BufferSink, ShardTransfer, TransferAborted, fresh_buffer
 from ._routes import Call
 from ._safetensors import require_torch
-from ._shards import StreamSink, check_index, tensors_from_shard
+from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
 
 if TYPE_CHECKING:
     import torch
@@ -55,8 +57,7 @@ R = TypeVar("R")
 Keys = str | Sequence[str] | None
 
 
-class _Aborted(Exception):
-    """Another shard of the same call failed: stop this one quietly."""
+_Aborted = TransferAborted
 
 
 class Client(BaseClient):
@@ -64,7 +65,9 @@ class Client(BaseClient):
 
     ``Client("http://127.0.0.1:8000", token=None, timeout=60, max_retries=3)``. The token
     falls back to ``$MEGALOAD_TOKEN``. ``http_client`` lets you bring your own
-    ``httpx.Client`` (proxies, TLS); the caller then closes it.
+    ``httpx.Client`` (proxies, TLS); the caller then closes it, and it also carries the
+    shard bodies, which otherwise (plain http) are read by the standard library straight
+    into their destination (:attr:`shard_transport`).
     """
 
     def __init__(
@@ -80,6 +83,8 @@ class Client(BaseClient):
         super().__init__(base_url, token=token, timeout=timeout, max_retries=max_retries, headers=headers)
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.Client(timeout=self.timeout)
+        if http_client is None:
+            self._direct = direct_transport_for(self.base_url, self.timeout)
 
     def close(self) -> None:
         if self._owns_http:
@@ -112,10 +117,18 @@ class Client(BaseClient):
             time.sleep(delay)
             retries += 1
 
+    def _receive(
+        self, call: Call[None], transfer: ShardTransfer, abort: threading.Event | None = None
+    ) -> Iterator[int]:
+        """Receive one shard into ``transfer`` on the best transport; yields each piece's size."""
+        if self._direct is not None:
+            return receive_shard(self, self._direct, call, transfer, abort)
+        return self._stream_shard(call, transfer, abort)
+
     def _stream_shard(
         self, call: Call[None], transfer: ShardTransfer, abort: threading.Event | None = None
     ) -> Iterator[int]:
-        """Receive one shard into ``transfer``, resuming after breaks; yields each chunk's size."""
+        """Receive one shard into ``transfer`` through httpx, resuming after breaks."""
         retries = 0
         while not transfer.complete:
             if abort is not None and abort.is_set():
@@ -304,9 +317,10 @@ class Client(BaseClient):
     ) -> dict[str, torch.Tensor]:
         """The model's state dict as CPU torch tensors, keyed as in the service's shards.
 
-        Shards are fetched in parallel, each into one buffer of its exact size; every tensor
-        is a view of its shard's buffer (``torch.frombuffer``), so no byte is copied after it
-        arrives. ``verify`` checks each tensor's xxh3_64 checksum when xxhash is installed.
+        Shards are fetched in parallel, each read straight into one buffer of its exact size;
+        every tensor is a view of its shard's buffer (``torch.frombuffer``), so no byte is
+        copied after it arrives. ``verify`` checks each tensor's xxh3_64 checksum (when
+        xxhash is installed) as its bytes arrive.
         """
         require_torch()
         params = routes.state_dict_params(dtype, keys, max_shard_bytes)
@@ -315,15 +329,20 @@ class Client(BaseClient):
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             def fetch(shard: ShardInfo, abort: threading.Event) -> dict[str, torch.Tensor]:
-                sink = BufferSink(shard.size)
+                sink = BufferSink(shard.size, fresh_buffer(shard.size))
                 transfer = ShardTransfer(
-                    sink, shard.size, on_restart=lambda held: bar.update(-held), where=f"shard {shard.index}"
+                    sink,
+                    shard.size,
+                    on_restart=lambda held: bar.update(-held),
+                    where=f"shard {shard.index}",
+                    checker=ShardChecker(shard, index, verifier),
                 )
                 call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                for size in self._stream_shard(call, transfer, abort):
-                    bar.update(size)
+                with closing(self._receive(call, transfer, abort)) as pieces:
+                    for size in pieces:
+                        bar.update(size)
                 sink.release()
-                return tensors_from_shard(sink.buffer, shard, index, verifier)
+                return tensors_from_shard(sink.buffer, shard, index, None)  # checked on arrival
 
             parts = self._map(fetch, index.shards, max_workers)
         return merge_shards(parts, index.weight_map)
@@ -349,11 +368,14 @@ class Client(BaseClient):
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
             for shard in index.shards:
-                sink = StreamSink(shard, index, verifier)
-                transfer = ShardTransfer(sink, shard.size, where=f"shard {shard.index}")
+                sink = StreamSink(shard, index, None)  # the checker verifies as bytes arrive
+                transfer = ShardTransfer(
+                    sink, shard.size, where=f"shard {shard.index}", checker=ShardChecker(shard, index, verifier)
+                )
                 call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                for _ in self._stream_shard(call, transfer):
-                    yield from sink.drain()
+                with closing(self._receive(call, transfer)) as pieces:
+                    for _ in pieces:
+                        yield from sink.drain()
                 sink.close()
                 yield from sink.drain()
 
@@ -403,24 +425,31 @@ class Client(BaseClient):
                 path = routes.shard_path(model_id, shard.index)
                 head = self._request(Call("HEAD", path, lambda r: r.headers, params=params))
                 sink = files.open(head.get("etag"))
-                if sink.size:
-                    with lock:
-                        result.resumed.append(shard.filename)
-                bar.update(sink.size)
-                start = sink.size
-                transfer = ShardTransfer(
-                    sink,
-                    shard.size,
-                    etag=head.get("etag"),
-                    on_restart=lambda held: bar.update(-held),
-                    where=f"shard {shard.index} ({shard.filename})",
-                )
+                checker = ShardChecker(shard, index, verifier)
                 try:
-                    for size in self._stream_shard(self._shard_call(path, params), transfer, abort):
-                        bar.update(size)
+                    sink.replay(checker.feed)  # what an earlier run left, hashed once more
+                    if sink.size:
+                        with lock:
+                            result.resumed.append(shard.filename)
+                    bar.update(sink.size)
+                    start = sink.size
+                    transfer = ShardTransfer(
+                        sink,
+                        shard.size,
+                        etag=head.get("etag"),
+                        on_restart=lambda held: bar.update(-held),
+                        where=f"shard {shard.index} ({shard.filename})",
+                        checker=checker,
+                    )
+                    with closing(self._receive(self._shard_call(path, params), transfer, abort)) as pieces:
+                        for size in pieces:
+                            bar.update(size)
+                except IntegrityError:
+                    files.discard(sink)  # never resume onto bytes known to be wrong
+                    raise
                 finally:
                     sink.close()
-                files.commit(sink, index, verifier)
+                files.commit(sink, index, verifier, checked=True)
                 with lock:
                     result.downloaded_bytes += shard.size - (0 if transfer.restarts else start)
 

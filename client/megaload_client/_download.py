@@ -6,7 +6,12 @@ service's index plus ``model.safetensors.index.json`` (``metadata.total_size`` a
 ``tag`` is derived from the shard's ETag, so bytes of a different version of the shard are
 never resumed onto; stale ``.incomplete`` files of the same shard are removed. A shard is
 renamed to its final name only once its size and header (and, when xxhash is importable,
-every tensor's checksum) match the index. The index file is written last, atomically.
+every tensor's checksum) match the index. The clients check header and checksums while the
+bytes are written (a :class:`~._shards.ShardChecker` fed by the transfer, after replaying
+what a resumed ``.incomplete`` file already held), so :meth:`ShardFiles.commit` then only
+checks the size on disk; files found finished from an earlier run are read and verified in
+full. A file that failed a check is deleted, never resumed onto. The index file is written
+last, atomically.
 """
 
 from __future__ import annotations
@@ -117,16 +122,34 @@ class ShardFiles:
             sink.reset()
         return sink
 
-    def commit(self, sink: FileSink, index: StateDictIndex, verifier: TensorVerifier) -> None:
-        """Check the finished ``.incomplete`` file, then rename it into place atomically."""
+    def commit(
+        self, sink: FileSink, index: StateDictIndex, verifier: TensorVerifier, *, checked: bool = False
+    ) -> None:
+        """Check the finished ``.incomplete`` file, then rename it into place atomically.
+
+        ``checked``: a :class:`~._shards.ShardChecker` already saw every byte of the file,
+        so only its size on disk is checked here instead of reading it back.
+        """
         sink.close()
         path = Path(sink.path)
         try:
-            verify_file(path, self.shard, index, verifier)
+            if checked:
+                size = path.stat().st_size
+                if size != self.shard.size:
+                    raise IntegrityError(
+                        f"shard {self.shard.index} ({path.name}): {size} bytes on disk, index says {self.shard.size}"
+                    )
+            else:
+                verify_file(path, self.shard, index, verifier)
         except IntegrityError:
             path.unlink(missing_ok=True)  # never resume onto bytes known to be wrong
             raise
         os.replace(path, self.final)
+
+    def discard(self, sink: FileSink) -> None:
+        """Close and delete an ``.incomplete`` file whose bytes failed a check."""
+        sink.close()
+        Path(sink.path).unlink(missing_ok=True)
 
 
 def write_index(directory: Path, index: StateDictIndex) -> Path:

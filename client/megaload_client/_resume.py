@@ -2,37 +2,52 @@
 
 No network here; the clients drive it. Call order for one shard::
 
-    transfer = ShardTransfer(sink, expected_size=index_size)
+    transfer = ShardTransfer(sink, expected_size=index_size, checker=None)
     while not done:                               # one iteration per HTTP attempt
         headers = transfer.request_headers()      # Range + If-Range once bytes are held
         ... send GET with headers ...
         transfer.begin(status, response_headers)  # 200: (re)start at 0, 206: continue
-        for chunk in body: transfer.write(chunk)  # may raise mid-body: try again
-    transfer.finish()                             # size check
+        for chunk in body: transfer.write(chunk)  # httpx: chunks it already holds
+        # or: while transfer.receive(body.readinto): ...   # read straight into the sink
+    transfer.finish()                             # size check, then checker.close()
 
 The sink is where bytes go: a preallocated buffer (``state_dict``), an ``.incomplete``
 file (``download``) or a streaming parser (``iter_tensors``, which cannot restart). A
 server that answers 200 to a range request is sending the whole file again (its ETag no
 longer matches ``If-Range``, or it ignores ranges): the sink is reset and filled from 0.
+
+Sinks take bytes two ways: ``write(data)`` copies bytes someone else received, and
+``window(limit)`` / ``commit(n)`` let a reader ``readinto`` the sink's own memory (the shard
+buffer itself; for files, one bounded buffer reused). An optional checker (a
+:class:`~._shards.ShardChecker`) sees every byte once, in order, right after it lands.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
 from ._exceptions import IntegrityError
 
 __all__ = [
+    "READ_CHUNK",
     "Sink",
+    "Checker",
     "BufferSink",
     "FileSink",
     "ShardTransfer",
+    "TransferAborted",
+    "fresh_buffer",
     "parse_content_range",
     "is_strong_etag",
 ]
+
+# Bytes read per readinto: small enough that a chunk is still in cache when it is hashed.
+READ_CHUNK = 1 << 20
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 
@@ -56,21 +71,62 @@ def is_strong_etag(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/") and etag.startswith('"') and etag.endswith('"')
 
 
+class TransferAborted(Exception):
+    """Another shard of the same call failed: stop this one quietly."""
+
+
 class Sink(Protocol):
-    """Where the bytes of one shard go. ``size`` is how many are held."""
+    """Where the bytes of one shard go. ``size`` is how many are held.
+
+    ``window(limit)`` is writable memory for the next at most ``limit`` bytes (never empty
+    while ``limit`` > 0); after reading ``n`` bytes into it, ``commit(n)`` takes them and
+    returns them as a view (valid until the next ``window``).
+    """
 
     size: int
 
     def write(self, data: memoryview) -> None: ...
     def reset(self) -> None: ...
+    def window(self, limit: int) -> memoryview: ...
+    def commit(self, n: int) -> memoryview: ...
+
+
+class Checker(Protocol):
+    """Sees every byte of the shard once, in order (see :class:`~._shards.ShardChecker`)."""
+
+    def feed(self, data: memoryview) -> None: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def fresh_buffer(size: int) -> bytearray | mmap.mmap:
+    """Writable memory for ``size`` bytes that will be overwritten completely.
+
+    On Linux an anonymous mapping faulted in by one ``MAP_POPULATE`` call: a ``bytearray``
+    zero-fills from user space and takes one page fault per 4 KiB page, which on a VM costs
+    about as much as receiving the bytes. Elsewhere, or for empty shards, a ``bytearray``.
+    """
+    populate = getattr(mmap, "MAP_POPULATE", None)
+    if size > 0 and populate is not None and sys.platform.startswith("linux"):
+        try:
+            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+        except OSError:  # no address space or a refusing kernel: the portable way
+            pass
+    return bytearray(size)
 
 
 class BufferSink:
-    """A preallocated ``bytearray`` of the shard's exact size, filled in place."""
+    """A preallocated buffer of the shard's exact size, filled in place.
 
-    def __init__(self, capacity: int) -> None:
-        self.buffer = bytearray(capacity)
+    ``buffer`` defaults to a new ``bytearray``; any writable buffer of ``capacity`` bytes
+    works (:func:`fresh_buffer`).
+    """
+
+    def __init__(self, capacity: int, buffer: bytearray | mmap.mmap | None = None) -> None:
+        self.buffer = bytearray(capacity) if buffer is None else buffer
         self._view = memoryview(self.buffer)
+        if len(self._view) != capacity:
+            raise ValueError(f"buffer holds {len(self._view)} bytes, expected {capacity}")
         self.size = 0
 
     def write(self, data: memoryview) -> None:
@@ -79,6 +135,14 @@ class BufferSink:
             raise IntegrityError(f"received more than the {len(self.buffer)} bytes announced")
         self._view[self.size : end] = data
         self.size = end
+
+    def window(self, limit: int) -> memoryview:
+        return self._view[self.size : self.size + limit]
+
+    def commit(self, n: int) -> memoryview:
+        data = self._view[self.size : self.size + n]
+        self.size += n
+        return data
 
     def reset(self) -> None:
         self.size = 0
@@ -94,10 +158,34 @@ class FileSink:
         self.path = os.fspath(path)
         self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed by close()
         self.size = self._file.seek(0, os.SEEK_END)
+        self._scratch: memoryview | None = None
 
     def write(self, data: memoryview) -> None:
         self._file.write(data)
         self.size += len(data)
+
+    def window(self, limit: int) -> memoryview:
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(READ_CHUNK))
+        return self._scratch[: min(limit, READ_CHUNK)]
+
+    def commit(self, n: int) -> memoryview:
+        data = self._scratch[:n]
+        self.write(data)
+        return data
+
+    def replay(self, feed: Callable[[memoryview], None]) -> None:
+        """Hand the bytes already in the file (a resumed download) to ``feed``, in order."""
+        self._file.flush()
+        chunk = memoryview(bytearray(READ_CHUNK))
+        with open(self.path, "rb", buffering=0) as f:
+            left = self.size
+            while left:
+                n = f.readinto(chunk[: min(left, READ_CHUNK)])
+                if not n:
+                    raise IntegrityError(f"{self.path} shrank while being read back")
+                feed(chunk[:n])
+                left -= n
 
     def reset(self) -> None:
         self._file.seek(0)
@@ -117,6 +205,7 @@ class ShardTransfer:
     ``expected_size`` is the size the index announced (whole file, header included);
     ``etag`` the validator to resume against (taken from the first response if not given).
     ``on_restart`` is called when a 200 makes held bytes worthless (progress bars rewind).
+    ``checker`` sees every byte as it lands, is reset with the sink, and closed by ``finish``.
     """
 
     def __init__(
@@ -127,8 +216,10 @@ class ShardTransfer:
         etag: str | None = None,
         on_restart: Callable[[int], None] | None = None,
         where: str = "shard",
+        checker: Checker | None = None,
     ) -> None:
         self.sink = sink
+        self.checker = checker
         self.expected_size = expected_size
         self.etag = etag
         self.where = where
@@ -163,6 +254,8 @@ class ShardTransfer:
             if self.offset:
                 held = self.offset
                 self.sink.reset()
+                if self.checker is not None:
+                    self.checker.reset()
                 self.restarts += 1
                 if self._on_restart is not None:
                     self._on_restart(held)
@@ -193,12 +286,32 @@ class ShardTransfer:
         if self.expected_size is not None and self.offset + len(view) > self.expected_size:
             raise IntegrityError(f"{self.where}: received more than the {self.expected_size} bytes announced")
         self.sink.write(view)
+        if self.checker is not None:
+            self.checker.feed(view)
+
+    def receive(self, readinto: Callable[[memoryview], int], limit: int = READ_CHUNK) -> int:
+        """Read the next bytes with ``readinto`` straight into the sink; returns how many.
+
+        Never asks for more than the shard has left; 0 means the reader had nothing more.
+        """
+        if self.expected_size is not None:
+            limit = min(limit, self.expected_size - self.offset)
+        if limit <= 0:
+            return 0
+        n = readinto(self.sink.window(limit))
+        if n:
+            data = self.sink.commit(n)
+            if self.checker is not None:
+                self.checker.feed(data)
+        return n
 
     def finish(self) -> None:
         if self.expected_size is None or self.offset != self.expected_size:
             raise IntegrityError(
                 f"{self.where}: received {self.offset} bytes, expected {self.expected_size}"
             )
+        if self.checker is not None:
+            self.checker.close()
 
     def _check_total(self, total: int | None) -> None:
         if total is not None and self.expected_size is not None and total != self.expected_size:

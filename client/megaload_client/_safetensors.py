@@ -52,6 +52,7 @@ _TORCH_NAMES: dict[str, str] = {
     "I64": "int64", "U64": "uint64", "F64": "float64",
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the reference implementation enforces
+_SCRATCH_BYTES = 64 * 1024  # SafetensorsStream.window while the header is read
 
 
 class SafetensorsError(ValueError):
@@ -214,6 +215,11 @@ class SafetensorsStream:
             for entry, data in stream.feed(chunk):   # data: bytearray of entry.nbytes
                 ...
         stream.close()                               # raises if the file was cut short
+
+    A reader can also fill the tensors' own memory instead of handing over chunks:
+    ``window(limit)`` is where the next bytes go (the current tensor's buffer, or a small
+    scratch buffer while the header is read), ``commit(n)`` takes ``n`` bytes read into it
+    and returns the tensors finished, as ``feed`` does.
     """
 
     def __init__(self) -> None:
@@ -223,6 +229,8 @@ class SafetensorsStream:
         self._buffer: bytearray | None = None
         self._filled = 0
         self.bytes_seen = 0
+        self._scratch: memoryview | None = None
+        self._in_place = False
 
     @property
     def header(self) -> SafetensorsHeader | None:
@@ -251,6 +259,28 @@ class SafetensorsStream:
                 self._next += 1
                 self._start_tensor()
                 done.extend(self._empty_tensors())
+        return done
+
+    def window(self, limit: int) -> memoryview:
+        self._in_place = self._header is not None and self._buffer is not None
+        if self._in_place:
+            take = min(limit, len(self._buffer) - self._filled)
+            return memoryview(self._buffer)[self._filled : self._filled + take]
+        if self._scratch is None:
+            self._scratch = memoryview(bytearray(_SCRATCH_BYTES))
+        return self._scratch[: min(limit, _SCRATCH_BYTES)]
+
+    def commit(self, n: int) -> list[tuple[TensorEntry, bytearray]]:
+        if not self._in_place:
+            return self.feed(self._scratch[:n])
+        self.bytes_seen += n
+        self._filled += n
+        done: list[tuple[TensorEntry, bytearray]] = []
+        if self._filled == len(self._buffer):
+            done.append((self._header.entries[self._next], self._buffer))
+            self._next += 1
+            self._start_tensor()
+            done.extend(self._empty_tensors())
         return done
 
     def close(self) -> None:

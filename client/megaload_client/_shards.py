@@ -1,14 +1,15 @@
 """Turning received shards into tensors, and checking them against the index.
 
 Shared by both clients for ``state_dict`` (a shard in one buffer, tensors viewing it) and
-``iter_tensors`` (a shard streamed, one tensor at a time). No network here.
+``iter_tensors`` (a shard streamed, one tensor at a time), and by ``download``. No network
+here. :class:`ShardChecker` verifies a shard while it arrives, so no byte is read twice.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._checksums import TensorVerifier
 from ._exceptions import IntegrityError
@@ -18,14 +19,16 @@ from ._safetensors import (
     SafetensorsHeader,
     SafetensorsStream,
     TensorEntry,
+    header_length,
     parse_buffer_header,
+    parse_header,
     tensor_from_buffer,
 )
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["check_index", "check_shard_header", "tensors_from_shard", "StreamSink"]
+__all__ = ["check_index", "check_shard_header", "tensors_from_shard", "ShardChecker", "StreamSink"]
 
 
 def check_index(index: StateDictIndex) -> None:
@@ -61,9 +64,13 @@ def check_shard_header(header: SafetensorsHeader, shard: ShardInfo, index: State
 
 
 def tensors_from_shard(
-    buffer: bytearray, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier
+    buffer: Any, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier | None
 ) -> dict[str, torch.Tensor]:
-    """Every tensor of a complete shard in ``buffer``, each a view of it (no copy)."""
+    """Every tensor of a complete shard in ``buffer``, each a view of it (no copy).
+
+    ``verifier`` checks each tensor's checksum here; pass ``None`` when a
+    :class:`ShardChecker` already did while the bytes arrived.
+    """
     where = f" in shard {shard.index} ({shard.filename})"
     try:
         header = parse_buffer_header(buffer)
@@ -74,20 +81,122 @@ def tensors_from_shard(
     with memoryview(buffer) as view:
         for entry in header.entries:
             start = header.data_start + entry.begin
-            with view[start : start + entry.nbytes] as part:
-                verifier.check(entry.name, part, where=where)
+            if verifier is not None:
+                with view[start : start + entry.nbytes] as part:
+                    verifier.check(entry.name, part, where=where)
             tensors[entry.name] = tensor_from_buffer(buffer, entry, header.data_start)
     return tensors
+
+
+class ShardChecker:
+    """Checks one shard's bytes as they arrive: the header against the index, then each
+    tensor's checksum the moment its last byte is in, hashing every chunk while it is still
+    in cache instead of reading the finished shard (or file) a second time.
+
+    Call order::
+
+        checker = ShardChecker(shard, index, verifier)
+        checker.feed(chunk) ...   # every byte of the file, in order, in chunks of any size
+        checker.reset()           # only if the transfer starts over from byte 0
+        checker.close()           # raises IntegrityError if the file ended early
+
+    With an inactive verifier only the header and the sizes are checked.
+    """
+
+    def __init__(self, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier) -> None:
+        self.shard = shard
+        self.index = index
+        self.verifier = verifier
+        self._where = f" in shard {shard.index} ({shard.filename})"
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = 0
+        self._pending = bytearray()  # length prefix and header, until parsed
+        self._header: SafetensorsHeader | None = None
+        self._next = 0  # the tensor being received
+        self._left = 0  # its bytes still to come
+        self._hasher: Any = None
+
+    def feed(self, data: memoryview) -> None:
+        view = data if data.format == "B" and data.ndim == 1 else data.cast("B")
+        self.size += len(view)
+        if self._header is None:
+            view = self._take_header(view)
+            if self._header is None:
+                return
+        while len(view):
+            if self._next >= len(self._header.entries):
+                raise IntegrityError(
+                    f"shard {self.shard.index} ({self.shard.filename}): {len(view)} bytes past the "
+                    "end of the data its header describes"
+                )
+            take = min(len(view), self._left)
+            if self._hasher is not None:
+                self._hasher.update(view[:take])
+            self._left -= take
+            view = view[take:]
+            if self._left == 0:
+                self._finish_tensor()
+
+    def close(self) -> None:
+        if self._header is None or self._next < len(self._header.entries):
+            raise IntegrityError(
+                f"shard {self.shard.index} ({self.shard.filename}) ended after {self.size} bytes, "
+                "inside the file"
+            )
+
+    def _take_header(self, view: memoryview) -> memoryview:
+        try:
+            need = 8 if len(self._pending) < 8 else 8 + header_length(self._pending)
+            while True:
+                take = min(len(view), need - len(self._pending))
+                self._pending += view[:take]
+                view = view[take:]
+                if len(self._pending) < need:
+                    return view
+                if need == 8:
+                    need = 8 + header_length(self._pending)
+                    continue
+                header = parse_header(self._pending[8:])
+                break
+        except SafetensorsError as exc:
+            raise IntegrityError(
+                f"shard {self.shard.index} ({self.shard.filename}) is not valid safetensors: {exc}"
+            ) from None
+        check_shard_header(header, self.shard, self.index)
+        self._header, self._pending = header, bytearray()
+        self._start_tensor()
+        return view
+
+    def _start_tensor(self) -> None:
+        entries = self._header.entries
+        while self._next < len(entries):
+            self._left = entries[self._next].nbytes
+            self._hasher = self.verifier.hasher()
+            if self._left:
+                return
+            self._finish_tensor(start_next=False)  # an empty tensor is complete at once
+
+    def _finish_tensor(self, start_next: bool = True) -> None:
+        if self._hasher is not None:
+            self.verifier.check_digest(self._header.entries[self._next].name, self._hasher.hexdigest(), where=self._where)
+        self._next += 1
+        self._hasher = None
+        if start_next:
+            self._start_tensor()
 
 
 class StreamSink:
     """A :class:`~._resume.Sink` that parses as bytes arrive and queues finished tensors.
 
     It cannot restart: once tensors were handed out, a shard that changed under a resumed
-    stream is an :class:`IntegrityError`.
+    stream is an :class:`IntegrityError`. ``verifier`` checks each finished tensor; pass
+    ``None`` when the transfer's :class:`ShardChecker` verifies the bytes as they arrive.
+    Read in place (``window``/``commit``), each tensor's bytes land in its own buffer.
     """
 
-    def __init__(self, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier) -> None:
+    def __init__(self, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier | None) -> None:
         self.shard = shard
         self.index = index
         self.verifier = verifier
@@ -96,18 +205,36 @@ class StreamSink:
         self._ready: deque[tuple[TensorEntry, bytearray]] = deque()
         self._where = f" in shard {shard.index} ({shard.filename})"
         self._checked = False
+        self._window: memoryview | None = None
 
     def write(self, data: memoryview) -> None:
         try:
             finished = self._stream.feed(data)
         except SafetensorsError as exc:
             raise IntegrityError(f"shard {self.shard.index} ({self.shard.filename}): {exc}") from None
-        self.size += len(data)
+        self._took(len(data), finished)
+
+    def window(self, limit: int) -> memoryview:
+        self._window = self._stream.window(limit)
+        return self._window
+
+    def commit(self, n: int) -> memoryview:
+        data = self._window[:n]
+        try:
+            finished = self._stream.commit(n)
+        except SafetensorsError as exc:
+            raise IntegrityError(f"shard {self.shard.index} ({self.shard.filename}): {exc}") from None
+        self._took(n, finished)
+        return data
+
+    def _took(self, n: int, finished: list[tuple[TensorEntry, bytearray]]) -> None:
+        self.size += n
         if self._stream.header is not None and not self._checked:
             check_shard_header(self._stream.header, self.shard, self.index)
             self._checked = True
         for entry, payload in finished:
-            self.verifier.check(entry.name, payload, where=self._where)
+            if self.verifier is not None:
+                self.verifier.check(entry.name, payload, where=self._where)
             self._ready.append((entry, payload))
 
     def reset(self) -> None:

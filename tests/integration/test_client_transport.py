@@ -43,12 +43,14 @@ class Behaviour:
     drop_after: dict[int, int] = field(default_factory=dict)  # shard -> bytes sent before cutting (once)
     drop_always: dict[int, int] = field(default_factory=dict)  # shard -> bytes sent before cutting (every time)
     unavailable: int = 0  # answer 503 to this many /v1/info requests first
+    shard_unavailable: int = 0  # answer 503 to this many shard GETs first
     ignore_range: bool = False
     version: int = 1
     corrupt: int | None = None  # shard whose last byte is flipped
     job_polls: int = 0
     job_final: str = "succeeded"
     log: list[tuple[str, str, list[tuple[str, str]], dict[str, str]]] = field(default_factory=list)
+    peers: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, client port
 
     def requests(self, method: str, path_end: str) -> list[dict[str, str]]:
         return [h for m, p, _, h in self.log if m == method and p.endswith(path_end)]
@@ -126,6 +128,9 @@ def _app(behaviour: Behaviour, shards: Shards):
         number = int(request.path_params["n"])
         if request.path_params["model"] != "m1" or not 0 <= number < len(shards.files):
             return _problem(404, "shard-not-found", "Shard not found", f"no shard {number}")
+        if request.method == "GET" and behaviour.shard_unavailable > 0:
+            behaviour.shard_unavailable -= 1
+            return _problem(503, "not-ready", "Service not ready", "engine busy", **{"Retry-After": "0"})
         data = bytearray(shards.files[number].read_bytes())
         if behaviour.corrupt == number:
             data[-1] ^= 0xFF
@@ -193,6 +198,7 @@ def _app(behaviour: Behaviour, shards: Shards):
             request = Request(scope)
             query = list(request.query_params.multi_items())
             behaviour.log.append((request.method, request.url.path, query, dict(request.headers)))
+            behaviour.peers.append((request.method, request.url.path, scope["client"][1]))
         await app(scope, receive, send)
 
     return recording

@@ -27,6 +27,7 @@ from ._base_client import (
     index_bytes,
 )
 from ._checksums import TensorVerifier
+from ._destinations import Destinations, header_from_prefix, header_probe
 from ._direct_transport import direct_transport_for, receive_shard
 from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
 from ._exceptions import IntegrityError, make_status_error
@@ -49,7 +50,7 @@ from ._models import (
 from ._progress import progress_bar
 from ._resume import BufferSink, ShardTransfer, fresh_buffer
 from ._routes import Call
-from ._safetensors import require_torch
+from ._safetensors import SafetensorsHeader, require_torch
 from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
 
 if TYPE_CHECKING:
@@ -336,11 +337,17 @@ class AsyncClient(BaseClient):
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
+        out: Mapping[str, torch.Tensor] | None = None,
+        strict: bool = True,
     ) -> dict[str, torch.Tensor]:
+        """As :meth:`Client.state_dict`, ``out=`` and ``strict`` included."""
         require_torch()
         params = routes.state_dict_params(dtype, keys, max_shard_bytes)
         index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
+        if out is not None:
+            destinations = Destinations(out, index, strict=strict)
+            return await self._fill(model_id, params, index, verifier, destinations, max_workers=max_workers, progress=progress)
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             async def fetch(shard: ShardInfo) -> dict[str, torch.Tensor]:
@@ -359,6 +366,77 @@ class AsyncClient(BaseClient):
 
             parts = await self._map(fetch, index.shards, max_workers)
         return merge_shards(parts, index.weight_map)
+
+    async def _fill(
+        self,
+        model_id: str,
+        params: tuple[tuple[str, str], ...],
+        index: StateDictIndex,
+        verifier: TensorVerifier,
+        destinations: Destinations,
+        *,
+        max_workers: int,
+        progress: bool,
+    ) -> Any:
+        """``state_dict(out=...)``: check every shard's header, then read the bodies into ``out``."""
+        calls = [self._shard_call(routes.shard_path(model_id, shard.index), params) for shard in index.shards]
+        for shard, call in zip(index.shards, calls):
+            destinations.check_header(await self._shard_header(call, shard), shard, index)
+        with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
+
+            async def fetch(shard: ShardInfo) -> None:
+                sink = StreamSink(shard, index, None, destination=destinations)
+                transfer = ShardTransfer(
+                    sink,
+                    shard.size,
+                    on_restart=lambda held: bar.update(-held),
+                    where=f"shard {shard.index}",
+                    checker=ShardChecker(shard, index, verifier),
+                )
+                await self._receive_all(calls[shard.index], transfer, bar.update)
+                sink.close()
+
+            await self._map(fetch, index.shards, max_workers)
+        return destinations.out
+
+    async def _shard_header(self, call: Call[None], shard: ShardInfo) -> SafetensorsHeader:
+        """A shard's safetensors header, from a ``Range`` request read only that far."""
+        need = header_probe(shard)
+        while True:
+            header = header_from_prefix(await self._shard_prefix(call, need), shard)
+            if not isinstance(header, int):
+                return header
+            need = header
+
+    async def _shard_prefix(self, call: Call[None], size: int) -> bytes:
+        """The first ``size`` bytes of a shard (the stream is closed once they are in)."""
+        retries = 0
+        while True:
+            request = self._build_request(self._http, call)
+            request.headers.update(
+                {"Accept": "application/octet-stream, application/problem+json",
+                 "Accept-Encoding": "identity", "Range": f"bytes=0-{size - 1}"}
+            )
+            try:
+                response = await self._http.send(request, stream=True)
+                try:
+                    delay = self._delay_after_status(call, response, retries)
+                    if delay is None:
+                        if response.status_code >= 400:
+                            await response.aread()
+                            raise make_status_error(response)
+                        data = bytearray()
+                        async for chunk in response.aiter_raw():
+                            data += chunk
+                            if len(data) >= size:
+                                break
+                        return bytes(data[:size])
+                finally:
+                    await response.aclose()
+            except httpx.TransportError as exc:
+                delay = self._delay_after_error(call, exc, retries)
+            await asyncio.sleep(delay)
+            retries += 1
 
     async def iter_tensors(
         self,

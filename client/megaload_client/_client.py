@@ -22,6 +22,7 @@ from ._base_client import (
     index_bytes,
 )
 from ._checksums import TensorVerifier
+from ._destinations import Destinations, header_from_prefix, header_probe
 from ._direct_transport import direct_transport_for, receive_shard
 from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
 from ._exceptions import IntegrityError, make_status_error
@@ -44,7 +45,7 @@ from ._models import (
 from ._progress import progress_bar
 from ._resume import BufferSink, ShardTransfer, TransferAborted, fresh_buffer
 from ._routes import Call
-from ._safetensors import require_torch
+from ._safetensors import SafetensorsHeader, require_torch
 from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
 
 if TYPE_CHECKING:
@@ -314,6 +315,8 @@ class Client(BaseClient):
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
+        out: Mapping[str, torch.Tensor] | None = None,
+        strict: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The model's state dict as CPU torch tensors, keyed as in the service's shards.
 
@@ -321,11 +324,21 @@ class Client(BaseClient):
         every tensor is a view of its shard's buffer (``torch.frombuffer``), so no byte is
         copied after it arrives. ``verify`` checks each tensor's xxh3_64 checksum (when
         xxhash is installed) as its bytes arrive.
+
+        ``out`` (name -> contiguous CPU tensor) makes it fill tensors you already have and
+        return ``out`` itself: each tensor's bytes are read straight into its memory. Every
+        streamed key needs a tensor of the same dtype (after ``dtype``'s cast) and shape, and
+        with ``strict`` every key of ``out`` must be streamed; a mismatch is a ``ValueError``
+        raised before any tensor byte is requested (the shard headers are fetched first, see
+        :mod:`megaload_client._destinations`). A failure midway leaves ``out`` partly filled.
         """
         require_torch()
         params = routes.state_dict_params(dtype, keys, max_shard_bytes)
         index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
+        if out is not None:
+            destinations = Destinations(out, index, strict=strict)
+            return self._fill(model_id, params, index, verifier, destinations, max_workers=max_workers, progress=progress)
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             def fetch(shard: ShardInfo, abort: threading.Event) -> dict[str, torch.Tensor]:
@@ -346,6 +359,79 @@ class Client(BaseClient):
 
             parts = self._map(fetch, index.shards, max_workers)
         return merge_shards(parts, index.weight_map)
+
+    def _fill(
+        self,
+        model_id: str,
+        params: tuple[tuple[str, str], ...],
+        index: StateDictIndex,
+        verifier: TensorVerifier,
+        destinations: Destinations,
+        *,
+        max_workers: int,
+        progress: bool,
+    ) -> Any:
+        """``state_dict(out=...)``: check every shard's header, then read the bodies into ``out``."""
+        calls = [self._shard_call(routes.shard_path(model_id, shard.index), params) for shard in index.shards]
+        for shard, call in zip(index.shards, calls):
+            destinations.check_header(self._shard_header(call, shard), shard, index)
+        with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
+
+            def fetch(shard: ShardInfo, abort: threading.Event) -> None:
+                sink = StreamSink(shard, index, None, destination=destinations)
+                transfer = ShardTransfer(
+                    sink,
+                    shard.size,
+                    on_restart=lambda held: bar.update(-held),
+                    where=f"shard {shard.index}",
+                    checker=ShardChecker(shard, index, verifier),
+                )
+                with closing(self._receive(calls[shard.index], transfer, abort)) as pieces:
+                    for size in pieces:
+                        bar.update(size)
+                sink.close()
+
+            self._map(fetch, index.shards, max_workers)
+        return destinations.out
+
+    def _shard_header(self, call: Call[None], shard: ShardInfo) -> SafetensorsHeader:
+        """A shard's safetensors header, from a ``Range`` request read only that far."""
+        need = header_probe(shard)
+        while True:
+            header = header_from_prefix(self._shard_prefix(call, need), shard)
+            if not isinstance(header, int):
+                return header
+            need = header
+
+    def _shard_prefix(self, call: Call[None], size: int) -> bytes:
+        """The first ``size`` bytes of a shard (the stream is closed once they are in)."""
+        retries = 0
+        while True:
+            request = self._build_request(self._http, call)
+            request.headers.update(
+                {"Accept": "application/octet-stream, application/problem+json",
+                 "Accept-Encoding": "identity", "Range": f"bytes=0-{size - 1}"}
+            )
+            try:
+                response = self._http.send(request, stream=True)
+                try:
+                    delay = self._delay_after_status(call, response, retries)
+                    if delay is None:
+                        if response.status_code >= 400:
+                            response.read()
+                            raise make_status_error(response)
+                        data = bytearray()
+                        for chunk in response.iter_raw():
+                            data += chunk
+                            if len(data) >= size:
+                                break
+                        return bytes(data[:size])
+                finally:
+                    response.close()
+            except httpx.TransportError as exc:
+                delay = self._delay_after_error(call, exc, retries)
+            time.sleep(delay)
+            retries += 1
 
     def iter_tensors(
         self,

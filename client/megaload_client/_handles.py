@@ -81,6 +81,7 @@ class ModelHandle(_ModelBase):
         return self._client.state_dict_index(self.id, **options)
 
     def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+        """:meth:`Client.state_dict` of this model; ``out=`` fills tensors you already have."""
         return self._client.state_dict(self.id, **options)
 
     def iter_tensors(self, **options: Any) -> Iterator[tuple[str, torch.Tensor]]:
@@ -111,6 +112,7 @@ class AsyncModelHandle(_ModelBase):
         return await self._client.state_dict_index(self.id, **options)
 
     async def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+        """:meth:`AsyncClient.state_dict` of this model; ``out=`` fills tensors you already have."""
         return await self._client.state_dict(self.id, **options)
 
     async def iter_tensors(self, **options: Any) -> AsyncIterator[tuple[str, torch.Tensor]]:

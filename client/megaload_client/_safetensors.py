@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -220,9 +220,14 @@ class SafetensorsStream:
     ``window(limit)`` is where the next bytes go (the current tensor's buffer, or a small
     scratch buffer while the header is read), ``commit(n)`` takes ``n`` bytes read into it
     and returns the tensors finished, as ``feed`` does.
+
+    ``destination``, when given, supplies each tensor's buffer instead of a new
+    ``bytearray``: called with the entry when its first byte is due, it returns writable
+    bytes of exactly ``entry.nbytes`` (the memory of a tensor the caller already has).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, destination: Callable[[TensorEntry], Any] | None = None) -> None:
+        self._destination = destination
         self._pending = bytearray()  # length prefix and header, until parsed
         self._header: SafetensorsHeader | None = None
         self._next = 0  # index of the tensor being filled
@@ -306,7 +311,9 @@ class SafetensorsStream:
     def _start_tensor(self) -> None:
         entries = self._header.entries if self._header else ()
         if self._next < len(entries):
-            self._buffer, self._filled = bytearray(entries[self._next].nbytes), 0
+            entry = entries[self._next]
+            buffer = bytearray(entry.nbytes) if self._destination is None else self._destination(entry)
+            self._buffer, self._filled = buffer, 0
         else:
             self._buffer = None
 

@@ -8,7 +8,7 @@ here. :class:`ShardChecker` verifies a shard while it arrives, so no byte is rea
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._checksums import TensorVerifier
@@ -194,14 +194,25 @@ class StreamSink:
     stream is an :class:`IntegrityError`. ``verifier`` checks each finished tensor; pass
     ``None`` when the transfer's :class:`ShardChecker` verifies the bytes as they arrive.
     Read in place (``window``/``commit``), each tensor's bytes land in its own buffer.
+
+    With ``destination`` (see :class:`~._safetensors.SafetensorsStream`) each tensor's bytes
+    land in memory the caller owns (``state_dict(out=...)``): nothing is queued, and a
+    shard the server sends again from byte 0 simply overwrites what it had written.
     """
 
-    def __init__(self, shard: ShardInfo, index: StateDictIndex, verifier: TensorVerifier | None) -> None:
+    def __init__(
+        self,
+        shard: ShardInfo,
+        index: StateDictIndex,
+        verifier: TensorVerifier | None,
+        destination: Callable[[TensorEntry], Any] | None = None,
+    ) -> None:
         self.shard = shard
         self.index = index
         self.verifier = verifier
         self.size = 0
-        self._stream = SafetensorsStream()
+        self._destination = destination
+        self._stream = SafetensorsStream(destination)
         self._ready: deque[tuple[TensorEntry, bytearray]] = deque()
         self._where = f" in shard {shard.index} ({shard.filename})"
         self._checked = False
@@ -235,9 +246,15 @@ class StreamSink:
         for entry, payload in finished:
             if self.verifier is not None:
                 self.verifier.check(entry.name, payload, where=self._where)
-            self._ready.append((entry, payload))
+            if self._destination is None:
+                self._ready.append((entry, payload))
 
     def reset(self) -> None:
+        if self._destination is not None:  # nothing handed out: fill the same memory again
+            self._stream = SafetensorsStream(self._destination)
+            self.size = 0
+            self._checked = False
+            return
         if self.size:
             raise IntegrityError(
                 f"shard {self.shard.index} ({self.shard.filename}) changed on the server while it "

@@ -242,3 +242,66 @@ def test_cli_against_the_service(service):
     assert "404 Model not found" in missing.stderr and "Traceback" not in missing.stderr
     outside = _cli(service, "load", "/")
     assert outside.returncode == 1 and "403" in outside.stderr and "Traceback" not in outside.stderr
+
+
+# ---------------------------------------------------------------------- state_dict(out=...)
+
+
+def _same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return got.dtype == want.dtype and got.shape == want.shape and torch.equal(
+        got.reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8)
+    )
+
+
+def test_state_dict_out_fills_preallocated_tensors_bit_for_bit(client):
+    model = client.load("mlm_gpt")
+    fresh = model.state_dict()
+    out = {key: torch.full_like(t, 3) if t.is_floating_point() else torch.zeros_like(t) for key, t in fresh.items()}
+    pointers = {key: t.data_ptr() for key, t in out.items()}
+    filled = model.state_dict(out=out, max_workers=3, max_shard_bytes=1 << 20)
+    assert filled is out
+    for key, want in fresh.items():
+        assert out[key].data_ptr() == pointers[key], key
+        assert _same_bits(out[key], want), key
+
+
+def test_state_dict_out_with_a_server_side_cast_to_bf16(client, service):
+    model = client.load("mlm_gpt")
+    cast = model.state_dict(dtype="bf16")
+    assert any(t.dtype == torch.bfloat16 for t in cast.values())
+    out = {key: torch.empty_like(t) for key, t in cast.items()}
+    model.state_dict(dtype="bf16", out=out)
+    assert all(_same_bits(out[k], cast[k]) for k in cast)
+
+    fp32 = {key: torch.empty(t.shape, dtype=torch.float32) if t.dtype == torch.bfloat16 else torch.empty_like(t)
+            for key, t in cast.items()}
+    with pytest.raises(ValueError, match=r"torch\.float32, the stream sends torch\.bfloat16"):
+        model.state_dict(dtype="bf16", out=fp32)
+
+    async def fetch():
+        async with mc.AsyncClient(service.base_url, token=client._token) as aclient:
+            again = {key: torch.zeros_like(t) for key, t in cast.items()}
+            return again, await (await aclient.get_model(model.id)).state_dict(dtype="bf16", out=again)
+
+    again, returned = asyncio.run(fetch())
+    assert returned is again
+    assert all(_same_bits(again[k], cast[k]) for k in cast)
+
+
+def test_state_dict_out_refuses_bad_destinations_with_the_key(client):
+    model = client.load("mlm_gpt")
+    fresh = model.state_dict()
+    key = next(k for k, t in fresh.items() if t.dim() == 2 and t.shape[0] != t.shape[1])
+    wrong = {k: torch.zeros_like(t) for k, t in fresh.items()}
+    wrong[key] = torch.zeros(tuple(reversed(fresh[key].shape)), dtype=fresh[key].dtype)
+    with pytest.raises(ValueError, match=rf"{key}.*shape"):
+        model.state_dict(out=wrong)
+    assert not wrong[key].any()
+    wrong[key] = torch.zeros(tuple(reversed(fresh[key].shape)), dtype=fresh[key].dtype).t()
+    with pytest.raises(ValueError, match=rf"{key}.*not contiguous"):
+        model.state_dict(out=wrong)
+    del wrong[key]
+    with pytest.raises(ValueError, match=key):
+        model.state_dict(out=wrong)
+    partial = model.state_dict(keys=[key], out={key: torch.zeros_like(fresh[key]), "other": torch.zeros(1)}, strict=False)
+    assert _same_bits(partial[key], fresh[key]) and not partial["other"].any()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -544,3 +545,113 @@ def test_without_xxhash_downloads_check_sizes_only_and_say_so(url, shards, behav
     for original in shards.files:
         assert (tmp_path / "out" / original.name).read_bytes() == original.read_bytes()
     assert set(tensors) == set(shards.tensors)
+
+
+# ---------------------------------------------------------------------- state_dict(out=...)
+
+
+def _zeros_like(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: torch.zeros_like(t) for key, t in tensors.items()}
+
+
+def _shard_gets(behaviour: Behaviour) -> list[dict[str, str]]:
+    return [h for m, p, _, h in behaviour.log if m == "GET" and "/state_dict/" in p]
+
+
+def test_state_dict_out_fills_the_callers_tensors_in_place(url, shards, behaviour):
+    out = _zeros_like(shards.tensors)
+    pointers = {key: t.data_ptr() for key, t in out.items()}
+    with mc.Client(url) as client:
+        assert client.shard_transport == "direct"
+        got = client.state_dict("m1", out=out, max_workers=3)
+        fresh = client.state_dict("m1")
+    assert got is out
+    for key, tensor in out.items():
+        assert tensor.data_ptr() == pointers[key]
+        assert torch.equal(tensor.view(torch.uint8), fresh[key].view(torch.uint8)), key
+    _assert_equal(out, shards.tensors)
+
+
+def test_state_dict_out_survives_a_dropped_shard_and_a_restart(url, shards, behaviour):
+    behaviour.drop_after[1] = 2500
+    out = _zeros_like(shards.tensors)
+    with mc.Client(url) as client:
+        client.state_dict("m1", out=out)
+    _assert_equal(out, shards.tensors)
+    behaviour.__init__()
+    behaviour.drop_after[0] = 1500
+    behaviour.ignore_range = True  # the resume is answered 200: the shard starts over
+    out = _zeros_like(shards.tensors)
+    with mc.Client(url) as client:
+        client.state_dict("m1", out=out)
+    _assert_equal(out, shards.tensors)
+
+
+def test_state_dict_out_checks_checksums_as_bytes_arrive(url, shards, behaviour):
+    behaviour.corrupt = 2
+    with mc.Client(url) as client:
+        with pytest.raises(mc.IntegrityError, match="output_layer.weight|step"):
+            client.state_dict("m1", out=_zeros_like(shards.tensors))
+
+
+def test_state_dict_out_key_errors_come_before_any_shard_request(url, shards, behaviour):
+    with mc.Client(url) as client:
+        missing = _zeros_like(shards.tensors)
+        del missing["output_layer.weight"]
+        with pytest.raises(ValueError, match="output_layer.weight"):
+            client.state_dict("m1", out=missing)
+        extra = _zeros_like(shards.tensors)
+        extra["not.streamed"] = torch.zeros(3)
+        with pytest.raises(ValueError, match=r"not\.streamed.*strict=False"):
+            client.state_dict("m1", out=extra)
+        strided = _zeros_like(shards.tensors)
+        strided["output_layer.weight"] = torch.zeros(32, 64).t()
+        with pytest.raises(ValueError, match="output_layer.weight.*not contiguous"):
+            client.state_dict("m1", out=strided)
+        assert _shard_gets(behaviour) == []
+        result = client.state_dict("m1", out=extra, strict=False)
+    assert torch.equal(result["not.streamed"], torch.zeros(3))
+    _assert_equal({k: v for k, v in result.items() if k != "not.streamed"}, shards.tensors)
+
+
+@pytest.mark.parametrize(
+    ("key", "wrong", "message"),
+    [
+        ("decoder.layers.0.mlp.linear_fc1.weight", torch.zeros(32, 128), r"shape \(32, 128\).*\(128, 32\)"),
+        ("step", torch.zeros(1, dtype=torch.int32), r"torch.int32.*torch.int64"),
+    ],
+)
+def test_state_dict_out_shape_and_dtype_errors_come_before_any_tensor_byte(url, shards, behaviour, key, wrong, message):
+    out = _zeros_like(shards.tensors)
+    out[key] = wrong
+    with mc.Client(url) as client:
+        with pytest.raises(ValueError, match=f"{re.escape(key)}.*{message}") as caught:
+            client.state_dict("m1", out=out)
+    assert not isinstance(caught.value, mc.IntegrityError)
+    requests = _shard_gets(behaviour)
+    assert requests and all(h["range"].startswith("bytes=0-") for h in requests)  # header probes only
+    assert all(not t.any() for t in out.values())  # nothing written
+
+
+def test_async_state_dict_out_fills_in_place(url, shards, behaviour):
+    out = _zeros_like(shards.tensors)
+    pointers = {key: t.data_ptr() for key, t in out.items()}
+
+    async def fetch():
+        async with mc.AsyncClient(url) as client:
+            return await client.state_dict("m1", out=out)
+
+    assert asyncio.run(fetch()) is out
+    assert all(out[key].data_ptr() == pointers[key] for key in out)
+    _assert_equal(out, shards.tensors)
+
+
+def test_state_dict_out_through_a_callers_own_httpx_client(url, shards, behaviour):
+    import httpx
+
+    behaviour.drop_after[2] = 700
+    out = _zeros_like(shards.tensors)
+    with httpx.Client() as http, mc.Client(url, http_client=http) as client:
+        assert client.shard_transport == "httpx"
+        assert client.state_dict("m1", out=out) is out
+    _assert_equal(out, shards.tensors)

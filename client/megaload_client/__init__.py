@@ -70,6 +70,7 @@ from ._models import (
     Readiness,
     ShardInfo,
     StateDictIndex,
+    StateDictTensor,
     TokenizeResponse,
     TokenizerInfo,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "Readiness",
     "ShardInfo",
     "StateDictIndex",
+    "StateDictTensor",
     "TokenizeResponse",
     "TokenizerInfo",
     # errors

@@ -378,10 +378,12 @@ class AsyncClient(BaseClient):
         max_workers: int,
         progress: bool,
     ) -> Any:
-        """``state_dict(out=...)``: check every shard's header, then read the bodies into ``out``."""
+        """``state_dict(out=...)``: check ``out`` against the index's ``tensors`` (or, from a
+        server that does not send them, every shard's header), then read the bodies into it."""
         calls = [self._shard_call(routes.shard_path(model_id, shard.index), params) for shard in index.shards]
-        for shard, call in zip(index.shards, calls):
-            destinations.check_header(await self._shard_header(call, shard), shard, index)
+        if not destinations.check_index(index):
+            for shard, call in zip(index.shards, calls):
+                destinations.check_header(await self._shard_header(call, shard), shard, index)
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             async def fetch(shard: ShardInfo) -> None:

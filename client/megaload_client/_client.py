@@ -329,7 +329,8 @@ class Client(BaseClient):
         return ``out`` itself: each tensor's bytes are read straight into its memory. Every
         streamed key needs a tensor of the same dtype (after ``dtype``'s cast) and shape, and
         with ``strict`` every key of ``out`` must be streamed; a mismatch is a ``ValueError``
-        raised before any tensor byte is requested (the shard headers are fetched first, see
+        raised before any tensor byte is requested (checked against the index's ``tensors``, or
+        the shard headers fetched first from a server without them, see
         :mod:`megaload_client._destinations`). A failure midway leaves ``out`` partly filled.
         """
         require_torch()
@@ -371,10 +372,12 @@ class Client(BaseClient):
         max_workers: int,
         progress: bool,
     ) -> Any:
-        """``state_dict(out=...)``: check every shard's header, then read the bodies into ``out``."""
+        """``state_dict(out=...)``: check ``out`` against the index's ``tensors`` (or, from a
+        server that does not send them, every shard's header), then read the bodies into it."""
         calls = [self._shard_call(routes.shard_path(model_id, shard.index), params) for shard in index.shards]
-        for shard, call in zip(index.shards, calls):
-            destinations.check_header(self._shard_header(call, shard), shard, index)
+        if not destinations.check_index(index):
+            for shard, call in zip(index.shards, calls):
+                destinations.check_header(self._shard_header(call, shard), shard, index)
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             def fetch(shard: ShardInfo, abort: threading.Event) -> None:

@@ -8,8 +8,11 @@ contiguous), then each shard's header against it (dtype and shape, after the ser
 cast) before any tensor byte is requested, and finally hands
 :class:`~._safetensors.SafetensorsStream` each tensor's own memory as the place its bytes go.
 
-The index lists keys but not shapes or dtypes, so the headers are fetched first: a ``Range``
-request for the start of each shard, read only as far as the header (:func:`header_probe`).
+The index's ``tensors`` gives every streamed tensor's dtype, shape and shard, so the check
+needs no further request (:meth:`Destinations.check_index`). An index without it (an older
+server) lists keys only; then the headers are fetched first: a ``Range`` request for the
+start of each shard, read only as far as the header (:func:`header_probe`). Either way each
+tensor is checked once more as its header entry arrives in the stream.
 """
 
 from __future__ import annotations
@@ -96,28 +99,47 @@ class Destinations:
                 )
         self._views: dict[str, memoryview] = {}
 
+    def check_index(self, index: StateDictIndex) -> bool:
+        """Every streamed tensor matches its destination's dtype and shape as the index's
+        ``tensors`` gives them (ValueError); ``False`` when the index does not describe every
+        streamed tensor (an older server), so the shard headers must be fetched instead."""
+        if not index.tensors or any(name not in index.tensors for name in index.weight_map):
+            return False
+        filenames = [shard.filename for shard in index.shards]
+        for name, filename in index.weight_map.items():
+            info = index.tensors[name]
+            if not 0 <= info.shard < len(filenames) or filenames[info.shard] != filename:
+                raise IntegrityError(
+                    f"index puts tensor {name!r} in shard {info.shard}, but its weight_map says {filename}"
+                )
+            try:
+                self._match(name, info.dtype, tuple(info.shape), ValueError)
+            except SafetensorsError as exc:
+                raise IntegrityError(f"index gives tensor {name!r} {exc}") from None
+        return True
+
     def check_header(self, header: SafetensorsHeader, shard: ShardInfo, index: StateDictIndex) -> None:
         """Every tensor of the shard matches its destination's dtype and shape (ValueError)."""
         check_shard_header(header, shard, index)
         for entry in header.entries:
-            self._match(entry, ValueError)
+            self._match(entry.name, entry.dtype, entry.shape, ValueError)
 
-    def _match(self, entry: TensorEntry, error: type[Exception]) -> torch.Tensor:
-        tensor = self.out[entry.name]
-        dtype = torch_dtype(entry.dtype)
+    def _match(self, name: str, tag: str, shape: tuple[int, ...], error: type[Exception]) -> torch.Tensor:
+        tensor = self.out[name]
+        dtype = torch_dtype(tag)
         if tensor.dtype != dtype:
-            raise error(f"out[{entry.name!r}] is {tensor.dtype}, the stream sends {dtype} (safetensors {entry.dtype})")
-        if tuple(tensor.shape) != entry.shape:
-            raise error(f"out[{entry.name!r}] has shape {tuple(tensor.shape)}, the stream sends {entry.shape}")
+            raise error(f"out[{name!r}] is {tensor.dtype}, the stream sends {dtype} (safetensors {tag})")
+        if tuple(tensor.shape) != shape:
+            raise error(f"out[{name!r}] has shape {tuple(tensor.shape)}, the stream sends {shape}")
         return tensor
 
     def __call__(self, entry: TensorEntry) -> memoryview:
         """The memory of ``out[entry.name]``, for the stream to read the tensor's bytes into.
 
-        The headers were checked before the transfer; a shard that changed since then (a
+        The index or the headers were checked before the transfer; a shard that differs (a
         different dtype or shape) is an :class:`IntegrityError`, before any byte is written.
         """
-        tensor = self._match(entry, IntegrityError)
+        tensor = self._match(entry.name, entry.dtype, entry.shape, IntegrityError)
         if entry.nbytes == 0:
             return memoryview(bytearray(0))
         view = self._views.get(entry.name)

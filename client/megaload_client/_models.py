@@ -60,6 +60,7 @@ __all__ = [
     "Job",
     "JobList",
     "ShardInfo",
+    "StateDictTensor",
     "StateDictOptions",
     "StateDictIndexMetadata",
     "StateDictIndex",
@@ -338,6 +339,14 @@ class ShardInfo(_Response):
     names: list[str] = Field(default_factory=list, description="the tensor keys in this file, in state-dict order")
 
 
+class StateDictTensor(_Response):
+    """What the shards hold for one tensor, so a client can check its destination first."""
+
+    dtype: str = Field(description="safetensors name of the dtype on the wire (after any cast), as in the header")
+    shape: list[int]
+    shard: int = Field(description="index of the shard that holds it")
+
+
 class StateDictOptions(_Response):
     """The query an index was planned with (the same query serves its shards)."""
 
@@ -357,6 +366,10 @@ class StateDictIndex(_Response):
     total_size: int = Field(description="tensor bytes, as in Hugging Face's index")
     shards: list[ShardInfo]
     weight_map: dict[str, str] = Field(description="tensor key -> shard filename")
+    tensors: dict[str, StateDictTensor] = Field(
+        default_factory=dict,
+        description="tensor key -> dtype, shape and shard, as in the shard headers (empty from older servers)",
+    )
     checksum_algorithm: str = Field("xxh3_64", description="algorithm of `checksums`")
     checksums: dict[str, str] = Field(
         default_factory=dict,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -305,3 +306,35 @@ def test_state_dict_out_refuses_bad_destinations_with_the_key(client):
         model.state_dict(out=wrong)
     partial = model.state_dict(keys=[key], out={key: torch.zeros_like(fresh[key]), "other": torch.zeros(1)}, strict=False)
     assert _same_bits(partial[key], fresh[key]) and not partial["other"].any()
+
+
+def _counting_client(seen: list[httpx.Request]) -> httpx.Client:
+    """A caller's own httpx client that records every request it sends (the shard bodies go
+    through it as well as the index, and header probes always do)."""
+    return httpx.Client(event_hooks={"request": [seen.append]})
+
+
+def test_state_dict_out_checks_the_index_tensors_without_header_requests(client, service):
+    model = client.load("mlm_gpt")
+    fresh = model.state_dict()
+    index = client.state_dict_index(model.id, max_shard_bytes=1 << 20)
+    assert sorted(index.tensors) == sorted(fresh)
+    assert all(list(fresh[k].shape) == info.shape for k, info in index.tensors.items())
+    seen: list[httpx.Request] = []
+    token = service.settings.token_value if service.settings.token else None
+    with _counting_client(seen) as http, mc.Client(service.base_url, token=token, http_client=http) as own:
+        out = {key: torch.zeros_like(t) for key, t in fresh.items()}
+        assert own.state_dict(model.id, out=out, max_shard_bytes=1 << 20) is out
+        assert all(_same_bits(out[k], fresh[k]) for k in fresh)
+        shard_requests = [r for r in seen if "/state_dict/" in r.url.path]
+        assert len(shard_requests) == len(index.shards)
+        assert all("range" not in r.headers for r in shard_requests)  # no header probes
+
+        seen.clear()
+        key = next(k for k, t in fresh.items() if t.dim() == 2 and t.shape[0] != t.shape[1])
+        wrong = {k: torch.zeros_like(t) for k, t in fresh.items()}
+        wrong[key] = torch.zeros(tuple(reversed(fresh[key].shape)), dtype=fresh[key].dtype)
+        with pytest.raises(ValueError, match=rf"{key}.*shape"):
+            own.state_dict(model.id, out=wrong)
+        assert [r for r in seen if "/state_dict/" in r.url.path] == []  # refused before any shard request
+        assert not any(t.any() for t in wrong.values())

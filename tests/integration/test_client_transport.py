@@ -50,6 +50,7 @@ class Behaviour:
     corrupt: int | None = None  # shard whose last byte is flipped
     job_polls: int = 0
     job_final: str = "succeeded"
+    index_tensors: dict[str, dict] | None = None  # the index's "tensors" (None: an older server's index)
     log: list[tuple[str, str, list[tuple[str, str]], dict[str, str]]] = field(default_factory=list)
     peers: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, client port
 
@@ -121,6 +122,8 @@ def _app(behaviour: Behaviour, shards: Shards):
             return denied()
         if request.path_params["model"] != "m1":
             return _problem(404, "model-not-found", "Model not found", f"no resident model {request.path_params['model']!r}")
+        if behaviour.index_tensors is not None:
+            return JSONResponse({**shards.index, "tensors": behaviour.index_tensors})
         return JSONResponse(shards.index)
 
     async def shard(request: Request) -> Response:
@@ -655,3 +658,96 @@ def test_state_dict_out_through_a_callers_own_httpx_client(url, shards, behaviou
         assert client.shard_transport == "httpx"
         assert client.state_dict("m1", out=out) is out
     _assert_equal(out, shards.tensors)
+
+
+# The safetensors spelling of the dtypes the test shards hold (the header's "dtype").
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64"}
+
+
+def _index_tensors(shards: Shards) -> dict[str, dict]:
+    """The ``tensors`` a current server adds to the index, from the files the test server serves."""
+    numbers = {path.name: number for number, path in enumerate(shards.files)}
+    return {
+        key: {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape), "shard": numbers[shards.index["weight_map"][key]]}
+        for key, t in shards.tensors.items()
+    }
+
+
+def test_state_dict_out_with_index_tensors_makes_no_header_requests(url, shards, behaviour):
+    behaviour.index_tensors = _index_tensors(shards)
+    out = _zeros_like(shards.tensors)
+    with mc.Client(url) as client:
+        assert client.state_dict("m1", out=out) is out
+    _assert_equal(out, shards.tensors)
+    gets = _shard_gets(behaviour)
+    assert len(gets) == len(shards.files)  # one body request per shard, no Range probe before it
+    assert all("range" not in headers for headers in gets)
+
+
+def test_async_state_dict_out_with_index_tensors_makes_no_header_requests(url, shards, behaviour):
+    behaviour.index_tensors = _index_tensors(shards)
+    out = _zeros_like(shards.tensors)
+
+    async def fetch():
+        async with mc.AsyncClient(url) as client:
+            return await client.state_dict("m1", out=out)
+
+    assert asyncio.run(fetch()) is out
+    _assert_equal(out, shards.tensors)
+    assert [h.get("range") for h in _shard_gets(behaviour)] == [None] * len(shards.files)
+
+
+@pytest.mark.parametrize(
+    ("key", "wrong", "message"),
+    [
+        ("decoder.layers.0.mlp.linear_fc1.weight", torch.zeros(32, 128), r"shape \(32, 128\).*\(128, 32\)"),
+        ("step", torch.zeros(1, dtype=torch.int32), r"torch.int32.*torch.int64"),
+    ],
+)
+def test_state_dict_out_mismatch_from_index_tensors_comes_before_any_shard_request(
+    url, shards, behaviour, key, wrong, message
+):
+    behaviour.index_tensors = _index_tensors(shards)
+    out = _zeros_like(shards.tensors)
+    out[key] = wrong
+    with mc.Client(url) as client:
+        with pytest.raises(ValueError, match=f"{re.escape(key)}.*{message}") as caught:
+            client.state_dict("m1", out=out)
+    assert not isinstance(caught.value, mc.IntegrityError)
+    assert _shard_gets(behaviour) == []
+    assert all(not t.any() for t in out.values())
+
+
+def test_index_tensors_that_disagree_with_the_shards_are_integrity_errors(url, shards, behaviour):
+    tensors = _index_tensors(shards)
+    tensors["step"] = {**tensors["step"], "shard": 0}  # weight_map says shard 2
+    behaviour.index_tensors = tensors
+    with mc.Client(url) as client:
+        with pytest.raises(mc.IntegrityError, match="'step' in shard 0"):
+            client.state_dict("m1", out=_zeros_like(shards.tensors))
+    assert _shard_gets(behaviour) == []
+
+    # The index claims the shape the caller's tensor has, the shard sends another: refused as
+    # the shard's header arrives, before any of that tensor's bytes are written.
+    tensors = _index_tensors(shards)
+    tensors["output_layer.weight"] = {**tensors["output_layer.weight"], "shape": [32, 64]}
+    behaviour.__init__()
+    behaviour.index_tensors = tensors
+    out = _zeros_like(shards.tensors)
+    out["output_layer.weight"] = torch.zeros(32, 64)
+    with mc.Client(url) as client:
+        with pytest.raises(mc.IntegrityError, match=r"output_layer.weight.*\(64, 32\)"):
+            client.state_dict("m1", out=out)
+    assert not out["output_layer.weight"].any()
+
+
+def test_index_tensors_missing_a_key_fall_back_to_header_requests(url, shards, behaviour):
+    tensors = _index_tensors(shards)
+    del tensors["step"]
+    behaviour.index_tensors = tensors
+    out = _zeros_like(shards.tensors)
+    with mc.Client(url) as client:
+        client.state_dict("m1", out=out)
+    _assert_equal(out, shards.tensors)
+    probes = [h for h in _shard_gets(behaviour) if h.get("range", "").startswith("bytes=0-")]
+    assert len(probes) == len(shards.files)

@@ -86,8 +86,13 @@ def _download(service, model_id: str, index: dict, params, tmp_path: Path) -> di
         tensors = load_file(str(path))
         assert sorted(tensors) == sorted(shard["names"]) and len(tensors) == shard["tensor_count"]
         assert all(index["weight_map"][name] == shard["filename"] for name in tensors)
+        header = json.loads(r.content[8 : 8 + int.from_bytes(r.content[:8], "little")])
+        for name, tensor in tensors.items():  # the index's tensors say what the header says
+            info = index["tensors"][name]
+            assert info == {"dtype": header[name]["dtype"], "shape": list(tensor.shape), "shard": shard["index"]}
         assert not set(tensors) & set(got)
         got.update(tensors)
+    assert sorted(index["tensors"]) == sorted(index["weight_map"])
     return got
 
 

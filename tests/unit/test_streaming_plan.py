@@ -291,3 +291,20 @@ def test_index_dict_parses_as_the_client_wire_model():
     index = models.StateDictIndex.model_validate(plan.to_dict())
     assert index.total_size == plan.total_size
     assert [s.size for s in index.shards] == [s.size for s in plan.shards]
+
+
+def test_index_tensors_give_each_tensors_header_dtype_shape_and_shard():
+    state = {**small_state(), "step": torch.tensor([3], dtype=torch.int64)}
+    plan = plan_shards(state, ShardOptions(max_shard_bytes=1 * MiB, dtype=torch.bfloat16))
+    body = json.loads(json.dumps(plan.to_dict()))
+    assert list(body["tensors"]) == list(body["weight_map"])
+    filenames = [s["filename"] for s in body["shards"]]
+    for shard in plan.shards:
+        header = json.loads(shard.header[8 : 8 + int.from_bytes(shard.header[:8], "little")])
+        for name in shard.names:
+            want = {"dtype": header[name]["dtype"], "shape": header[name]["shape"], "shard": shard.index}
+            assert body["tensors"][name] == want
+            assert filenames[want["shard"]] == body["weight_map"][name]
+    assert body["tensors"]["step"]["dtype"] == "I64"  # integers are not cast
+    assert {body["tensors"][n]["dtype"] for n in state if n != "step"} == {"BF16"}
+    assert body["tensors"][STATE_NAMES[1]]["shape"] == [2, 2]

@@ -164,12 +164,17 @@ class ShardPlan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready index in the shape of the client's ``StateDictIndex``: the HF index keys
         (``metadata``, ``weight_map``, so the answer also serves as an HF index) plus
-        ``total_size``, the shards, the skipped names (and ``skipped_reasons``: name ->
-        reason), ``checksums`` (name -> hex; empty until :func:`fill_checksums`) and options."""
+        ``total_size``, ``tensors`` (name -> wire dtype, shape, shard index), the shards, the
+        skipped names (and ``skipped_reasons``: name -> reason), ``checksums`` (name -> hex;
+        empty until :func:`fill_checksums`) and options."""
         return {
             "total_size": self.total_size,
             "metadata": {"total_size": self.total_size},
             "weight_map": self.weight_map,
+            "tensors": {
+                name: {"dtype": e.safetensors_dtype, "shape": list(e.shape), "shard": e.shard}
+                for name, e in self.tensors.items()
+            },
             "shards": [
                 {
                     "index": s.index,

@@ -120,16 +120,14 @@ def padded_vocab_rows(chunks: Any, tp_size: int) -> int | None:
     """Rows of the vocabulary tensors of this model built at ``tp_size``, ``None`` when the
     model records no vocabulary padding rule."""
     from ._model import SOURCE_ATTR, _mlm_vocab_size
-    from ._provider import GPTModelProvider, padded_vocab_size
+    from ._provider import GPTModelProvider
 
     chunk = _single(chunks)
     config = getattr(chunk, "config", None)
     if isinstance(config, GPTModelProvider):
         if config.vocab_size is None:
             return None
-        if not config.should_pad_vocab:
-            return int(config.vocab_size)
-        return padded_vocab_size(config.vocab_size, config.make_vocab_size_divisible_by, tp_size)
+        return config.effective_vocab_size(tp_size)
     args = (getattr(chunk, SOURCE_ATTR, None) or {}).get("args")
     if args is None:
         return None

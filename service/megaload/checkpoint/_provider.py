@@ -110,13 +110,15 @@ class GPTModelProvider(TransformerConfig):
     restore_modelopt_state: bool = False
     use_arbitrary_attention_mask: Optional[bool] = None
 
-    def effective_vocab_size(self) -> int:
-        """The vocabulary size the embedding is built with (padded when should_pad_vocab)."""
+    def effective_vocab_size(self, tensor_parallel_size: int | None = None) -> int:
+        """The vocabulary size the embedding is built with (padded when should_pad_vocab) at
+        ``tensor_parallel_size`` (default: this config's)."""
         if self.vocab_size is None:
             raise IncompatibleConfigError("vocab_size must be set to build a GPT model", field="vocab_size")
         if not self.should_pad_vocab:
             return int(self.vocab_size)
-        return padded_vocab_size(self.vocab_size, self.make_vocab_size_divisible_by, self.tensor_model_parallel_size)
+        tp = self.tensor_model_parallel_size if tensor_parallel_size is None else tensor_parallel_size
+        return padded_vocab_size(self.vocab_size, self.make_vocab_size_divisible_by, tp)
 
     def provide(self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None):
         """Build the megatron-core ``GPTModel`` for this rank's pipeline stage."""

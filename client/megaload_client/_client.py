@@ -43,7 +43,8 @@ from ._models import (
     TokenizerInfo,
 )
 from ._progress import progress_bar
-from ._resume import BufferSink, ShardTransfer, TransferAborted, fresh_buffer
+from ._memory import fresh_buffer
+from ._resume import BufferSink, ShardTransfer, TransferAborted
 from ._routes import Call
 from ._safetensors import SafetensorsHeader, require_torch
 from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard

@@ -27,7 +27,6 @@ from __future__ import annotations
 import mmap
 import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
@@ -41,7 +40,6 @@ __all__ = [
     "FileSink",
     "ShardTransfer",
     "TransferAborted",
-    "fresh_buffer",
     "parse_content_range",
     "is_strong_etag",
 ]
@@ -99,27 +97,11 @@ class Checker(Protocol):
     def close(self) -> None: ...
 
 
-def fresh_buffer(size: int) -> bytearray | mmap.mmap:
-    """Writable memory for ``size`` bytes that will be overwritten completely.
-
-    On Linux an anonymous mapping faulted in by one ``MAP_POPULATE`` call: a ``bytearray``
-    zero-fills from user space and takes one page fault per 4 KiB page, which on a VM costs
-    about as much as receiving the bytes. Elsewhere, or for empty shards, a ``bytearray``.
-    """
-    populate = getattr(mmap, "MAP_POPULATE", None)
-    if size > 0 and populate is not None and sys.platform.startswith("linux"):
-        try:
-            return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
-        except OSError:  # no address space or a refusing kernel: the portable way
-            pass
-    return bytearray(size)
-
-
 class BufferSink:
     """A preallocated buffer of the shard's exact size, filled in place.
 
     ``buffer`` defaults to a new ``bytearray``; any writable buffer of ``capacity`` bytes
-    works (:func:`fresh_buffer`).
+    works (:func:`~._memory.fresh_buffer`).
     """
 
     def __init__(self, capacity: int, buffer: bytearray | mmap.mmap | None = None) -> None:

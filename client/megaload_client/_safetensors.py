@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._memory import fresh_buffer
+
 if TYPE_CHECKING:
     import torch
 
@@ -208,11 +210,12 @@ class SafetensorsStream:
     """Push parser: feed the bytes of one file in chunks of any size, get whole tensors out.
 
     Memory is bounded by the largest tensor: each tensor's bytes are collected into their
-    own ``bytearray`` and handed out as soon as they are complete. Call order::
+    own buffer (:func:`~._memory.fresh_buffer`: a ``bytearray``, or an anonymous mapping for
+    large tensors) and handed out as soon as they are complete. Call order::
 
         stream = SafetensorsStream()
         for chunk in chunks:
-            for entry, data in stream.feed(chunk):   # data: bytearray of entry.nbytes
+            for entry, data in stream.feed(chunk):   # data: a buffer of entry.nbytes
                 ...
         stream.close()                               # raises if the file was cut short
 
@@ -221,9 +224,9 @@ class SafetensorsStream:
     scratch buffer while the header is read), ``commit(n)`` takes ``n`` bytes read into it
     and returns the tensors finished, as ``feed`` does.
 
-    ``destination``, when given, supplies each tensor's buffer instead of a new
-    ``bytearray``: called with the entry when its first byte is due, it returns writable
-    bytes of exactly ``entry.nbytes`` (the memory of a tensor the caller already has).
+    ``destination``, when given, supplies each tensor's buffer instead of a fresh one:
+    called with the entry when its first byte is due, it returns writable bytes of exactly
+    ``entry.nbytes`` (the memory of a tensor the caller already has).
     """
 
     def __init__(self, destination: Callable[[TensorEntry], Any] | None = None) -> None:
@@ -312,7 +315,7 @@ class SafetensorsStream:
         entries = self._header.entries if self._header else ()
         if self._next < len(entries):
             entry = entries[self._next]
-            buffer = bytearray(entry.nbytes) if self._destination is None else self._destination(entry)
+            buffer = fresh_buffer(entry.nbytes) if self._destination is None else self._destination(entry)
             self._buffer, self._filled = buffer, 0
         else:
             self._buffer = None

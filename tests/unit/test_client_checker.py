@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import mmap
+import sys
+
 import pytest
 import torch
 import xxhash
@@ -9,7 +13,8 @@ from safetensors.torch import save as save_bytes
 
 from megaload_client import IntegrityError, StateDictIndex
 from megaload_client._checksums import TensorVerifier
-from megaload_client._resume import BufferSink, FileSink, ShardTransfer, fresh_buffer
+from megaload_client._memory import MAPPED_MIN_BYTES, fresh_buffer
+from megaload_client._resume import BufferSink, FileSink, ShardTransfer
 from megaload_client._safetensors import parse_buffer_header
 from megaload_client._shards import ShardChecker, StreamSink
 
@@ -154,14 +159,30 @@ def test_file_sink_reads_through_a_bounded_buffer_and_replays_what_it_holds(tmp_
     assert path.read_bytes() == blob
 
 
-def test_fresh_buffer_is_writable_and_exact():
-    for size in (0, 1, 12345):
+def test_fresh_buffer_is_writable_zeroed_and_exact():
+    for size in (0, 1, 12345, MAPPED_MIN_BYTES - 1, MAPPED_MIN_BYTES, 3 * MAPPED_MIN_BYTES + 7):
         buffer = fresh_buffer(size)
         view = memoryview(buffer)
         assert len(view) == size and not view.readonly
+        assert bytes(view[:3]) == bytes(view[-3:]) == bytes(min(size, 3))  # zeroed
+        if size:
+            view[size - 1] = 7
+            assert buffer[size - 1] == 7
         view.release()
     sink = BufferSink(3, fresh_buffer(3))
     sink.write(memoryview(b"abc"))
     assert bytes(sink.buffer) == b"abc"
     with pytest.raises(ValueError, match="expected 4"):
         BufferSink(4, bytearray(3))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="anonymous mappings are used on Linux only")
+def test_large_fresh_buffers_are_mappings_that_outlive_their_tensor_views():
+    assert isinstance(fresh_buffer(MAPPED_MIN_BYTES - 1), bytearray)
+    buffer = fresh_buffer(MAPPED_MIN_BYTES)
+    assert isinstance(buffer, mmap.mmap)
+    tensor = torch.frombuffer(buffer, dtype=torch.float32)
+    tensor.fill_(1.5)
+    del buffer  # the tensor alone keeps the mapping alive
+    gc.collect()
+    assert float(tensor.sum()) == 1.5 * MAPPED_MIN_BYTES / 4

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -81,6 +82,9 @@ def test_serve_json_logs_and_sigterm(ckpt_root):
                 time.sleep(0.05)
             r = c.post("/v1/models", json={"checkpoint_path": "mlm_gpt"}, headers={"X-Request-ID": "cli-test-1"})
             assert r.status_code == 201, r.text
+        # the declared fast HTTP parser and event loop are the ones serving (not h11/asyncio)
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert "/httptools/" in maps and "/uvloop/" in maps
         proc.send_signal(signal.SIGTERM)
         _, rest = proc.communicate(timeout=60)
         lines.extend(rest.splitlines(keepends=True))

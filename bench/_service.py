@@ -174,4 +174,13 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "kernel": platform.release(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "transparent_hugepage": _sysfs("/sys/kernel/mm/transparent_hugepage/enabled"),
     }
+
+
+def _sysfs(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"

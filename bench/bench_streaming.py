@@ -25,8 +25,9 @@ What runs, in order:
                ``Client.state_dict`` allocates its shard buffers: the same zeroing and page
                faults of fresh memory. A second, equal-work baseline.
    ours-mem    ``Client.state_dict(model_id)`` with default options: index request, shards in
-               parallel (the default 4 workers), checksums verified (xxhash present), tensors
-               built as views of the shard buffers.
+               parallel (the default 4 workers), each read into a fresh buffer of its size
+               (an anonymous mapping asking for huge pages, faulted as the bytes land),
+               checksums verified (xxhash present), tensors built as views of the buffers.
    naive-mem   a child uvicorn/Starlette app holding the same state dict (loaded with the
                library) answers each GET by ``torch.save`` of the whole dict into a BytesIO
                and one body; the client (httpx) reads the body and ``torch.load``s it
@@ -35,8 +36,8 @@ What runs, in order:
                each piece to a new file, then ``fsync``s and closes it.
    ours-mem-out  ``Client.state_dict(model_id, out=tensors)``: the same stream read straight
                into tensors of the right shapes and dtypes that were allocated and touched
-               (filled) before the clock starts, as raw-mem's buffer is; includes the header
-               probes (one small ``Range`` request per shard) and verified checksums.
+               (filled) before the clock starts, as raw-mem's buffer is; checked against the
+               index's ``tensors``, checksums verified.
    ours-disk   ``Client.download(model_id, fresh directory)``: each shard's body is hashed
                while it is written to its ``.incomplete`` file, fsync'd, its size on disk
                checked, renamed; the index written (fsync'd).
@@ -269,11 +270,19 @@ class NaiveServer:
 
 
 def versions() -> dict[str, str]:
+    import importlib.metadata
+
     import megatron.core
     import starlette
     import uvicorn
 
     import megaload
+
+    def installed(name: str) -> str:  # uvicorn's optional fast paths, used when present
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "absent"
 
     return {
         "torch": torch.__version__,
@@ -283,6 +292,8 @@ def versions() -> dict[str, str]:
         "httpx": httpx.__version__,
         "uvicorn": uvicorn.__version__,
         "starlette": starlette.__version__,
+        "httptools": installed("httptools"),
+        "uvloop": installed("uvloop"),
         "torch_threads": str(torch.get_num_threads()),
     }
 

@@ -56,7 +56,9 @@ What runs, in order:
 
    Every ours run reads the service's ``VmHWM`` after resetting it (``clear_refs``) to get
    its peak RSS growth; CPU seconds (user+sys) of the client (this process) and of the
-   serving process are recorded for every run.
+   serving process are recorded for every run, and so are the machine's direct-compaction
+   stalls and huge-page faults (``/proc/vmstat``; the "stalls" column sums the rounds).
+   The clock stops when the variant returns what it received; freeing it is not timed.
 
 Throughput = N / wall time (N counts the shard files, headers included; naive bodies are
 slightly larger: the pickle framing). Ratios use the median over the rounds. Goals: ours /
@@ -166,18 +168,35 @@ def timed(fn, server_pid: int, *, rss: bool = False) -> dict[str, float]:
     """Run ``fn``; its wall time, CPU seconds and (``rss``) the server's peak RSS growth."""
     gc.collect()
     peak = PeakRss(server_pid) if rss else None
+    kernel = vmstat()
     with Cpu(server_pid) as cpu:
         if peak is not None:
             peak.__enter__()
         began = time.perf_counter()
-        fn()
+        result = fn()
         wall = time.perf_counter() - began
         if peak is not None:
             peak.__exit__()
+    del result  # freeing what was received is not part of receiving it
     out = {"s": wall, "client_cpu_s": cpu.client, "server_cpu_s": cpu.server}
+    out.update({f"{k}_delta": v - kernel[k] for k, v in vmstat().items() if k in kernel})
     if peak is not None:
         out["rss_growth"] = peak.hwm_growth
     return out
+
+
+_VMSTAT = ("compact_stall", "thp_fault_alloc", "thp_fault_fallback")
+
+
+def vmstat() -> dict[str, int]:
+    """Machine-wide kernel counters that explain slow fresh memory: direct compaction stalls
+    and huge pages handed out (or refused) on faults. Empty where there is no /proc/vmstat."""
+    try:
+        with open("/proc/vmstat") as f:
+            pairs = (line.split() for line in f)
+            return {k: int(v) for k, v in pairs if k in _VMSTAT}
+    except OSError:
+        return {}
 
 
 # ---- baselines -------------------------------------------------------------------------------
@@ -198,7 +217,7 @@ class RawServer:
         sock.sendall(n.to_bytes(8, "little"))
         return sock
 
-    def to_memory(self, buffer: bytearray) -> None:
+    def to_memory(self, buffer: bytearray) -> bytearray:
         n, view = len(buffer), memoryview(buffer)
         with self._connect(n) as sock:
             position = 0
@@ -207,6 +226,8 @@ class RawServer:
                 if not got:
                     raise RuntimeError(f"raw transfer ended after {position} of {n} bytes")
                 position += got
+        view.release()
+        return buffer
 
     def to_disk(self, n: int, path: Path) -> None:
         chunk = bytearray(RAW_DISK_CHUNK)
@@ -426,7 +447,10 @@ def summarize(results: dict) -> None:
     runs = results["runs"]
     med = {name: median([x["s"] for x in xs]) for name, xs in runs.items() if not name.startswith("_")}
     print()
-    print(f"{'variant':<14}{'median s':>10}{'min s':>9}{'GB/s':>8}{'client cpu':>12}{'server cpu':>12}{'rss +MiB':>10}")
+    print(
+        f"{'variant':<14}{'median s':>10}{'min s':>9}{'GB/s':>8}{'client cpu':>12}{'server cpu':>12}{'rss +MiB':>10}"
+        f"{'stalls':>8}"
+    )
     for name, xs in runs.items():
         if name.startswith("_"):
             continue
@@ -435,6 +459,7 @@ def summarize(results: dict) -> None:
             f"{name:<14}{med[name]:>10.3f}{min(x['s'] for x in xs):>9.3f}{n / med[name] / 1e9:>8.2f}"
             f"{median([x['client_cpu_s'] for x in xs]):>12.2f}{median([x['server_cpu_s'] for x in xs]):>12.2f}"
             f"{(max(rss) / MiB if rss else float('nan')):>10.1f}"
+            f"{sum(x.get('compact_stall_delta', 0) for x in xs):>8}"
         )
     goals = []
     for kind in ("mem", "disk"):

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
 from ._exceptions import IntegrityError
+from ._writeback import Writeback
 
 __all__ = [
     "READ_CHUNK",
@@ -134,17 +135,20 @@ class BufferSink:
 
 
 class FileSink:
-    """Appends to a file, resuming after whatever it already holds."""
+    """Appends to a file, resuming after whatever it already holds; its bytes are on their
+    way to disk while more arrive (:class:`~._writeback.Writeback`), and ``close`` fsyncs."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self._file: BinaryIO = open(self.path, "ab")  # noqa: SIM115 - closed by close()
         self.size = self._file.seek(0, os.SEEK_END)
         self._scratch: memoryview | None = None
+        self._writeback = Writeback(self._file.fileno(), start=self.size)
 
     def write(self, data: memoryview) -> None:
         self._file.write(data)
         self.size += len(data)
+        self._writeback.written(self.size)
 
     def window(self, limit: int) -> memoryview:
         if self._scratch is None:
@@ -173,6 +177,7 @@ class FileSink:
         self._file.seek(0)
         self._file.truncate(0)
         self.size = 0
+        self._writeback.reset()
 
     def close(self) -> None:
         if not self._file.closed:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+
 import pytest
 
 from megaload_client import IntegrityError
 from megaload_client._resume import BufferSink, FileSink, ShardTransfer, is_strong_etag, parse_content_range
+from megaload_client._writeback import WRITEBACK_BYTES, Writeback
 
 
 @pytest.mark.parametrize(
@@ -138,3 +143,52 @@ def test_file_sink_resumes_after_what_the_file_holds_and_resets(tmp_path):
     again.write(memoryview(b"xy"))
     again.close()
     assert path.read_bytes() == b"xy"
+
+
+def _dirty_pages(fd: int) -> int:
+    """Dirty page-cache pages of the file open on ``fd`` (Linux ``cachestat``, 6.5+)."""
+    import ctypes
+
+    class Range(ctypes.Structure):
+        _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+    class Stat(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    span, stat = Range(0, 0), Stat()
+    if libc.syscall(451, fd, ctypes.byref(span), ctypes.byref(stat), 0) != 0:  # __NR_cachestat (x86-64)
+        pytest.skip(f"cachestat unavailable (errno {ctypes.get_errno()})")
+    return stat.dirty
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.machine() == "x86_64"), reason="cachestat on x86-64 Linux")
+def test_file_sink_starts_writeback_while_it_is_written(tmp_path):
+    chunk = memoryview(bytes(range(256)) * 4096)  # 1 MiB
+    total = 8 * WRITEBACK_BYTES
+    control = tmp_path / "plain.bin"
+    with open(control, "wb") as f:
+        for _ in range(total // len(chunk)):
+            f.write(chunk)
+        f.flush()
+        if _dirty_pages(f.fileno()) * 4096 < total // 2:
+            pytest.skip("the kernel wrote the control file back by itself: nothing to compare with")
+    sink = FileSink(tmp_path / "a.incomplete")
+    for _ in range(total // len(chunk)):
+        sink.write(chunk)
+    # all but the last unfinished stretch has been handed to the disk already
+    assert _dirty_pages(sink._file.fileno()) * 4096 <= WRITEBACK_BYTES
+    sink.close()
+    assert (tmp_path / "a.incomplete").stat().st_size == total
+
+
+def test_writeback_gives_up_quietly_where_the_kernel_refuses(tmp_path):
+    read, write = os.pipe()  # sync_file_range on a pipe: ESPIPE
+    try:
+        writeback = Writeback(write, every=1)
+        writeback.written(10)
+        writeback.written(20)  # no exception, and no further attempts
+        assert not writeback._enabled  # refused (ESPIPE), or no sync_file_range off Linux
+    finally:
+        os.close(read)
+        os.close(write)

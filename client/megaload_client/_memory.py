@@ -8,7 +8,10 @@ pages are faulted lazily by the ``readinto`` that fills them, so no separate pas
 them first. Measured on the bench VM for 1.1 GiB (best of 3): ``bytearray`` 0.67 s (user
 space zero-fill, 4 KiB faults), ``MAP_POPULATE`` 0.38 s, huge pages 0.21 s. Where the
 kernel grants no huge pages the mapping is still faulted lazily, 4 KiB at a time, which
-measured within 15% of ``MAP_POPULATE`` either way (docs/benchmarks.md).
+measured within 15% of ``MAP_POPULATE`` either way (docs/benchmarks.md). Where memory is
+fragmented and ``/sys/kernel/mm/transparent_hugepage/defrag`` is ``madvise`` (a common
+default), the kernel may compact memory before handing out a huge page; the bench records
+such stalls (``compact_stall``) and saw none.
 
 Small buffers, and platforms without anonymous mappings, get a ``bytearray``.
 """

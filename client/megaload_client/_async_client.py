@@ -48,7 +48,6 @@ from ._models import (
     TokenizerInfo,
 )
 from ._progress import progress_bar
-from ._memory import fresh_buffer
 from ._resume import BufferSink, ShardTransfer
 from ._routes import Call
 from ._safetensors import SafetensorsHeader, require_torch
@@ -352,7 +351,7 @@ class AsyncClient(BaseClient):
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             async def fetch(shard: ShardInfo) -> dict[str, torch.Tensor]:
-                sink = BufferSink(shard.size, fresh_buffer(shard.size))
+                sink = BufferSink(shard.size)
                 transfer = ShardTransfer(
                     sink,
                     shard.size,

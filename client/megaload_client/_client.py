@@ -43,7 +43,6 @@ from ._models import (
     TokenizerInfo,
 )
 from ._progress import progress_bar
-from ._memory import fresh_buffer
 from ._resume import BufferSink, ShardTransfer, TransferAborted
 from ._routes import Call
 from ._safetensors import SafetensorsHeader, require_torch
@@ -344,7 +343,7 @@ class Client(BaseClient):
         with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
 
             def fetch(shard: ShardInfo, abort: threading.Event) -> dict[str, torch.Tensor]:
-                sink = BufferSink(shard.size, fresh_buffer(shard.size))
+                sink = BufferSink(shard.size)
                 transfer = ShardTransfer(
                     sink,
                     shard.size,

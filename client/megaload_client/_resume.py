@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import BinaryIO, Protocol
 
 from ._exceptions import IntegrityError
+from ._memory import fresh_buffer
 from ._writeback import Writeback
 
 __all__ = [
@@ -101,12 +102,12 @@ class Checker(Protocol):
 class BufferSink:
     """A preallocated buffer of the shard's exact size, filled in place.
 
-    ``buffer`` defaults to a new ``bytearray``; any writable buffer of ``capacity`` bytes
-    works (:func:`~._memory.fresh_buffer`).
+    ``buffer`` defaults to fresh memory (:func:`~._memory.fresh_buffer`); any writable
+    buffer of ``capacity`` bytes works.
     """
 
     def __init__(self, capacity: int, buffer: bytearray | mmap.mmap | None = None) -> None:
-        self.buffer = bytearray(capacity) if buffer is None else buffer
+        self.buffer = fresh_buffer(capacity) if buffer is None else buffer
         self._view = memoryview(self.buffer)
         if len(self._view) != capacity:
             raise ValueError(f"buffer holds {len(self._view)} bytes, expected {capacity}")

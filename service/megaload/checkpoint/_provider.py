@@ -86,6 +86,10 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
 class GPTModelProvider(TransformerConfig):
     """TransformerConfig plus the GPT-specific fields; :meth:`provide` builds the model."""
 
+    # Not a dataclass field (no annotation): the Bridge provider class a run config named, e.g.
+    # ``megatron.bridge.models.mistral.mistral_provider.MistralModelProvider`` (set when read).
+    source_target = "megatron.bridge.models.gpt_provider.GPTModelProvider"
+
     fp16_lm_cross_entropy: bool = False
     parallel_output: bool = True
     share_embeddings_and_output_weights: bool = True

@@ -210,3 +210,13 @@ def test_damaged_tensor_record_is_corrupt(saved_dir, damage):
     error = _load_failure(saved_dir)
     assert isinstance(error, CorruptCheckpointError), repr(error)
     assert "__0_0.distcp" in str(error) and "plain" in str(error)
+
+
+def test_staging_buffer_is_plain_memory_for_cpu_targets():
+    """Reads into CPU tensors stage (for casts) through ordinary memory; page-locked staging is
+    only for GPU targets (not testable on a CPU-only host: torch cannot pin memory without CUDA)."""
+    from megaload.checkpoint._distcp import CHUNK_BYTES
+    from megaload.checkpoint._reader import staging_buffer
+
+    scratch = staging_buffer([torch.empty(4), torch.empty(2, dtype=torch.bfloat16)])
+    assert scratch.dtype == torch.uint8 and scratch.numel() == CHUNK_BYTES and not scratch.is_pinned()

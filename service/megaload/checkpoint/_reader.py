@@ -157,6 +157,17 @@ def read_workers() -> int:
     return max(1, min(8, cores))
 
 
+def staging_buffer(targets: list[torch.Tensor]) -> torch.Tensor:
+    """The scratch buffer a run of reads stages through where a target is not a plain CPU image
+    of its record (a cast, or another device): page-locked when a target lives on a GPU, so each
+    chunk's host-to-device copy is a DMA from it rather than through a bounce buffer of the
+    driver's; plain memory otherwise (left untouched unless a cast needs it)."""
+    scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
+    if any(t.device.type == "cuda" for t in targets) and torch.cuda.is_available():
+        scratch = scratch.pin_memory()
+    return scratch
+
+
 def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: int) -> None:
     """Read ``(item, target)`` pairs with up to ``workers`` threads. Items are sorted by file
     and offset and cut into runs of about equal bytes, one run per thread, each with its own
@@ -174,7 +185,7 @@ def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: 
         done_bytes += reader._where(item)[1].length
 
     def read_run(run: list) -> None:
-        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)  # untouched unless a cast needs it
+        scratch = staging_buffer([target for _, target in run])
         files: dict[str, Any] = {}
         try:
             for item, target in run:

@@ -76,6 +76,7 @@ class _SafeFileSystemReader(FileSystemReader):
         super().__init__(path)
         self._metadata = None
         self.workers = read_workers() if workers is None else workers
+        self._seen_pickles: dict[bytes, torch.Tensor] = {}  # see open_tensor_record
 
     def read_metadata(self, *args: Any, **kwargs: Any):
         if self._metadata is None:
@@ -134,7 +135,7 @@ class _SafeFileSystemReader(FileSystemReader):
     def _read_tensor(self, raw, path, item, target: torch.Tensor, scratch: torch.Tensor) -> None:
         info = self.storage_data[item.storage_index]
         what = f"{path}@{info.offset} ({item.storage_index.fqn})"
-        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what)
+        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what, seen=self._seen_pickles)
         source = record.meta if record.loaded is None else record.loaded
         source = narrow_tensor_by_index(source, item.storage_offsets, item.lengths)
         if target.size() != source.size():

@@ -156,6 +156,8 @@ def _follow(settings: Any) -> int:
         tensor_parallel=settings.tensor_parallel,
         pipeline_parallel=settings.pipeline_parallel,
         collective_timeout_seconds=settings.collective_timeout_seconds,
+        checkpoint_roots=settings.checkpoint_roots,
+        save_roots=settings.save_roots,
     )
     engine.follow()
     return 0

@@ -45,6 +45,7 @@ from .checkpoint import (
     CheckpointExistsError,
     CheckpointLayout,
     CheckpointNotFoundError,
+    confined_to,
     inspect_layout,
     parse_dtype,
 )
@@ -71,6 +72,7 @@ class Runtime:
         """``to_problem`` is the HTTP layer's error mapping, used for failed jobs' ``error``."""
         self.settings = settings
         self.metrics = Metrics()
+        self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
         self.engine = Engine(
             device=settings.device,
             backend=settings.backend,
@@ -81,6 +83,8 @@ class Runtime:
             pipeline_parallel=settings.pipeline_parallel,
             collective_timeout_seconds=settings.collective_timeout_seconds,
             metrics=self.metrics,
+            checkpoint_roots=self.paths.checkpoint_roots,
+            save_roots=self.paths.save_roots,
         )
         total = device_memory_bytes(self.engine.device, settings.local_rank)
         if settings.memory_budget is not None:
@@ -89,7 +93,6 @@ class Runtime:
             budget = int(total * DEFAULT_BUDGET_FRACTION[self.engine.device])
         if budget <= 0:
             raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
-        self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
         self.registry = Registry(self.engine, budget, metrics=self.metrics)
         self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
@@ -120,7 +123,7 @@ class Runtime:
     async def resolve_checkpoint(self, raw: str, *, field: str = "path") -> CheckpointLayout:
         """Police ``raw`` against the checkpoint roots, then find its iteration directory."""
         path = self.paths.resolve_checkpoint(raw, field=field)
-        layout = await anyio.to_thread.run_sync(inspect_layout, path)
+        layout = await anyio.to_thread.run_sync(self._inspect_layout, path)
         real = self.paths.ensure_inside_checkpoint_roots(layout.iteration_dir, field=field)
         if real != layout.iteration_dir:
             layout = CheckpointLayout(
@@ -130,6 +133,12 @@ class Runtime:
                 sharded_backend=layout.sharded_backend,
             )
         return layout
+
+    def _inspect_layout(self, path: Path) -> CheckpointLayout:
+        """:func:`inspect_layout` (worker thread), its reads (tracker, metadata.json) confined
+        to the checkpoint roots."""
+        with confined_to(self.paths.checkpoint_roots):
+            return inspect_layout(path)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -31,6 +31,7 @@ from ..checkpoint import (
     IncompatibleConfigError,
     InvalidDtypeError,
     NotACheckpointError,
+    OutsideRootsError,
     TokenizerError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
@@ -75,6 +76,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     InvalidDtypeError: p.INVALID_DTYPE,
     TokenizerError: p.TOKENIZER_ERROR,
     CheckpointExistsError: p.CHECKPOINT_EXISTS,
+    OutsideRootsError: p.FORBIDDEN_PATH,
     DistributedContextError: p.INTERNAL,
     # the service's ServiceError tree
     ServiceError: p.INTERNAL,

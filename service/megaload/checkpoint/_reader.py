@@ -12,10 +12,14 @@ tensors land where) and swap only the three places bytes become objects:
    release the GIL);
 3. :class:`_SafeLoadPlanner` loads byte items (``_extra_state``) with ``weights_only=True``.
 
-Call order inside ``megatron.core.dist_checkpointing.load(sd, dir, SafeTorchDistLoadStrategy(),
-SafeCommonLoadStrategy())``: ``load_common`` -> (optional) ``load_sharded_metadata`` ->
-``load`` (reader.read_metadata -> planner plans -> reader.read_data -> planner.load_bytes /
-tensor copies).
+Every file is opened through :mod:`._files` (inside the allowed roots when the caller
+confined reading, small files within their size limits). :func:`load_checkpoint` is
+megatron-core's ``dist_checkpointing.load`` with these strategies and one difference: it
+reads ``metadata.json`` itself (bounded, unknown keys ignored) where megatron-core opens it
+unchecked and fails with TypeError on a key it does not know. Call order: check
+``metadata.json`` against the strategies -> ``load_common`` -> (optional)
+``load_sharded_metadata`` -> ``load`` (reader.read_metadata -> planner plans ->
+reader.read_data -> planner.load_bytes / tensor copies).
 """
 
 from __future__ import annotations
@@ -40,12 +44,14 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 
 from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
 from ._errors import CorruptCheckpointError, UnsupportedCheckpointError
-from ._layout import inspect_layout
-from ._pickle import load_common_state_dict, load_dcp_metadata, loads_weights_only
+from ._files import check_allowed, open_checked
+from ._layout import DCP_METADATA_FILENAME, inspect_layout, read_checkpoint_metadata
+from ._pickle import load_common_state_dict, load_dcp_metadata, load_torch_file, loads_weights_only
 
 __all__ = [
     "SafeCommonLoadStrategy",
     "SafeTorchDistLoadStrategy",
+    "load_checkpoint",
     "TensorMetadata",
     "read_tensor_metadata",
     "estimate_model_bytes",
@@ -63,7 +69,7 @@ class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
             path = Path(checkpoint_dir) / f"{sh_obj.unique_key}.pt"
             if not path.is_file():
                 raise CorruptCheckpointError(f"object shard {path} not found", path=path)
-            return loads_weights_only(str(path), what=str(path))
+            return load_torch_file(path, kind="an object shard")
 
         from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 
@@ -96,22 +102,35 @@ class _SafeFileSystemReader(FileSystemReader):
         then ``copy_`` (which releases the GIL). Items with storage transforms (compression
         extensions) take DCP's own path.
         """
-        if any(self.storage_data[item.storage_index].transform_descriptors for item in plan.items):
-            return super().read_data(plan, planner)
-        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
         per_file: dict[str, list] = {}
         for item in plan.items:
             per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+        for relative_path in per_file:
+            self._data_file(relative_path)  # every file checked before any is read
+        if any(self.storage_data[item.storage_index].transform_descriptors for item in plan.items):
+            return super().read_data(plan, planner)
+        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
         for relative_path, items in per_file.items():
-            path = self.fs.concat_path(self.path, relative_path)
+            path = self._data_file(relative_path)
             items.sort(key=lambda item: self.storage_data[item.storage_index].offset)
-            with open(path, "rb", buffering=0) as raw:
+            with open_checked(path) as raw:
                 for item in items:
                     where = f"{path}@{self.storage_data[item.storage_index].offset}"
                     self._read_item(raw, where, item, planner, scratch)
         done: Future[None] = Future()
         done.set_result(None)
         return done
+
+    def _data_file(self, relative_path: str) -> Path:
+        """The data file ``.metadata`` names: a plain name inside the checkpoint directory,
+        inside the allowed roots when reading is confined."""
+        name = os.fspath(relative_path)
+        if not name or os.path.isabs(name) or ".." in Path(name).parts:
+            where = Path(self.path) / DCP_METADATA_FILENAME
+            raise CorruptCheckpointError(f"{where} names data file {name!r} outside the checkpoint", path=where)
+        path = Path(self.fs.concat_path(self.path, name))
+        check_allowed(path)
+        return path
 
     def _read_item(self, raw, what: str, item, planner, scratch: torch.Tensor) -> None:
         info = self.storage_data[item.storage_index]
@@ -197,6 +216,58 @@ class SafeTorchDistLoadStrategy(_mcore_torch.TorchDistLoadShardedStrategy):
                 result[sh_obj.unique_key] = sh_obj
         result.update(self.load_tensors_metadata(checkpoint_dir, metadata))
         return result
+
+
+def load_checkpoint(sharded_state_dict, checkpoint_dir: str | Path, *, strict: str = "assume_ok_unexpected"):
+    """``megatron.core.dist_checkpointing.load`` of ``sharded_state_dict`` from
+    ``checkpoint_dir`` with :class:`SafeTorchDistLoadStrategy` and
+    :class:`SafeCommonLoadStrategy`, ``metadata.json`` read by
+    :func:`read_checkpoint_metadata` (see the module docstring). Returns the loaded state
+    dict (common state merged in)."""
+    from megatron.core.dist_checkpointing.dict_utils import extract_matching_values, merge
+    from megatron.core.dist_checkpointing.mapping import apply_factory_merges
+    from megatron.core.dist_checkpointing.state_dict_utils import load_preprocess
+    from megatron.core.dist_checkpointing.utils import extract_sharded_base, force_all_tensors_to_non_fp8
+    from megatron.core.dist_checkpointing.validation import (
+        StrictHandling,
+        determine_global_metadata,
+        parse_strict_flag,
+        validate_integrity_and_strict_load,
+        validate_sharded_objects_handling,
+    )
+
+    checkpoint_dir = str(checkpoint_dir)
+    sharded_strategy, common_strategy = SafeTorchDistLoadStrategy(), SafeCommonLoadStrategy()
+    saved = read_checkpoint_metadata(checkpoint_dir)
+    try:
+        sharded_strategy.check_backend_compatibility(saved["sharded_backend"])
+        sharded_strategy.check_version_compatibility(saved["sharded_backend_version"])
+        common_strategy.check_backend_compatibility(saved["common_backend"])
+        common_strategy.check_version_compatibility(saved["common_backend_version"])
+    except Exception as e:  # megatron-core raises CheckpointingException
+        raise UnsupportedCheckpointError(f"{checkpoint_dir}: {e}", path=checkpoint_dir) from e
+    force_all_tensors_to_non_fp8(sharded_state_dict)
+    common_state_dict = common_strategy.load_common(checkpoint_dir)
+    sharded_state_dict, nonpersistent, factories = load_preprocess(sharded_state_dict)
+    merge(common_state_dict, nonpersistent)
+    sharded_state_dict, _ = extract_sharded_base(sharded_state_dict)
+    strict = parse_strict_flag(strict)
+    ckpt_metadata = None
+    if StrictHandling.requires_explicit_ckpt_mismatch_check(strict):
+        ckpt_metadata = sharded_strategy.load_sharded_metadata(checkpoint_dir)
+    local_metadata, global_metadata = determine_global_metadata(sharded_state_dict)
+    sharded_state_dict, missing, unexpected = validate_integrity_and_strict_load(
+        sharded_state_dict, strict, True, local_metadata, global_metadata, ckpt_metadata
+    )
+    if not sharded_strategy.can_handle_sharded_objects:
+        validate_sharded_objects_handling(sharded_strategy, common_strategy)
+        objects, sharded_state_dict = extract_matching_values(sharded_state_dict, lambda v: isinstance(v, ShardedObject))
+        merge(common_state_dict, common_strategy.load_sharded_objects(objects, checkpoint_dir))
+    merge(common_state_dict, sharded_strategy.load(sharded_state_dict, checkpoint_dir))
+    apply_factory_merges(common_state_dict, factories)
+    if StrictHandling.requires_returning_mismatch_keys(strict):
+        return common_state_dict, missing, unexpected
+    return common_state_dict
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,9 @@ import torch.nn.functional as F
 import yaml
 
 from ._errors import CorruptCheckpointError, IncompatibleConfigError, UnsupportedCheckpointError
+from ._files import RUN_CONFIG_LIMIT, read_limited
 from ._provider import GPT_PROVIDER_FIELDS, LAYER_SPECS, GPTModelProvider
+from ._yaml import load_yaml
 
 __all__ = [
     "read_run_config",
@@ -38,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 BRIDGE_GPT_PROVIDER_TARGET = "megatron.bridge.models.gpt_provider.GPTModelProvider"
 BRIDGE_LAYER_SPEC_MODULE = "megatron.bridge.models.gpt_provider"
-_MAX_RUN_CONFIG_BYTES = 16 * 1024 * 1024
 
 # Fields whose value decides how weights are laid out or computed: an undecodable value there
 # is refused instead of replaced by a default.
@@ -197,23 +198,18 @@ def _check_scalar_type(key: str, value: Any, path: str | Path) -> None:
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
-    """Parse ``run_config.yaml`` with ``yaml.safe_load`` (no tags, no objects)."""
+    """Parse ``run_config.yaml`` as ``yaml.safe_load`` does (no tags, no objects), within the
+    size limit for a run config and the nesting and alias budgets of :mod:`._yaml`."""
     path = Path(path)
+    raw = read_limited(path, RUN_CONFIG_LIMIT, kind="a run config")
     try:
-        size = path.stat().st_size
-        if size > _MAX_RUN_CONFIG_BYTES:
-            raise CorruptCheckpointError(
-                f"{path} is {size} bytes, over the {_MAX_RUN_CONFIG_BYTES}-byte limit for a run config", path=path
-            )
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorruptCheckpointError(f"{path} is not UTF-8 text: {e}", path=path) from e
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {path}: {e.strerror}", path=path) from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise CorruptCheckpointError(f"{path} is not valid YAML: {e}", path=path) from e
+        raise CorruptCheckpointError(f"{path} is not a usable YAML document: {e}", path=path) from e
     if not isinstance(data, dict):
         raise CorruptCheckpointError(f"{path} should hold a mapping, found {type(data).__name__}", path=path)
     return data

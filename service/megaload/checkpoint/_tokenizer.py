@@ -15,6 +15,11 @@ is absolute and exists here; otherwise the copy Bridge bundles in ``<iter_dir>/t
 Upstream fails in that last case. A recorded Hugging Face hub name is looked up in the local
 cache only when nothing is bundled. Nothing is downloaded, ever.
 
+When reading is confined (:func:`~megaload.checkpoint.confined_to`), every tokenizer file
+(and every file of a Hugging Face directory) must resolve inside the roots: a recorded path
+outside them counts as absent here (the bundled copy is used, if there is one), anything else
+outside them raises :class:`OutsideRootsError`.
+
 Types built: ``NullTokenizer``, ``GPT2BPETokenizer``, ``SentencePieceTokenizer``,
 ``GPTSentencePieceTokenizer``, ``Llama2Tokenizer``, ``HuggingFaceTokenizer``. The other
 Megatron types (BERT word-piece, TikToken, multimodal) raise
@@ -24,7 +29,6 @@ Megatron types (BERT word-piece, TikToken, multimodal) raise
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,7 +36,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import IncompatibleConfigError, TokenizerError, UnsupportedCheckpointError
+from ._errors import CheckpointError, IncompatibleConfigError, OutsideRootsError, TokenizerError, UnsupportedCheckpointError
+from ._files import TOKENIZER_CONFIG_LIMIT, allowed_roots, check_allowed, read_json
 from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, resolve_iteration_dir
 from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
 from ._tokenizer_types import GPT2BPETokenizer, MegatronTokenizer, NullTokenizer
@@ -164,10 +169,12 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
     if not metadata:
         return
     if isinstance(metadata, str):
-        meta_file = Path(metadata)
+        meta_file = check_allowed(metadata, what=f"tokenizer metadata {metadata}")
         try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            metadata = read_json(meta_file, TOKENIZER_CONFIG_LIMIT, what=str(metadata), kind="tokenizer metadata")
+        except CheckpointError as e:
+            if isinstance(e, OutsideRootsError):
+                raise
             logger.warning("tokenizer metadata %s of %s cannot be read (%s); ignoring it", meta_file, where, e)
             return
     if not isinstance(metadata, dict):
@@ -188,22 +195,40 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
         )
 
 
+def _recorded_here(value: str | None, field: str, *, exists=Path.is_file) -> tuple[Path | None, OutsideRootsError | None]:
+    """A path recorded in the checkpoint, if it is absolute and exists here (inside the roots
+    when confined); else None, with the refusal when it lies outside the roots."""
+    if not value or not Path(value).is_absolute():
+        return None, None
+    try:
+        path = check_allowed(value, what=f"{field} {value} (recorded in the checkpoint)")
+    except OutsideRootsError as e:
+        return None, e
+    if exists(path):
+        return path, None
+    return None, None
+
+
 def _locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir: Path | None,
                  given: frozenset[str]) -> Path:
     value = getattr(config, field)
     if field in given and value:
-        path = Path(value).expanduser()
+        path = check_allowed(Path(value).expanduser(), what=f"{field}={value}")
         if path.is_file():
             return path
         raise TokenizerError(f"{field}={value} passed to load_tokenizer is not a file", path=value)
-    if value and Path(value).is_absolute() and Path(value).is_file():
-        return Path(value)
+    recorded, outside = _recorded_here(value, field)
+    if recorded is not None:
+        return recorded
     bundled = iter_dir / TOKENIZER_DIRNAME / bundled_name if iter_dir is not None else None
     if bundled is not None and bundled.is_file():
+        bundled = check_allowed(bundled)
         if value:
-            logger.warning("%s %s recorded in the checkpoint is not here; using %s bundled with the checkpoint",
+            logger.warning("%s %s recorded in the checkpoint is not usable here; using %s bundled with the checkpoint",
                            field, value, bundled)
         return bundled
+    if outside is not None:
+        raise outside
     recorded = f"records {field}={value}, which does not exist here" if value else f"records no {field}"
     raise TokenizerError(
         f"a {config.tokenizer_type} needs {field}: the checkpoint {recorded}, and "
@@ -211,6 +236,16 @@ def _locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_di
         f"pass {field}=... to load_tokenizer",
         path=bundled if bundled is not None else value,
     )
+
+
+def _checked_directory(directory: Path) -> Path:
+    """``directory`` resolved, with every entry in it inside the roots when confined
+    (transformers reads whichever of them it knows)."""
+    real = check_allowed(directory)
+    if allowed_roots() is not None and real.is_dir():
+        for entry in sorted(os.scandir(real), key=lambda e: e.name):
+            check_allowed(Path(directory) / entry.name)
+    return real
 
 
 def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: Any, iter_dir: Path | None,
@@ -253,15 +288,20 @@ def _hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[
     value = config.tokenizer_model
     if "tokenizer_model" in given and value:
         path = Path(value).expanduser()
-        return path if path.exists() else value
-    if value and Path(value).is_absolute() and Path(value).exists():
-        return Path(value)
+        if path.exists() or path.is_symlink():
+            return _checked_directory(path) if path.is_dir() else check_allowed(path, what=f"tokenizer_model={value}")
+        return value
+    recorded, outside = _recorded_here(value, "tokenizer_model", exists=Path.exists)
+    if recorded is not None:
+        return _checked_directory(recorded) if recorded.is_dir() else recorded
     bundled = iter_dir / TOKENIZER_DIRNAME if iter_dir is not None else None
     if bundled is not None and any((bundled / name).is_file() for name in _HF_DIR_MARKERS):
         if value:
-            logger.warning("tokenizer_model %s recorded in the checkpoint is not here; using %s bundled with "
+            logger.warning("tokenizer_model %s recorded in the checkpoint is not usable here; using %s bundled with "
                            "the checkpoint", value, bundled)
-        return bundled
+        return _checked_directory(bundled)
+    if outside is not None:
+        raise outside
     if value and _HUB_NAME.match(value) and ".." not in value:
         return value  # a hub name: the local cache is tried, offline
     recorded = f"records tokenizer_model={value}, which does not exist here" if value else "records no tokenizer_model"
@@ -279,13 +319,14 @@ def _cached_snapshot(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # huggingface_hub raises several types for "not cached" / "bad name"
         raise TokenizerError(
             f"tokenizer_model {repo_id!r} is neither a local directory nor in the local Hugging Face cache; "
             f"megaload never downloads: pass tokenizer_model=... (a local directory) to load_tokenizer",
             path=repo_id,
         ) from e
+    return _checked_directory(snapshot)
 
 
 def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: Path | None, given: frozenset[str],
@@ -302,8 +343,10 @@ def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: P
         source = _cached_snapshot(source)
     if not config.legacy_tokenizer:
         vocab_file = kwargs.pop("vocab_file", None) or config.vocab_file
-        if vocab_file and Path(vocab_file).is_file():
-            kwargs["vocab_file"] = vocab_file
+        if vocab_file:
+            checked = check_allowed(vocab_file, what=f"vocab_file {vocab_file}")
+            if checked.is_file():
+                kwargs["vocab_file"] = str(checked)
     if isinstance(special_tokens, dict):
         special_tokens = list(special_tokens.values())
     try:

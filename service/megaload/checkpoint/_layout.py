@@ -29,6 +29,7 @@ from ._errors import (
     CorruptCheckpointError,
     NotACheckpointError,
     UnsupportedCheckpointError,
+    summarize,
 )
 from ._files import METADATA_JSON_LIMIT, TRACKER_LIMIT, read_json, read_limited
 
@@ -174,7 +175,7 @@ def inspect_layout(checkpoint_path: str | os.PathLike) -> CheckpointLayout:
         backend = read_checkpoint_metadata(iter_dir)["sharded_backend"]
     if backend != "torch_dist":
         raise UnsupportedCheckpointError(
-            f"checkpoint {iter_dir} uses sharded backend {backend!r}; only 'torch_dist' is supported",
+            f"checkpoint {iter_dir} uses sharded backend {summarize(backend)}; only 'torch_dist' is supported",
             path=iter_dir,
         )
     fmt = CheckpointFormat.BRIDGE if (iter_dir / RUN_CONFIG_FILENAME).is_file() else CheckpointFormat.MEGATRON_LM

@@ -43,7 +43,7 @@ from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadSt
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 
 from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
-from ._errors import CorruptCheckpointError, UnsupportedCheckpointError
+from ._errors import CorruptCheckpointError, UnsupportedCheckpointError, summarize
 from ._files import check_allowed, open_checked
 from ._layout import DCP_METADATA_FILENAME, inspect_layout, read_checkpoint_metadata
 from ._pickle import load_common_state_dict, load_dcp_metadata, load_torch_file, loads_weights_only
@@ -127,7 +127,7 @@ class _SafeFileSystemReader(FileSystemReader):
         name = os.fspath(relative_path)
         if not name or os.path.isabs(name) or ".." in Path(name).parts:
             where = Path(self.path) / DCP_METADATA_FILENAME
-            raise CorruptCheckpointError(f"{where} names data file {name!r} outside the checkpoint", path=where)
+            raise CorruptCheckpointError(f"{where} names data file {summarize(name)} outside the checkpoint", path=where)
         path = Path(self.fs.concat_path(self.path, name))
         check_allowed(path)
         return path

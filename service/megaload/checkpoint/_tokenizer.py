@@ -36,7 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import CheckpointError, IncompatibleConfigError, OutsideRootsError, TokenizerError, UnsupportedCheckpointError
+from ._errors import CheckpointError, IncompatibleConfigError, OutsideRootsError, TokenizerError, UnsupportedCheckpointError, summarize
 from ._files import TOKENIZER_CONFIG_LIMIT, allowed_roots, check_allowed, read_json
 from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, resolve_iteration_dir
 from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
@@ -143,12 +143,12 @@ def build_tokenizer(
         return NullTokenizer(config.vocab_size, legacy=config.legacy_tokenizer)
     if ttype in _UNSUPPORTED_TYPES:
         raise UnsupportedCheckpointError(
-            f"tokenizer type {ttype!r} of {where} is not supported; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            f"tokenizer type {summarize(ttype)} of {where} is not supported; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
             path=iter_dir,
         )
     if ttype not in _LIBRARY_OF_TYPE:
         raise TokenizerError(
-            f"unknown tokenizer type {ttype!r} for {where}; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            f"unknown tokenizer type {summarize(ttype)} for {where}; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
             path=iter_dir,
         )
     if not config.legacy_tokenizer:
@@ -189,7 +189,7 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
     library = metadata.get("library")
     if library is not None and library != _LIBRARY_OF_TYPE[ttype]:
         raise UnsupportedCheckpointError(
-            f"tokenizer metadata of {where} asks for library {library!r} with tokenizer type {ttype!r}; "
+            f"tokenizer metadata of {where} asks for library {summarize(library)} with tokenizer type {ttype!r}; "
             f"megaload builds {ttype} only with {_LIBRARY_OF_TYPE[ttype]!r}",
             path=where,
         )
@@ -266,7 +266,7 @@ def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: An
     sp_legacy = bool(kwargs.get("legacy", False))
     if special_tokens and not sp_legacy:
         raise IncompatibleConfigError(
-            f"special_tokens {special_tokens!r:.80} of {where} need sp_tokenizer_kwargs.legacy=true "
+            f"special_tokens {summarize(special_tokens)} of {where} need sp_tokenizer_kwargs.legacy=true "
             f"(a non-legacy SentencePiece model carries its special tokens itself)",
             path=where, field="special_tokens",
         )
@@ -322,7 +322,7 @@ def _cached_snapshot(repo_id: str) -> Path:
         snapshot = Path(snapshot_download(repo_id, local_files_only=True))
     except Exception as e:  # huggingface_hub raises several types for "not cached" / "bad name"
         raise TokenizerError(
-            f"tokenizer_model {repo_id!r} is neither a local directory nor in the local Hugging Face cache; "
+            f"tokenizer_model {summarize(repo_id)} is neither a local directory nor in the local Hugging Face cache; "
             f"megaload never downloads: pass tokenizer_model=... (a local directory) to load_tokenizer",
             path=repo_id,
         ) from e

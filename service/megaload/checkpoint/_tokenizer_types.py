@@ -22,7 +22,7 @@ import operator
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ._errors import CorruptCheckpointError, TokenizerError
+from ._errors import CorruptCheckpointError, TokenizerError, summarize
 from ._files import TOKENIZER_VOCAB_LIMIT, read_json, read_limited
 
 __all__ = ["MegatronTokenizer", "NullTokenizer", "GPT2BPETokenizer", "SPECIAL_TOKEN_NAMES"]
@@ -158,7 +158,7 @@ class NullTokenizer(MegatronTokenizer):
     def __init__(self, vocab_size: int, *, tokenizer_type: str = "NullTokenizer", legacy: bool = False) -> None:
         super().__init__(tokenizer_type=tokenizer_type, source=None, legacy=legacy)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"NullTokenizer needs a positive integer vocab_size, got {vocab_size!r}")
+            raise ValueError(f"NullTokenizer needs a positive integer vocab_size, got {summarize(vocab_size)}")
         self._vocab_size = vocab_size
         self._special["eod"] = vocab_size - 1
 

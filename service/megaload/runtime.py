@@ -5,14 +5,16 @@ registry entries) and raises only typed errors. Life cycle (driven by the app's 
 
     runtime = Runtime(settings, to_problem=problem_for)
                                      # resolves device, backend and budget; no thread yet
-    await runtime.start()            # engine thread up; /readyz turns 200 once the context is
-    ...                              # built (start() does not wait for that)
+    await runtime.start()            # leftovers of saves killed before they finished removed
+                                     # from the save roots; engine thread up; /readyz turns 200
+    ...                              # once the context is built (start() does not wait for that)
     await runtime.stop()             # cancel queued jobs, let a running save finish within the
                                      # grace period, tear the context down
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -47,6 +49,7 @@ from .checkpoint import (
     CheckpointNotFoundError,
     confined_to,
     inspect_layout,
+    remove_stale_saves,
     parse_dtype,
 )
 from .devices import device_memory_bytes
@@ -100,6 +103,11 @@ class Runtime:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        for root in self.paths.save_roots:
+            # what saves killed before they finished left behind (ours only: see _staging)
+            removed = await anyio.to_thread.run_sync(functools.partial(remove_stale_saves, root, recursive=True))
+            if removed:
+                logger.info("removed %d leftover(s) of unfinished saves under %s", len(removed), root)
         self.engine.start()
 
     async def stop(self) -> None:

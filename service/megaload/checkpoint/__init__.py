@@ -58,6 +58,7 @@ from ._model import (
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
+from ._staging import remove_stale_saves
 from ._tokenizer import (
     SUPPORTED_TOKENIZER_TYPES,
     build_tokenizer,
@@ -117,6 +118,7 @@ __all__ = [
     "is_distributed_initialized",
     "confined_to",
     "allowed_roots",
+    "remove_stale_saves",
     # errors
     "CheckpointError",
     "CheckpointNotFoundError",

@@ -96,7 +96,9 @@ class Runtime:
             budget = int(total * DEFAULT_BUDGET_FRACTION[self.engine.device])
         if budget <= 0:
             raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
-        self.registry = Registry(self.engine, budget, metrics=self.metrics)
+        self.registry = Registry(
+            self.engine, budget, metrics=self.metrics, memory_wait_seconds=settings.memory_wait_seconds
+        )
         self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
 

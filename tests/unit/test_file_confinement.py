@@ -114,3 +114,23 @@ def test_tokenizer_override_outside_the_roots_is_refused(roots):
     with confined_to([inside]), pytest.raises(OutsideRootsError) as info:
         load_tokenizer(inside / "mlm", tokenizer_type="GPTSentencePieceTokenizer", tokenizer_model=str(model))
     assert info.value.path == str(model)
+
+
+def test_a_hugging_face_directory_is_checked_file_by_file(roots):
+    from megaload.checkpoint import CorruptCheckpointError
+    from megaload.checkpoint._files import TOKENIZER_CONFIG_LIMIT
+
+    inside, outside = roots
+    hf = inside / "hf_tok"
+    hf.mkdir()
+    (outside / "tokenizer.json").write_text("{}")
+    (hf / "tokenizer.json").symlink_to(outside / "tokenizer.json")
+    with confined_to([inside]), pytest.raises(OutsideRootsError) as info:
+        load_tokenizer(inside / "mlm", tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf))
+    assert info.value.path == str(hf / "tokenizer.json")
+    (hf / "tokenizer.json").unlink()
+    config = hf / "tokenizer_config.json"
+    config.touch()
+    os.truncate(config, TOKENIZER_CONFIG_LIMIT + 1)  # sparse: the size is what counts
+    with pytest.raises(CorruptCheckpointError, match=f"limit .* is {TOKENIZER_CONFIG_LIMIT} bytes"):
+        load_tokenizer(inside / "mlm", tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf))

@@ -54,7 +54,7 @@ TRACKER_LIMIT = 64  # latest_checkpointed_iteration.txt: "100" or "release"
 METADATA_JSON_LIMIT = 64 * 1024  # metadata.json: about 120 bytes (four keys)
 RUN_CONFIG_LIMIT = 4 * 1024 * 1024  # run_config.yaml: 10-30 KB
 COMMON_PT_LIMIT = 256 * 1024 * 1024  # common.pt: 1-100 KB (version, iteration, args, param groups)
-DCP_METADATA_LIMIT = 2 * 1024 * 1024 * 1024  # .metadata: grows with tensors x shards; ~10 MB at 70B
+DCP_METADATA_LIMIT = 1024 * 1024 * 1024  # .metadata: grows with tensors x shards; tens of MB at 70B
 TOKENIZER_CONFIG_LIMIT = 16 * 1024 * 1024  # tokenizer_config.json, config.json: up to ~2 MB
 TOKENIZER_VOCAB_LIMIT = 256 * 1024 * 1024  # vocab.json, merges.txt, tokenizer.model: up to ~40 MB
 

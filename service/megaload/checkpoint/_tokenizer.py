@@ -31,15 +31,22 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import CheckpointError, IncompatibleConfigError, OutsideRootsError, TokenizerError, UnsupportedCheckpointError, summarize
-from ._files import TOKENIZER_CONFIG_LIMIT, allowed_roots, check_allowed, read_json
-from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, resolve_iteration_dir
+from ._errors import (
+    CheckpointError,
+    IncompatibleConfigError,
+    OutsideRootsError,
+    TokenizerError,
+    UnsupportedCheckpointError,
+    summarize,
+)
+from ._files import TOKENIZER_CONFIG_LIMIT, check_allowed, read_json
+from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, resolve_iteration_dir
 from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
+from ._tokenizer_files import cached_snapshot, hf_source, locate_file
 from ._tokenizer_types import GPT2BPETokenizer, MegatronTokenizer, NullTokenizer
 
 __all__ = [
@@ -66,8 +73,6 @@ _BUNDLED_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     **{t: (("tokenizer_model", "tokenizer.model"),) for t in _SENTENCEPIECE_TYPES},
 }
 _SP_KWARGS = frozenset({"legacy", "ignore_extra_whitespaces", "trim_spm_separator_after_special_token", "spm_separator"})
-_HF_DIR_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
 def read_tokenizer_config(checkpoint_path: str | os.PathLike, **overrides: Any) -> TokenizerConfig:
@@ -154,8 +159,8 @@ def build_tokenizer(
     if not config.legacy_tokenizer:
         _check_metadata(config, ttype, where)
     if ttype == "GPT2BPETokenizer":
-        vocab = _locate_file(config, "vocab_file", "vocab.json", iter_dir, given)
-        merges = _locate_file(config, "merge_file", "merges.txt", iter_dir, given)
+        vocab = locate_file(config, "vocab_file", "vocab.json", iter_dir, given)
+        merges = locate_file(config, "merge_file", "merges.txt", iter_dir, given)
         return GPT2BPETokenizer(vocab, merges, legacy=config.legacy_tokenizer)
     if ttype in _SENTENCEPIECE_TYPES:
         return _build_sentencepiece(config, ttype, special_tokens, iter_dir, given, where)
@@ -195,64 +200,11 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
         )
 
 
-def _recorded_here(value: str | None, field: str, *, exists=Path.is_file) -> tuple[Path | None, OutsideRootsError | None]:
-    """A path recorded in the checkpoint, if it is absolute and exists here (inside the roots
-    when confined); else None, with the refusal when it lies outside the roots."""
-    if not value or not Path(value).is_absolute():
-        return None, None
-    try:
-        path = check_allowed(value, what=f"{field} {value} (recorded in the checkpoint)")
-    except OutsideRootsError as e:
-        return None, e
-    if exists(path):
-        return path, None
-    return None, None
-
-
-def _locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir: Path | None,
-                 given: frozenset[str]) -> Path:
-    value = getattr(config, field)
-    if field in given and value:
-        path = check_allowed(Path(value).expanduser(), what=f"{field}={value}")
-        if path.is_file():
-            return path
-        raise TokenizerError(f"{field}={value} passed to load_tokenizer is not a file", path=value)
-    recorded, outside = _recorded_here(value, field)
-    if recorded is not None:
-        return recorded
-    bundled = iter_dir / TOKENIZER_DIRNAME / bundled_name if iter_dir is not None else None
-    if bundled is not None and bundled.is_file():
-        bundled = check_allowed(bundled)
-        if value:
-            logger.warning("%s %s recorded in the checkpoint is not usable here; using %s bundled with the checkpoint",
-                           field, value, bundled)
-        return bundled
-    if outside is not None:
-        raise outside
-    recorded = f"records {field}={value}, which does not exist here" if value else f"records no {field}"
-    raise TokenizerError(
-        f"a {config.tokenizer_type} needs {field}: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} is not there either; "
-        f"pass {field}=... to load_tokenizer",
-        path=bundled if bundled is not None else value,
-    )
-
-
-def _checked_directory(directory: Path) -> Path:
-    """``directory`` resolved, with every entry in it inside the roots when confined
-    (transformers reads whichever of them it knows)."""
-    real = check_allowed(directory)
-    if allowed_roots() is not None and real.is_dir():
-        for entry in sorted(os.scandir(real), key=lambda e: e.name):
-            check_allowed(Path(directory) / entry.name)
-    return real
-
-
 def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: Any, iter_dir: Path | None,
                          given: frozenset[str], where: Path) -> MegatronTokenizer:
     from ._tokenizer_sp import SentencePieceTokenizer
 
-    model = _locate_file(config, "tokenizer_model", "tokenizer.model", iter_dir, given)
+    model = locate_file(config, "tokenizer_model", "tokenizer.model", iter_dir, given)
     if config.legacy_tokenizer:
         return SentencePieceTokenizer(model, tokenizer_type=ttype, legacy=True,
                                       vocab_extra_ids=config.vocab_extra_ids)
@@ -284,51 +236,6 @@ def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: An
     )
 
 
-def _hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[str]) -> str | Path:
-    value = config.tokenizer_model
-    if "tokenizer_model" in given and value:
-        path = Path(value).expanduser()
-        if path.exists() or path.is_symlink():
-            return _checked_directory(path) if path.is_dir() else check_allowed(path, what=f"tokenizer_model={value}")
-        return value
-    recorded, outside = _recorded_here(value, "tokenizer_model", exists=Path.exists)
-    if recorded is not None:
-        return _checked_directory(recorded) if recorded.is_dir() else recorded
-    bundled = iter_dir / TOKENIZER_DIRNAME if iter_dir is not None else None
-    if bundled is not None and any((bundled / name).is_file() for name in _HF_DIR_MARKERS):
-        if value:
-            logger.warning("tokenizer_model %s recorded in the checkpoint is not usable here; using %s bundled with "
-                           "the checkpoint", value, bundled)
-        return _checked_directory(bundled)
-    if outside is not None:
-        raise outside
-    if value and _HUB_NAME.match(value) and ".." not in value:
-        return value  # a hub name: the local cache is tried, offline
-    recorded = f"records tokenizer_model={value}, which does not exist here" if value else "records no tokenizer_model"
-    raise TokenizerError(
-        f"a HuggingFaceTokenizer needs tokenizer_model: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} holds no tokenizer files; "
-        f"pass tokenizer_model=... (a local directory) to load_tokenizer",
-        path=bundled if bundled is not None else value,
-    )
-
-
-def _cached_snapshot(repo_id: str) -> Path:
-    """The local cache's copy of a hub repository, found without any network access (some
-    transformers versions would otherwise ask the hub about a name even with local_files_only)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        snapshot = Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as e:  # huggingface_hub raises several types for "not cached" / "bad name"
-        raise TokenizerError(
-            f"tokenizer_model {summarize(repo_id)} is neither a local directory nor in the local Hugging Face cache; "
-            f"megaload never downloads: pass tokenizer_model=... (a local directory) to load_tokenizer",
-            path=repo_id,
-        ) from e
-    return _checked_directory(snapshot)
-
-
 def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: Path | None, given: frozenset[str],
                        where: Path, trust_remote_code: bool) -> MegatronTokenizer:
     from ._tokenizer_hf import HuggingFaceTokenizer, check_hf_kwargs, needs_remote_code
@@ -338,9 +245,9 @@ def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: P
     if kwargs.get("trust_remote_code") is True and not trust_remote_code:
         logger.warning("the tokenizer settings of %s ask for trust_remote_code=True; not honoured unless the "
                        "caller passes trust_remote_code=True", where)
-    source = _hf_source(config, iter_dir, given)
+    source = hf_source(config, iter_dir, given)
     if isinstance(source, str):
-        source = _cached_snapshot(source)
+        source = cached_snapshot(source)
     if not config.legacy_tokenizer:
         vocab_file = kwargs.pop("vocab_file", None) or config.vocab_file
         if vocab_file:
@@ -388,7 +295,7 @@ def bundle_tokenizer_files(config: TokenizerConfig, dest: Path, *, iter_dir: Pat
         build_tokenizer(config, iter_dir=iter_dir)  # raises the error naming the type
     written = []
     for field, name in _BUNDLED_NAMES[ttype]:
-        source = _locate_file(config, field, name, iter_dir, frozenset())
+        source = locate_file(config, field, name, iter_dir, frozenset())
         dest.mkdir(parents=True, exist_ok=True)
         if source.resolve() != (dest / name).resolve():
             shutil.copyfile(source, dest / name)

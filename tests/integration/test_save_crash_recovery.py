@@ -153,11 +153,16 @@ def test_a_save_first_removes_dead_saves_to_the_same_destination(service):
         destination = staging.name[1:].split(".partial-")[0]
         (saves / f"{staging.name}.owner").write_text(
             json.dumps({"megaload_save": 1, "destination": destination, "replaced": None, **owner}))
-    model = service.load("mlm_gpt").json()["id"]
-    r = service.client.post(f"/v1/models/{model}/save", json={"path": "pre_clean"})
-    assert r.status_code == 202, r.text
-    assert service.wait_job(r.json()["id"])["state"] == "succeeded"
-    assert _complete(saves / "pre_clean")
-    assert not dead.exists() and not (saves / f"{dead.name}.owner").exists()
-    assert alive.is_dir() and (saves / f"{alive.name}.owner").is_file()
-    assert other.is_dir() and (saves / f"{other.name}.owner").is_file()
+    try:
+        model = service.load("mlm_gpt").json()["id"]
+        r = service.client.post(f"/v1/models/{model}/save", json={"path": "pre_clean"})
+        assert r.status_code == 202, r.text
+        assert service.wait_job(r.json()["id"])["state"] == "succeeded"
+        assert _complete(saves / "pre_clean")
+        assert not dead.exists() and not (saves / f"{dead.name}.owner").exists()
+        assert alive.is_dir() and (saves / f"{alive.name}.owner").is_file()
+        assert other.is_dir() and (saves / f"{other.name}.owner").is_file()
+    finally:  # the save root is shared with other tests, which expect no leftovers
+        for staging in records:
+            shutil.rmtree(staging, ignore_errors=True)
+            (saves / f"{staging.name}.owner").unlink(missing_ok=True)

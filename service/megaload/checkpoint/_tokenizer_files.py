@@ -62,7 +62,7 @@ def locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir
         bundled = check_allowed(bundled)
         if value:
             logger.warning("%s %s recorded in the checkpoint is not usable here; using %s bundled with the checkpoint",
-                           field, value, bundled)
+                           field, summarize(value), bundled)
         return bundled
     if outside is not None:
         raise outside
@@ -112,7 +112,7 @@ def hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[s
     if bundled is not None and any((bundled / name).is_file() for name in _HF_DIR_MARKERS):
         if value:
             logger.warning("tokenizer_model %s recorded in the checkpoint is not usable here; using %s bundled with "
-                           "the checkpoint", value, bundled)
+                           "the checkpoint", summarize(value), bundled)
         return checked_directory(bundled)
     if outside is not None:
         raise outside

@@ -43,6 +43,7 @@ from ..errors import (
     InsufficientMemoryError,
     JobNotCancellableError,
     JobNotFoundError,
+    MemoryWaitTimeoutError,
     ModelNotFoundError,
     NotReadyError,
     ServiceError,
@@ -89,6 +90,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     InsufficientMemoryError: p.INSUFFICIENT_MEMORY,
     NotReadyError: p.NOT_READY,
     EngineStoppedError: p.NOT_READY,
+    MemoryWaitTimeoutError: p.NOT_READY,
     # the streaming library
     StreamingError: p.INTERNAL,
     InvalidShardOptionsError: p.VALIDATION,

@@ -13,7 +13,8 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
     ├── JobNotCancellableError     the job already runs or has finished
     ├── InsufficientMemoryError    (also MemoryError) the model cannot fit the budget
     ├── NotReadyError              the engine is not (or no longer) up
-    └── EngineStoppedError         the engine shut down before running a command
+    │   ├── EngineStoppedError     the engine shut down before running a command
+    │   └── MemoryWaitTimeoutError a load waited too long for memory that can become free
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "InsufficientMemoryError",
     "NotReadyError",
     "EngineStoppedError",
+    "MemoryWaitTimeoutError",
 ]
 
 
@@ -108,3 +110,8 @@ class EngineStoppedError(NotReadyError):
 
     def __init__(self, message: str = "the engine is shutting down") -> None:
         super().__init__(message, retry_after=None)
+
+
+class MemoryWaitTimeoutError(NotReadyError):
+    """A load that would fit once other loads finish or models are evicted did not get its
+    memory within the registry's wait (503 with Retry-After: try again later)."""

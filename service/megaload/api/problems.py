@@ -31,6 +31,7 @@ from ..checkpoint import (
     IncompatibleConfigError,
     InvalidDtypeError,
     NotACheckpointError,
+    OutsideRootsError,
     TokenizerError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
@@ -42,6 +43,7 @@ from ..errors import (
     InsufficientMemoryError,
     JobNotCancellableError,
     JobNotFoundError,
+    MemoryWaitTimeoutError,
     ModelNotFoundError,
     NotReadyError,
     ServiceError,
@@ -75,6 +77,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     InvalidDtypeError: p.INVALID_DTYPE,
     TokenizerError: p.TOKENIZER_ERROR,
     CheckpointExistsError: p.CHECKPOINT_EXISTS,
+    OutsideRootsError: p.FORBIDDEN_PATH,
     DistributedContextError: p.INTERNAL,
     # the service's ServiceError tree
     ServiceError: p.INTERNAL,
@@ -87,6 +90,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     InsufficientMemoryError: p.INSUFFICIENT_MEMORY,
     NotReadyError: p.NOT_READY,
     EngineStoppedError: p.NOT_READY,
+    MemoryWaitTimeoutError: p.NOT_READY,
     # the streaming library
     StreamingError: p.INTERNAL,
     InvalidShardOptionsError: p.VALIDATION,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from megatron.core.transformer import TransformerConfig
 
-from ._errors import IncompatibleConfigError, UnsupportedCheckpointError
+from ._errors import IncompatibleConfigError, UnsupportedCheckpointError, summarize
 
 __all__ = ["GPTModelProvider", "LAYER_SPECS", "padded_vocab_size", "gpt_layer_spec"]
 
@@ -62,7 +62,7 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
     )
 
     if spec_name not in LAYER_SPECS:
-        raise UnsupportedCheckpointError(f"unknown transformer layer spec {spec_name!r}; known: {', '.join(LAYER_SPECS)}")
+        raise UnsupportedCheckpointError(f"unknown transformer layer spec {summarize(spec_name)}; known: {', '.join(LAYER_SPECS)}")
     if getattr(config, "multi_latent_attention", False):
         raise UnsupportedCheckpointError("multi-latent attention (MLA) models are not supported yet")
     wants_te = spec_name != "local_layer_spec"
@@ -148,7 +148,7 @@ class GPTModelProvider(TransformerConfig):
         spec = gpt_layer_spec(self, self.transformer_layer_spec)
         if self.position_embedding_type not in ("learned_absolute", "rope", "yarn", "none", "mrope"):
             raise IncompatibleConfigError(
-                f"unknown position_embedding_type {self.position_embedding_type!r}", field="position_embedding_type"
+                f"unknown position_embedding_type {summarize(self.position_embedding_type)}", field="position_embedding_type"
             )
         return GPTModel(
             config=self,

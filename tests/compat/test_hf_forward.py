@@ -7,16 +7,13 @@ biases moved away from their initial values so a misplaced one shows), run on CP
 that ``AutoModelForCausalLM.from_pretrained`` loads (transformers 5 also re-fuses the MoE
 experts on load). Logits agree to 1e-4 over the true vocabulary.
 
-Set ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON`` to a Python with transformers 4.x to check the same
-directories load and compute the same logits there too.
+With ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON`` set (``tests/transformers4.py``), transformers 4.x
+loads the same directories and computes the same logits too.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 from megaload.checkpoint import GPTModelProvider, model_state_dict, temporary_distributed_context
 from megaload.hf import hf_view, write_hf_directory
 from mcore_cpu_forward import megatron_logits
+from transformers4 import needs_transformers4, transformers4_logits
 
 INPUT_IDS = torch.randint(0, 100, (1, 48), generator=torch.Generator().manual_seed(7))
 VOCAB = 100  # padded to 128 in the Megatron model
@@ -123,29 +121,10 @@ def test_the_llama3_rope_scaling_matters(exported, tmp_path):
     assert (_hf_logits(plain) - want[..., :VOCAB]).abs().max() > 1e-2
 
 
-_TRANSFORMERS4 = os.environ.get("MEGALOAD_TEST_TRANSFORMERS4_PYTHON")
-_SCRIPT = """
-import sys, torch, transformers
-from safetensors.torch import save_file
-assert transformers.__version__.startswith("4."), transformers.__version__
-ids = torch.tensor([[int(x) for x in sys.argv[3].split(",")]])
-model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32).eval()
-with torch.no_grad():
-    save_file({"logits": model(ids).logits.float().contiguous()}, sys.argv[2])
-print(transformers.__version__, type(model).__name__)
-"""
-
-
-@pytest.mark.skipif(not _TRANSFORMERS4, reason="MEGALOAD_TEST_TRANSFORMERS4_PYTHON (a Python with transformers 4.x) is not set")
+@needs_transformers4
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_transformers_4_computes_the_same_logits(exported, case, tmp_path):
-    from safetensors.torch import load_file
-
+def test_transformers_4_computes_the_same_logits(exported, case):
     directory, want, view = exported[case]
-    out = tmp_path / "logits.safetensors"
-    ids = ",".join(str(i) for i in INPUT_IDS[0].tolist())
-    done = subprocess.run([_TRANSFORMERS4, "-c", _SCRIPT, str(directory), str(out), ids],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert view.architecture in done.stdout
-    torch.testing.assert_close(load_file(str(out))["logits"], want[..., :VOCAB], atol=1e-4, rtol=0)
+    got, loaded = transformers4_logits(directory, INPUT_IDS, torch.float32)
+    assert loaded.split()[1:] == [view.architecture.replace("ForCausalLM", "Config"), view.architecture]
+    torch.testing.assert_close(got, want[..., :VOCAB], atol=1e-4, rtol=0)

@@ -1,9 +1,11 @@
 """transformers 4.x, run in another Python, on an exported directory: the second transformers
 major version the HF view must load in (the project's venv has 5.x).
 
-Set ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON`` to a Python interpreter with transformers 4.x (and
-torch, safetensors) installed; tests using :func:`transformers4_logits` skip when it is unset.
-Importable from every test folder (``tests/`` is on ``sys.path``).
+The interpreter: ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON``, else the upstream oracle's
+(``MEGALOAD_ORACLE_PYTHON``, else ``.venv-oracle`` that ``make test-upstream`` makes; it has
+transformers 4.57). Tests marked :data:`needs_transformers4` skip when there is none, and fail
+instead under ``MEGALOAD_REQUIRE_ORACLE=1``. Importable from every test folder (``tests/`` is
+on ``sys.path``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,23 @@ import torch
 
 __all__ = ["TRANSFORMERS4_PYTHON", "needs_transformers4", "transformers4_logits"]
 
-TRANSFORMERS4_PYTHON = os.environ.get("MEGALOAD_TEST_TRANSFORMERS4_PYTHON")
+_REPO = Path(__file__).resolve().parents[1]
 
+
+def _interpreter() -> str | None:
+    for candidate in (os.environ.get("MEGALOAD_TEST_TRANSFORMERS4_PYTHON"), os.environ.get("MEGALOAD_ORACLE_PYTHON"),
+                      str(_REPO / ".venv-oracle" / "bin" / "python")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    return None
+
+
+TRANSFORMERS4_PYTHON = _interpreter()
+_MISSING = "no Python with transformers 4.x (MEGALOAD_TEST_TRANSFORMERS4_PYTHON, MEGALOAD_ORACLE_PYTHON, .venv-oracle)"
+
+# Under MEGALOAD_REQUIRE_ORACLE=1 the tests run, and transformers4_logits fails for want of one.
 needs_transformers4 = pytest.mark.skipif(
-    not TRANSFORMERS4_PYTHON, reason="MEGALOAD_TEST_TRANSFORMERS4_PYTHON (a Python with transformers 4.x) is not set"
+    TRANSFORMERS4_PYTHON is None and os.environ.get("MEGALOAD_REQUIRE_ORACLE") != "1", reason=_MISSING
 )
 
 _SCRIPT = """
@@ -42,6 +57,8 @@ def transformers4_logits(directory: Path, input_ids: torch.Tensor, dtype: torch.
     """(logits [batch, seq, vocab] float32, "version ConfigClass ModelClass") from transformers 4.x."""
     from safetensors.torch import load_file
 
+    if TRANSFORMERS4_PYTHON is None:
+        pytest.fail(_MISSING)
     ids = ",".join(str(int(i)) for i in input_ids[0].tolist())
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "logits.safetensors"

@@ -7,7 +7,7 @@ biases moved away from their initial values so a misplaced one shows), run on CP
 that ``AutoModelForCausalLM.from_pretrained`` loads (transformers 5 also re-fuses the MoE
 experts on load). Logits agree to 1e-4 over the true vocabulary.
 
-With ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON`` set (``tests/transformers4.py``), transformers 4.x
+Where a Python with transformers 4.x is at hand (``tests/transformers4.py``), that version
 loads the same directories and computes the same logits too.
 """
 

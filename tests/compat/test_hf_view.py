@@ -9,7 +9,7 @@
   are megatron-core's (``reference_mcore_logits.safetensors``, first 200 columns) to 1e-4.
 - bridge_gpt_tied_rope_fp32 (LayerNorm) is refused naming the field, and nothing is written.
 
-With ``MEGALOAD_TEST_TRANSFORMERS4_PYTHON`` set (``tests/transformers4.py``), transformers 4.x
+Where a Python with transformers 4.x is at hand (``tests/transformers4.py``), that version
 computes the same logits from the exports.
 """
 

@@ -187,8 +187,36 @@ def test_exported_directory_holds_the_save_pretrained_files(name, exported):
     assert ours_tok(text)["input_ids"] == transformers.AutoTokenizer.from_pretrained(FIXTURES_DIR / name / "hf")(text)["input_ids"]
 
 
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_the_tables_read_backwards_are_upstreams_import(name, references, assert_bitwise_equal):
+    """HF -> Megatron with the same tables gives what upstream's AutoBridge import loads to."""
+    view = _view(name)
+    rows = references.state_dict(name)["model.embedding.word_embeddings.weight"].shape[0]
+    got = dict(view.import_tensors(_original_tensors(name), padded_vocab_size=rows))
+    assert_bitwise_equal(got, references.state_dict(name))
+
+
+def test_hf_tensors_the_config_contradicts_are_refused_naming_the_tensor():
+    name = "hf_qwen2"
+    view = _view(name)
+    original = _original_tensors(name)
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan({k: v for k, v in original.items() if k != "model.layers.0.self_attn.k_proj.weight"})
+    assert info.value.field == "model.layers.0.self_attn.k_proj.weight"
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan(dict(original, **{"model.layers.0.mlp.up_proj.weight": torch.zeros(3, 3)}))
+    assert info.value.field == "model.layers.0.mlp.up_proj.weight"
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan(dict(original, **{"model.layers.0.self_attn.o_proj.bias": torch.zeros(64)}))
+    assert info.value.field == "model.layers.0.self_attn.o_proj.bias"
+    plan = view.mcore_plan(original)
+    assert plan["model.decoder.layers.0.self_attention.linear_qkv.bias"].sources == tuple(
+        f"model.layers.0.self_attn.{p}_proj.bias" for p in "qkv"
+    )
+
+
 def test_transformer_engine_spellings_map_as_the_local_ones(references, assert_bitwise_equal):
-    name = HF_FIXTURES[0]
+    name = "hf_qwen2"
     local = references.state_dict(name)
     te = {}
     for key, tensor in local.items():
@@ -200,7 +228,7 @@ def test_transformer_engine_spellings_map_as_the_local_ones(references, assert_b
 
 
 def test_a_state_dict_the_config_contradicts_is_refused_naming_the_tensor(references):
-    name = HF_FIXTURES[0]
+    name = "hf_qwen2"
     view = _view(name)
     state = dict(references.state_dict(name))
     extra = dict(state, **{"model.decoder.layers.0.self_attention.linear_proj.bias": torch.zeros(64)})

@@ -22,6 +22,7 @@ from ..checkpoint import UnmappableModelError
 from ._architectures import ARCHITECTURES, Architecture, architecture_named
 from ._export import DEFAULT_MAX_SHARD_BYTES, TOKENIZER_FILE_NAMES, export_hf, index_json, tokenizer_files, write_hf_directory
 from ._facts import ModelFacts, model_facts
+from ._import import MegatronTensor
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
 from ._view import HFTensor, HFView, hf_view
 
@@ -29,6 +30,7 @@ __all__ = [
     "hf_view",
     "HFView",
     "HFTensor",
+    "MegatronTensor",
     "UnmappableModelError",
     "export_hf",
     "write_hf_directory",

@@ -7,6 +7,7 @@
     plan = view.tensor_plan({name: (shape, dtype), ...})               # HF name -> HFTensor, HF order
     tensor = plan[hf_name].build([mcore_state[s] for s in plan[hf_name].sources])
     for hf_name, tensor in view.export(mcore_state): ...                # the same, one at a time
+    for mcore_name, tensor in view.import_tensors(hf_state): ...        # the other way (same tables)
 
 The plan needs names, shapes and dtypes only; it checks every Megatron tensor against the
 config (shapes, nothing left over, nothing missing) before any tensor data is touched.
@@ -167,6 +168,20 @@ class HFView:
         plan = self.tensor_plan(mcore_tensors)
         for name, spec in plan.items():
             yield name, spec.build([mcore_tensors[s] for s in spec.sources])
+
+    def mcore_plan(self, hf_specs: Mapping[str, Any], *, padded_vocab_size: int | None = None):
+        """The other way: Megatron name (``model.``-prefixed, local spec) -> ``MegatronTensor``
+        made of Hugging Face tensors described by ``hf_specs``; see :func:`._import.mcore_plan`."""
+        from ._import import mcore_plan
+
+        return mcore_plan(self, hf_specs, padded_vocab_size=padded_vocab_size)
+
+    def import_tensors(self, hf_tensors: Mapping[str, torch.Tensor], *,
+                       padded_vocab_size: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Megatron name, tensor) merged from Hugging Face tensors, one at a time."""
+        from ._import import import_tensors
+
+        return import_tensors(self, hf_tensors, padded_vocab_size=padded_vocab_size)
 
     def lazy_tensors(self, mcore_tensors: Mapping[str, torch.Tensor]):
         """The HF tensors as a :class:`megaload.streaming.LazyTensors` (specs now, data built

@@ -215,6 +215,36 @@ def test_hf_tensors_the_config_contradicts_are_refused_naming_the_tensor():
     )
 
 
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_only_qkv_of_several_query_groups_are_copies(name, references):
+    """No second copy of the model: every HF tensor is a view of its Megatron tensor except
+    q/k/v when there are several query groups (strided), which are copied one at a time."""
+    config, args = load_model_config(_checkpoint(name))
+    try:
+        view = hf_view(config, megatron_args=args)
+    except UnmappableModelError:
+        pytest.skip(f"{name} has no Hugging Face form")
+    state = references.state_dict(name)
+    copied = []
+    for hf_name, spec in view.tensor_plan(state).items():
+        built = spec.build([state[s] for s in spec.sources])
+        source = state[spec.sources[0]]
+        if built.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+            copied.append(hf_name)
+    groups = view.config_json["num_key_value_heads"]
+    assert all(".self_attn." in n and n.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj") for n in copied), copied
+    assert bool(copied) == (groups > 1)
+
+
+def test_names_without_the_model_prefix_are_accepted(references):
+    view = _view("hf_qwen2")
+    state = references.state_dict("hf_qwen2")
+    bare = {k.removeprefix("model."): v for k, v in state.items()}
+    plan = view.tensor_plan(bare)
+    assert plan["model.embed_tokens.weight"].sources == ("embedding.word_embeddings.weight",)
+    assert {k: torch.equal(v, dict(view.export(state))[k]) for k, v in view.export(bare)} == dict.fromkeys(plan, True)
+
+
 def test_transformer_engine_spellings_map_as_the_local_ones(references, assert_bitwise_equal):
     name = "hf_qwen2"
     local = references.state_dict(name)

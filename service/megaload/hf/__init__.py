@@ -20,7 +20,16 @@ router). :func:`export_hf` writes the directory ``save_pretrained`` would.
 
 from ..checkpoint import UnmappableModelError
 from ._architectures import ARCHITECTURES, Architecture, architecture_named
-from ._export import DEFAULT_MAX_SHARD_BYTES, TOKENIZER_FILE_NAMES, export_hf, index_json, tokenizer_files, write_hf_directory
+from ._export import (
+    DEFAULT_MAX_SHARD_BYTES,
+    TOKENIZER_FILE_NAMES,
+    config_files,
+    export_hf,
+    index_json,
+    json_file_bytes,
+    tokenizer_files,
+    write_hf_directory,
+)
 from ._facts import ModelFacts, model_facts
 from ._import import MegatronTensor
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
@@ -36,6 +45,8 @@ __all__ = [
     "write_hf_directory",
     "tokenizer_files",
     "index_json",
+    "config_files",
+    "json_file_bytes",
     "DEFAULT_MAX_SHARD_BYTES",
     "TOKENIZER_FILE_NAMES",
     "ARCHITECTURES",

@@ -43,6 +43,8 @@ __all__ = [
     "write_hf_directory",
     "tokenizer_files",
     "index_json",
+    "config_files",
+    "json_file_bytes",
     "DEFAULT_MAX_SHARD_BYTES",
     "TOKENIZER_FILE_NAMES",
 ]
@@ -83,16 +85,25 @@ def tokenizer_files(checkpoint_path: str | os.PathLike) -> list[Path]:
     )
 
 
-def index_json(plan, total_parameters: int) -> dict[str, Any]:
-    """``model.safetensors.index.json`` as transformers writes it for a shard plan."""
+def index_json(plan) -> dict[str, Any]:
+    """``model.safetensors.index.json`` as transformers writes it, for a shard plan of the HF
+    tensors (``megaload.streaming.plan_shards``)."""
+    total_parameters = sum(_numel(entry.shape) for entry in plan.tensors.values())
     return {
         "metadata": {"total_parameters": total_parameters, "total_size": plan.total_size},
         "weight_map": plan.weight_map,
     }
 
 
-def _json_text(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def json_file_bytes(data: dict[str, Any]) -> bytes:
+    """A JSON file as transformers writes its config files (sorted keys, indent 2, newline)."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def config_files(view: HFView) -> dict[str, bytes]:
+    """``config.json`` and ``generation_config.json`` of a view, as the bytes export writes."""
+    return {"config.json": json_file_bytes(view.config_json),
+            "generation_config.json": json_file_bytes(view.generation_config_json)}
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -128,8 +139,8 @@ def write_hf_directory(view: HFView, mcore_tensors, staging: Path, *, tokenizer_
     lazy = view.lazy_tensors(mcore_tensors)
     plan = plan_shards(lazy, ShardOptions(max_shard_bytes=max_shard_bytes))
     written = []
-    for name, data in (("config.json", view.config_json), ("generation_config.json", view.generation_config_json)):
-        _write_file(staging / name, [_json_text(data).encode("utf-8")])
+    for name, data in config_files(view).items():
+        _write_file(staging / name, [data])
         written.append(name)
     for source in tokenizer_sources:
         shutil.copyfile(source, staging / source.name)
@@ -137,8 +148,7 @@ def write_hf_directory(view: HFView, mcore_tensors, staging: Path, *, tokenizer_
     for shard in plan.shards:
         _write_file(staging / shard.filename, iter_shard_bytes(plan, shard.index, lazy, chunk_bytes=_CHUNK))
         written.append(shard.filename)
-    total_parameters = sum(_numel(spec.shape) for spec in lazy.specs.values())
-    _write_file(staging / "model.safetensors.index.json", [_json_text(index_json(plan, total_parameters)).encode()])
+    _write_file(staging / "model.safetensors.index.json", [json_file_bytes(index_json(plan))])
     written.append("model.safetensors.index.json")
     return written
 

@@ -31,6 +31,7 @@ from ._export import (
     write_hf_directory,
 )
 from ._facts import ModelFacts, model_facts
+from ._hints import architecture_hint, architecture_of_provider
 from ._import import MegatronTensor
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
 from ._view import HFTensor, HFView, hf_view
@@ -41,6 +42,8 @@ __all__ = [
     "HFTensor",
     "MegatronTensor",
     "UnmappableModelError",
+    "architecture_hint",
+    "architecture_of_provider",
     "export_hf",
     "write_hf_directory",
     "tokenizer_files",

@@ -36,6 +36,7 @@ from ..checkpoint import (
 from ..checkpoint._layout import TOKENIZER_DIRNAME
 from ..checkpoint._save import _fsync_dir, _publish
 from ..streaming import ShardOptions, iter_shard_bytes, plan_shards
+from ._hints import architecture_hint
 from ._view import HFView, hf_view
 
 __all__ = [
@@ -171,7 +172,8 @@ def export_hf(
     """Write the Hugging Face form of a Megatron Bridge or Megatron-LM checkpoint to ``out_dir``.
 
     CPU only; needs neither a GPU nor Megatron Bridge. ``architecture`` names the target
-    (default: chosen from the config, see :func:`megaload.hf.hf_view`). Refuses an existing
+    (default: the one a Bridge import came from, else chosen from the config; see
+    :func:`megaload.hf.hf_view`). Refuses an existing
     non-empty ``out_dir`` (CheckpointExistsError) unless ``overwrite`` is true and it is a
     Hugging Face model directory. Raises UnmappableModelError before reading any weight when
     the model has no Hugging Face form. Returns the absolute path written.
@@ -184,7 +186,8 @@ def export_hf(
     except CheckpointError as e:
         logger.warning("no tokenizer for %s (%s): config.json gets no bos/eos/pad ids", checkpoint_path, e)
         tokenizer = None
-    view = hf_view(config, megatron_args=args, tokenizer=tokenizer, architecture=architecture)
+    view = hf_view(config, megatron_args=args, tokenizer=tokenizer, architecture=architecture,
+                   hint=architecture_hint(checkpoint_path))
     model = load_megatron_model(checkpoint_path, use_cpu_init=True)
     state = model_state_dict(model)
     view.tensor_plan(state)  # refuse a state dict the config contradicts before creating anything

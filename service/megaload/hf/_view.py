@@ -205,6 +205,7 @@ def hf_view(
     megatron_args: argparse.Namespace | None = None,
     tokenizer: Any = None,
     architecture: str | None = None,
+    hint: str | None = None,
 ) -> HFView:
     """The Hugging Face view of a model config (what ``load_model_config`` returns: our
     GPTModelProvider, or a Megatron-LM TransformerConfig with its args).
@@ -213,11 +214,13 @@ def hf_view(
     Megatron-LM checkpoints without ``args.vocab_size``, the vocabulary size. ``architecture``
     names the target (``"MistralForCausalLM"`` or ``"mistral"``); by default the model's
     features choose it: experts -> Qwen3-MoE, q/k norm -> Qwen3, q/k/v biases -> Qwen2, sliding
-    window -> Mistral, else Llama. Raises UnmappableModelError(field=...) when the model cannot
-    be that (or any) Hugging Face model.
+    window -> Mistral, else Llama. ``hint`` (:func:`architecture_hint` of the checkpoint: the
+    architecture a Bridge import came from) is preferred to that choice when it can hold the
+    model. Raises UnmappableModelError(field=...) when the model cannot be that (or any)
+    Hugging Face model.
     """
     facts = model_facts(config, megatron_args=megatron_args, tokenizer=tokenizer)
-    arch = choose_architecture(facts, architecture)
+    arch = choose_architecture(facts, architecture, hint=hint)
     return HFView(
         architecture=arch.name,
         model_type=arch.model_type,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -246,13 +247,23 @@ def test_names_without_the_model_prefix_are_accepted(references):
     assert {k: torch.equal(v, dict(view.export(state))[k]) for k, v in view.export(bare)} == dict.fromkeys(plan, True)
 
 
-def test_transformer_engine_spellings_map_as_the_local_ones(references, assert_bitwise_equal):
-    name = "hf_qwen2"
+_TE_SPELLINGS = (
+    (re.compile(r"\.input_layernorm\.weight$"), ".self_attention.linear_qkv.layer_norm_weight"),
+    (re.compile(r"\.pre_mlp_layernorm\.weight$"), ".mlp.linear_fc1.layer_norm_weight"),
+    (re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.linear_fc(\d)\.weight$"), r".mlp.experts.linear_fc\2.weight\1"),
+)
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_transformer_engine_spellings_map_as_the_local_ones(name, references, assert_bitwise_equal):
+    """Norms fused into TE's linear layers and TE's grouped experts (``linear_fc1.weight<e>``)."""
     local = references.state_dict(name)
     te = {}
     for key, tensor in local.items():
-        key = key.replace(".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight")
-        te[key.replace(".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight")] = tensor
+        for pattern, replacement in _TE_SPELLINGS:
+            if name != "hf_qwen3_moe" or "experts" in key or "input_layernorm" in key:
+                key = pattern.sub(replacement, key)  # MoE layers keep a separate pre-MLP norm under TE
+        te[key] = tensor
     assert te.keys() != local.keys()
     view = _view(name)
     assert_bitwise_equal(dict(view.export(te)), dict(view.export(local)))

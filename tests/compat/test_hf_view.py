@@ -358,3 +358,13 @@ def test_cli_exports_and_refuses(tmp_path):
     assert refused.returncode == 1
     assert "UnmappableModelError" in refused.stderr and "normalization" in refused.stderr
     assert not (tmp_path / "ln").exists()
+
+
+def test_cli_help_and_a_bad_shard_size(tmp_path):
+    shown = _cli("--help")
+    assert shown.returncode == 0
+    for flag in ("CHECKPOINT", "OUT_DIR", "--architecture", "--overwrite", "--max-shard-size"):
+        assert flag in shown.stdout, flag
+    bad = _cli(str(_checkpoint("mlm_gpt")), str(tmp_path / "hf"), "--max-shard-size", "lots")
+    assert bad.returncode != 0 and "--max-shard-size" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "hf").exists()

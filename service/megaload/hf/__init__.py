@@ -15,7 +15,11 @@ Hugging Face tensor to the Megatron tensor it comes from through a named transfo
 
 Supported: LlamaForCausalLM (Llama 2/3, ``llama3`` rope scaling), MistralForCausalLM,
 Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norm), Qwen3MoeForCausalLM (experts,
-router). :func:`export_hf` writes the directory ``save_pretrained`` would.
+router). :func:`export_hf` writes the directory ``save_pretrained`` would;
+``view.lazy_tensors(state)`` feeds :mod:`megaload.streaming` (what the Hub routes serve, with
+:func:`config_files`, :func:`index_json` and :func:`tokenizer_files`); ``view.mcore_plan`` /
+``view.import_tensors`` read the same tables the other way (HF -> Megatron).
+:func:`architecture_hint` reads which architecture a Bridge import came from.
 """
 
 from ..checkpoint import UnmappableModelError

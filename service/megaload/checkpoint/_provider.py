@@ -66,6 +66,16 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
     if getattr(config, "multi_latent_attention", False):
         raise UnsupportedCheckpointError("multi-latent attention (MLA) models are not supported yet")
     wants_te = spec_name != "local_layer_spec"
+    if config.num_moe_experts and config.moe_grouped_gemm and not (wants_te and _transformer_engine_available()):
+        from megatron.core.transformer.moe.grouped_gemm_util import grouped_gemm_is_available
+
+        if not grouped_gemm_is_available():
+            raise IncompatibleConfigError(
+                "moe_grouped_gemm is true: grouped-GEMM experts need Transformer Engine or the grouped_gemm "
+                "kernels (a GPU host); this host has neither. Sequential experts (moe_grouped_gemm: false) "
+                "load on CPU",
+                field="moe_grouped_gemm",
+            )
     if wants_te and _transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec(
             num_experts=config.num_moe_experts,
@@ -85,6 +95,10 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
 @dataclass
 class GPTModelProvider(TransformerConfig):
     """TransformerConfig plus the GPT-specific fields; :meth:`provide` builds the model."""
+
+    # Not a dataclass field (no annotation): the Bridge provider class a run config named, e.g.
+    # ``megatron.bridge.models.mistral.mistral_provider.MistralModelProvider`` (set when read).
+    source_target = "megatron.bridge.models.gpt_provider.GPTModelProvider"
 
     fp16_lm_cross_entropy: bool = False
     parallel_output: bool = True

@@ -76,6 +76,7 @@ class _SafeFileSystemReader(FileSystemReader):
         super().__init__(path)
         self._metadata = None
         self.workers = read_workers() if workers is None else workers
+        self._seen_pickles: dict[bytes, torch.Tensor] = {}  # see open_tensor_record
 
     def read_metadata(self, *args: Any, **kwargs: Any):
         if self._metadata is None:
@@ -134,7 +135,7 @@ class _SafeFileSystemReader(FileSystemReader):
     def _read_tensor(self, raw, path, item, target: torch.Tensor, scratch: torch.Tensor) -> None:
         info = self.storage_data[item.storage_index]
         what = f"{path}@{info.offset} ({item.storage_index.fqn})"
-        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what)
+        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what, seen=self._seen_pickles)
         source = record.meta if record.loaded is None else record.loaded
         source = narrow_tensor_by_index(source, item.storage_offsets, item.lengths)
         if target.size() != source.size():
@@ -157,6 +158,17 @@ def read_workers() -> int:
     return max(1, min(8, cores))
 
 
+def staging_buffer(targets: list[torch.Tensor]) -> torch.Tensor:
+    """The scratch buffer a run of reads stages through where a target is not a plain CPU image
+    of its record (a cast, or another device): page-locked when a target lives on a GPU, so each
+    chunk's host-to-device copy is a DMA from it rather than through a bounce buffer of the
+    driver's; plain memory otherwise (left untouched unless a cast needs it)."""
+    scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
+    if any(t.device.type == "cuda" for t in targets) and torch.cuda.is_available():
+        scratch = scratch.pin_memory()
+    return scratch
+
+
 def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: int) -> None:
     """Read ``(item, target)`` pairs with up to ``workers`` threads. Items are sorted by file
     and offset and cut into runs of about equal bytes, one run per thread, each with its own
@@ -174,7 +186,7 @@ def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: 
         done_bytes += reader._where(item)[1].length
 
     def read_run(run: list) -> None:
-        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)  # untouched unless a cast needs it
+        scratch = staging_buffer([target for _, target in run])
         files: dict[str, Any] = {}
         try:
             for item, target in run:

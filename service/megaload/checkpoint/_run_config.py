@@ -206,9 +206,13 @@ def provider_from_run_config(run_config: dict[str, Any], *, path: str | Path) ->
     if kwargs.get("vocab_size") is None:
         raise IncompatibleConfigError(f"{path}: model.vocab_size is missing", path=path, field="vocab_size")
     try:
-        return GPTModelProvider(**kwargs)
+        provider = GPTModelProvider(**kwargs)
     except (TypeError, ValueError, AssertionError, AttributeError) as e:
         raise IncompatibleConfigError(f"{path}: model config cannot be built: {e}", path=path) from e
+    # Which of Bridge's GPT-family providers wrote it (e.g. MistralModelProvider): not a field,
+    # so a save still names our GPTModelProvider, whose fields upstream instantiates as they are.
+    provider.source_target = target or BRIDGE_GPT_PROVIDER_TARGET
+    return provider
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from megaload.checkpoint import (
     load_tokenizer,
     model_state_dict,
 )
-from megaload.hf import architecture_hint, export_hf, hf_view
+from megaload.hf import export_hf, hf_view
 from transformers4 import needs_transformers4, transformers4_logits
 from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
@@ -67,8 +67,7 @@ def _original_tensors(name: str) -> dict[str, torch.Tensor]:
 
 def _view(name: str):
     config, args = load_model_config(_checkpoint(name))
-    return hf_view(config, megatron_args=args, tokenizer=load_tokenizer(_checkpoint(name)),
-                   hint=architecture_hint(_checkpoint(name)))
+    return hf_view(config, megatron_args=args, tokenizer=load_tokenizer(_checkpoint(name)))
 
 
 @pytest.fixture(scope="module")

@@ -217,3 +217,11 @@ def test_a_hint_is_taken_only_when_it_holds_the_model():
     assert hf_view(provider(add_qkv_bias=True), hint="MistralForCausalLM").architecture == "Qwen2ForCausalLM"
     assert hf_view(provider(), hint="SomethingElse").architecture == "LlamaForCausalLM"
     assert hf_view(provider(), architecture="llama", hint="MistralForCausalLM").architecture == "LlamaForCausalLM"
+
+
+def test_a_bridge_import_keeps_its_architecture():
+    mistral = provider()
+    mistral.source_target = "megatron.bridge.models.mistral.mistral_provider.MistralModelProvider"
+    assert hf_view(mistral).architecture == "MistralForCausalLM"
+    assert hf_view(mistral, architecture="LlamaForCausalLM").architecture == "LlamaForCausalLM"
+    assert hf_view(provider()).architecture == "LlamaForCausalLM"  # a plain GPTModelProvider

@@ -19,7 +19,7 @@ router). :func:`export_hf` writes the directory ``save_pretrained`` would;
 ``view.lazy_tensors(state)`` feeds :mod:`megaload.streaming` (what the Hub routes serve, with
 :func:`config_files`, :func:`index_json` and :func:`tokenizer_files`); ``view.mcore_plan`` /
 ``view.import_tensors`` read the same tables the other way (HF -> Megatron).
-:func:`architecture_hint` reads which architecture a Bridge import came from.
+A Bridge import exports as the architecture it came from (:func:`provider_hint`).
 """
 
 from ..checkpoint import UnmappableModelError
@@ -35,7 +35,7 @@ from ._export import (
     write_hf_directory,
 )
 from ._facts import ModelFacts, model_facts
-from ._hints import architecture_hint, architecture_of_provider
+from ._hints import architecture_of_provider, provider_hint
 from ._import import MegatronTensor
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
 from ._view import HFTensor, HFView, hf_view
@@ -46,8 +46,8 @@ __all__ = [
     "HFTensor",
     "MegatronTensor",
     "UnmappableModelError",
-    "architecture_hint",
     "architecture_of_provider",
+    "provider_hint",
     "export_hf",
     "write_hf_directory",
     "tokenizer_files",

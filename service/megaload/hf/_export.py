@@ -36,7 +36,6 @@ from ..checkpoint import (
 from ..checkpoint._layout import TOKENIZER_DIRNAME
 from ..checkpoint._save import _fsync_dir, _publish
 from ..streaming import ShardOptions, iter_shard_bytes, plan_shards
-from ._hints import architecture_hint
 from ._view import HFView, hf_view
 
 __all__ = [
@@ -186,8 +185,7 @@ def export_hf(
     except CheckpointError as e:
         logger.warning("no tokenizer for %s (%s): config.json gets no bos/eos/pad ids", checkpoint_path, e)
         tokenizer = None
-    view = hf_view(config, megatron_args=args, tokenizer=tokenizer, architecture=architecture,
-                   hint=architecture_hint(checkpoint_path))
+    view = hf_view(config, megatron_args=args, tokenizer=tokenizer, architecture=architecture)
     model = load_megatron_model(checkpoint_path, use_cpu_init=True)
     state = model_state_dict(model)
     view.tensor_plan(state)  # refuse a state dict the config contradicts before creating anything

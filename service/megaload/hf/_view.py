@@ -25,6 +25,7 @@ import torch
 from ..checkpoint import UnmappableModelError
 from ._architectures import Architecture, Source, choose_architecture
 from ._facts import ModelFacts, model_facts
+from ._hints import provider_hint
 from ._transforms import Dims, Transform
 
 __all__ = ["HFView", "HFTensor", "hf_view"]
@@ -214,13 +215,13 @@ def hf_view(
     Megatron-LM checkpoints without ``args.vocab_size``, the vocabulary size. ``architecture``
     names the target (``"MistralForCausalLM"`` or ``"mistral"``); by default the model's
     features choose it: experts -> Qwen3-MoE, q/k norm -> Qwen3, q/k/v biases -> Qwen2, sliding
-    window -> Mistral, else Llama. ``hint`` (:func:`architecture_hint` of the checkpoint: the
-    architecture a Bridge import came from) is preferred to that choice when it can hold the
-    model. Raises UnmappableModelError(field=...) when the model cannot be that (or any)
+    window -> Mistral, else Llama. ``hint`` (default: the architecture a Bridge import came
+    from, by the provider class its run config records) is preferred to that choice when it can
+    hold the model. Raises UnmappableModelError(field=...) when the model cannot be that (or any)
     Hugging Face model.
     """
     facts = model_facts(config, megatron_args=megatron_args, tokenizer=tokenizer)
-    arch = choose_architecture(facts, architecture, hint=hint)
+    arch = choose_architecture(facts, architecture, hint=hint if hint is not None else provider_hint(config))
     return HFView(
         architecture=arch.name,
         model_type=arch.model_type,

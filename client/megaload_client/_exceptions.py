@@ -26,6 +26,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   ├── UnprocessableEntityError        422  (also ValueError) request validation
     │   │   ├── NotACheckpointError
     │   │   ├── UnsupportedCheckpointError
+    │   │   │   └── UnmappableModelError     no Hugging Face form (``problem.field`` says why)
     │   │   ├── CorruptCheckpointError
     │   │   │   └── UnsafeCheckpointError
     │   │   ├── IncompatibleConfigError
@@ -79,6 +80,7 @@ __all__ = [
     "UnprocessableEntityError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",
@@ -156,6 +158,7 @@ class RangeNotSatisfiableError(APIStatusError): ...
 class UnprocessableEntityError(APIStatusError, ValueError): ...
 class NotACheckpointError(UnprocessableEntityError): ...
 class UnsupportedCheckpointError(UnprocessableEntityError): ...
+class UnmappableModelError(UnsupportedCheckpointError): ...
 class CorruptCheckpointError(UnprocessableEntityError): ...
 class UnsafeCheckpointError(CorruptCheckpointError): ...
 class IncompatibleConfigError(UnprocessableEntityError): ...
@@ -207,6 +210,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.RANGE_NOT_SATISFIABLE: RangeNotSatisfiableError,
     p.NOT_A_CHECKPOINT: NotACheckpointError,
     p.UNSUPPORTED_CHECKPOINT: UnsupportedCheckpointError,
+    p.UNMAPPABLE_MODEL: UnmappableModelError,
     p.CORRUPT_CHECKPOINT: CorruptCheckpointError,
     p.UNSAFE_CHECKPOINT: UnsafeCheckpointError,
     p.INCOMPATIBLE_CONFIG: IncompatibleConfigError,

@@ -33,6 +33,7 @@ from ..checkpoint import (
     NotACheckpointError,
     OutsideRootsError,
     TokenizerError,
+    UnmappableModelError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
@@ -71,6 +72,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     CheckpointNotFoundError: p.CHECKPOINT_NOT_FOUND,
     NotACheckpointError: p.NOT_A_CHECKPOINT,
     UnsupportedCheckpointError: p.UNSUPPORTED_CHECKPOINT,
+    UnmappableModelError: p.UNMAPPABLE_MODEL,
     CorruptCheckpointError: p.CORRUPT_CHECKPOINT,
     UnsafeCheckpointError: p.UNSAFE_CHECKPOINT,
     IncompatibleConfigError: p.INCOMPATIBLE_CONFIG,

@@ -31,6 +31,7 @@ from ._errors import (
     NotACheckpointError,
     OutsideRootsError,
     TokenizerError,
+    UnmappableModelError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",

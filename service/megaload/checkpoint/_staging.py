@@ -48,7 +48,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Staging", "remove_stale_saves", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
+__all__ = ["Staging", "remove_stale_saves", "fsync_dir", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -195,7 +195,7 @@ class Staging:
     def _finish(self) -> None:
         self._stop.set()
         self._forget(self.owner)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
 
     def publish(self) -> None:
         """Move the finished staging directory to the destination. If that fails, the

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..checkpoint import (
     model_state_dict,
 )
 from ..checkpoint._layout import TOKENIZER_DIRNAME
-from ..checkpoint._save import _fsync_dir, _publish
+from ..checkpoint._staging import Staging, fsync_dir, remove_stale_saves
 from ..streaming import ShardOptions, iter_shard_bytes, plan_shards
 from ._view import HFView, hf_view
 
@@ -69,7 +68,6 @@ TOKENIZER_FILE_NAMES = (
 )
 """The Hugging Face tokenizer files taken from a checkpoint's ``tokenizer/`` directory."""
 
-_PARTIAL_TAG = ".partial-"
 _CHUNK = 8 << 20
 
 
@@ -189,15 +187,16 @@ def export_hf(
     model = load_megatron_model(checkpoint_path, use_cpu_init=True)
     state = model_state_dict(model)
     view.tensor_plan(state)  # refuse a state dict the config contradicts before creating anything
-    staging = out.with_name(f".{out.name}{_PARTIAL_TAG}{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
+    # staged beside the destination and published as a save is (owner file, cleaned if we die)
+    remove_stale_saves(out.parent, name=out.name)
+    stage = Staging.create(out)
     try:
-        write_hf_directory(view, state, staging, tokenizer_sources=tokenizer_files(checkpoint_path),
+        write_hf_directory(view, state, stage.path, tokenizer_sources=tokenizer_files(checkpoint_path),
                            max_shard_bytes=max_shard_bytes)
-        _fsync_dir(staging)
-        _publish(staging, out)
+        fsync_dir(stage.path)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.discard()
         raise
+    stage.publish()
     logger.info("exported %s as %s to %s", checkpoint_path, view.architecture, out)
     return out

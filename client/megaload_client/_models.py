@@ -113,6 +113,7 @@ class ProblemDetail(BaseModel):
     limit: int | None = Field(default=None, description="the limit that was exceeded")
     bytes_needed: int | None = Field(default=None, description="507: bytes the model needs")
     bytes_available: int | None = Field(default=None, description="507: bytes the budget can free")
+    scope: str | None = Field(default=None, description="403 insufficient-scope: the scope the request needs")
     errors: list[ValidationErrorItem] | None = Field(default=None, description="422 validation: each failure")
 
 

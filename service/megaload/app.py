@@ -19,7 +19,7 @@ from megaload_client._models import ProblemDetail
 
 from . import __version__
 from .api import problems
-from .api.deps import require_token
+from .api.auth import Authenticator, require_token
 from .api.middleware import RequestContextMiddleware
 from .api.routes import OPEN_ROUTERS, V1_ROUTERS
 from .runtime import Runtime
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.registry.budget_bytes,
             [str(r) for r in runtime.paths.checkpoint_roots],
             [str(r) for r in runtime.paths.save_roots],
-            "on" if settings.token is not None else "off",
+            _auth_summary(settings),
         )
         try:
             yield
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.auth = Authenticator.from_settings(settings)
     app.state.metrics_ref = [None]
     problems.install(app)
     for router in OPEN_ROUTERS:
@@ -81,11 +82,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _auth_summary(settings: Settings) -> str:
+    if settings.token is None:
+        return "off"
+    readers = len(settings.read_tokens)
+    return f"operator token and {readers} read token{'s' if readers != 1 else ''}" if readers else "operator token"
+
+
 class _MetricsBoundMiddleware(RequestContextMiddleware):
     """The request middleware, finding the runtime's metrics once the lifespan built them."""
 
     def __init__(self, app: Any, app_state: Any) -> None:
-        super().__init__(app)
+        super().__init__(app, auth=app_state.auth)
         self._state = app_state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:

@@ -40,6 +40,7 @@ from ..errors import (
     EngineStoppedError,
     ForbiddenPathError,
     InsufficientMemoryError,
+    InsufficientScopeError,
     JobNotCancellableError,
     JobNotFoundError,
     ModelNotFoundError,
@@ -80,6 +81,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     ServiceError: p.INTERNAL,
     BadRequestError: p.BAD_REQUEST,
     UnauthorizedError: p.UNAUTHORIZED,
+    InsufficientScopeError: p.INSUFFICIENT_SCOPE,
     ForbiddenPathError: p.FORBIDDEN_PATH,
     ModelNotFoundError: p.MODEL_NOT_FOUND,
     JobNotFoundError: p.JOB_NOT_FOUND,
@@ -134,7 +136,7 @@ def problem_for(exc: BaseException) -> ProblemDetail:
     if type_ is None or type_ == p.INTERNAL:
         return problem(p.INTERNAL, "the server failed to handle the request; the log has the details")
     ext: dict[str, Any] = {}
-    for name in ("path", "field", "limit", "bytes_needed", "bytes_available"):
+    for name in ("path", "field", "limit", "bytes_needed", "bytes_available", "scope"):
         value = getattr(exc, name, None)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             ext[name] = value
@@ -150,6 +152,8 @@ def _headers_for(exc: BaseException | None, prob: ProblemDetail) -> dict[str, st
     headers: dict[str, str] = {}
     if prob.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="megaload"'
+    if isinstance(exc, InsufficientScopeError):  # RFC 6750, section 3.1
+        headers["WWW-Authenticate"] = f'Bearer realm="megaload", error="insufficient_scope", scope="{exc.scope}"'
     if isinstance(exc, NotReadyError) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiableError):

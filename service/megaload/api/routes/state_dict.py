@@ -8,7 +8,7 @@ the files the shard route serves under the same query.
 
 A shard request, in order (RFC 9110's precedence of conditional requests)::
 
-    options from the query               422 (invalid-dtype, validation) / 400 (bad keys regex)
+    options from the query               422 (invalid-dtype, validation) / 400 (keys regex refused)
     lease on the model                   404 model-not-found
     plan (cached per model and options)  404 shard-not-found
     If-None-Match matches the ETag       304, no body
@@ -81,7 +81,8 @@ def shard_options(
         list[str] | None,
         Query(
             description="regular expressions matched at the start of each key (a plain prefix works); "
-            "repeat to keep keys matching any of them",
+            "repeat to keep keys matching any of them. Run in time linear in the key (RE2: Python's re "
+            "syntax without back-references or look-around, which are refused with 400)",
         ),
     ] = None,
 ) -> ShardOptions:

@@ -250,6 +250,8 @@ async def _shard_response(
             headers=headers,
             media_type=SAFETENSORS_MEDIA_TYPE,
             on_bytes=runtime.metrics.stream_bytes.inc,
+            on_stalled=runtime.metrics.streams_stalled.inc,
+            idle_timeout=runtime.settings.stream_idle_timeout_seconds,
         )
         handed_over = True
         return response

@@ -101,6 +101,30 @@ class _MetricsBoundMiddleware(RequestContextMiddleware):
         await super().__call__(scope, receive, send)
 
 
+_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+
+
+def _declare_auth(schema: dict[str, Any], auth: Authenticator) -> None:
+    """Bearer auth in the schema only when a token is configured; each guarded operation then
+    says the scope it needs (``x-megaload-scope``: ``read`` or ``operator``)."""
+    components = schema.get("components", {})
+    if not auth.required:
+        components.pop("securitySchemes", None)
+        if not components:
+            schema.pop("components", None)
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            guarded = "security" in operation
+            if not auth.required:
+                operation.pop("security", None)
+                operation.pop("x-megaload-scope", None)
+            elif guarded:
+                readable = method in ("get", "head") or operation.get("x-megaload-scope") == "read"
+                operation["x-megaload-scope"] = "read" if readable else "operator"
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
@@ -110,6 +134,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         description=app.description,
         routes=app.routes,
     )
+    _declare_auth(schema, app.state.auth)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     problem_schema = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, definition in problem_schema.pop("$defs", {}).items():

@@ -13,6 +13,9 @@ Request bodies, whatever their framing (``Content-Length`` or ``Transfer-Encodin
   answered 413 there, and the application is told the client went away (its own answer,
   if any, is dropped), so no more than the limit is ever held;
 * those early answers carry ``Connection: close``: the unread rest of the body is never read.
+
+A ``HEAD`` on a path that only declares ``GET`` is run as that ``GET`` (:mod:`.methods`);
+the server sends its headers without the body.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from megaload_client import _problems as p
 
 from ..logs import request_id_var
+from .methods import head_as_get
 from .problems import exception_response, problem, problem_response
 
 if TYPE_CHECKING:
@@ -100,6 +104,9 @@ class RequestContextMiddleware:
                     return {"type": "http.disconnect"}
             return message
 
+        app_scope = scope
+        if scope.get("method") == "HEAD" and head_as_get(scope):
+            app_scope = {**scope, "method": "GET"}  # the server's scope keeps HEAD: it drops the body
         try:
             length = headers.get(b"content-length")
             has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))
@@ -112,7 +119,7 @@ class RequestContextMiddleware:
                 await _too_large(limit)(scope, receive, send_with_id)
                 return
             try:
-                await self.app(scope, bounded_receive if has_body else receive, send_from_app)
+                await self.app(app_scope, bounded_receive if has_body else receive, send_from_app)
             except Exception as exc:  # anything the routes' handlers did not map: a 500 problem
                 if cut_off[0]:
                     return  # answered 413 already; what the application made of the cut is moot
@@ -121,7 +128,7 @@ class RequestContextMiddleware:
                 await exception_response(exc)(scope, receive, send_with_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
+            route = app_scope.get("route")
             template = getattr(route, "path", None) or "<unmatched>"
             method = scope.get("method", "?")
             status = status_box[0]

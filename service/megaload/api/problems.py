@@ -49,6 +49,7 @@ from ..errors import (
     UnauthorizedError,
 )
 from ..logs import current_request_id
+from .methods import allowed_methods
 from ..streaming import (
     InvalidKeyPatternError,
     InvalidShardOptionsError,
@@ -193,7 +194,17 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
         detail = f"{where}: {first.msg}" + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
     else:
         detail = "the request does not match its schema"
-    return problem_response(problem(p.VALIDATION, detail, field=field, errors=items))
+    return problem_response(problem(p.VALIDATION, detail, field=field, limit=_limit(exc.errors()), errors=items))
+
+
+def _limit(errors: Any) -> int | None:
+    """The bound the first failed field broke (``ge``, ``le``, ``max_length``...), if numeric."""
+    ctx = (errors[0].get("ctx") if errors else None) or {}
+    for name in ("ge", "le", "gt", "lt", "max_length", "min_length"):
+        value = ctx.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -201,10 +212,13 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404:
         detail = f"no route {request.method} {request.url.path}"
-    elif exc.status_code == 405:
-        detail = f"method {request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.scope)
+        headers["Allow"] = ", ".join(allowed)  # every route of the path, not only the first one found
+        detail = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
     prob = problem(type_, detail, status=exc.status_code)
-    return problem_response(prob, dict(exc.headers or {}))
+    return problem_response(prob, headers)
 
 
 def install(app: FastAPI) -> None:

@@ -30,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from megaload_client import _problems as p
-from megaload_client._models import MAX_DTYPE_CHARS, StateDictIndex
+from megaload_client._models import DtypeName, StateDictIndex
 
 from ...checkpoint import parse_dtype
 from ...registry import ModelEntry
@@ -66,16 +66,15 @@ def shard_options(
     max_shard_bytes: Annotated[
         int | None,
         Query(
+            ge=MIN_MAX_SHARD_BYTES,
+            le=MAX_MAX_SHARD_BYTES,
             description=f"bound on the tensor bytes of one shard (default {DEFAULT_MAX_SHARD_BYTES}, between "
-            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own"
+            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own",
         ),
     ] = None,
     dtype: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_DTYPE_CHARS,
-            description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)",
-        ),
+        DtypeName | None,
+        Query(description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)"),
     ] = None,
     keys: Annotated[
         list[str] | None,

@@ -92,6 +92,8 @@ def test_the_schema_states_the_limits_the_service_enforces(service):
         size = _nullable(_param(operation, "max_shard_bytes"))
         assert (size["minimum"], size["maximum"]) == (MiB, 64 << 30)
         assert set(_nullable(_param(operation, "dtype"))["enum"]) == set(DTYPE_SPELLINGS)
+        keys = _nullable(_param(operation, "keys"))
+        assert (keys["maxItems"], keys["items"]["maxLength"]) == (64, 1024)
     load = _component(schema, paths["/v1/models"]["post"]["requestBody"]["content"]["application/json"]["schema"])
     assert set(_nullable(load["properties"]["dtype"])["enum"]) == set(DTYPE_SPELLINGS)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import StringConstraints
 
 from megaload_client import _problems as p
 from megaload_client._models import DtypeName, StateDictIndex
@@ -38,6 +39,7 @@ from ...runtime import Runtime
 from ...streaming import (
     DEFAULT_MAX_SHARD_BYTES,
     MAX_KEY_PATTERN_LENGTH,
+    MAX_KEY_PATTERNS,
     MAX_MAX_SHARD_BYTES,
     MIN_MAX_SHARD_BYTES,
     ShardOptions,
@@ -77,8 +79,9 @@ def shard_options(
         Query(description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)"),
     ] = None,
     keys: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(max_length=MAX_KEY_PATTERN_LENGTH)]] | None,
         Query(
+            max_length=MAX_KEY_PATTERNS,
             description="regular expressions matched at the start of each key (a plain prefix works); "
             "repeat to keep keys matching any of them. Run in time linear in the key (RE2: Python's re "
             "syntax without back-references or look-around, which are refused with 400)",

@@ -44,9 +44,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from megaload_client import _problems as p
 
-__all__ = ["CONNECTION_EXTENSION", "Connection", "HTTP_PROTOCOL", "uvicorn_config"]
+__all__ = ["CONNECTION_EXTENSION", "HEAD_EXTENSION", "Connection", "HTTP_PROTOCOL", "uvicorn_config"]
 
 CONNECTION_EXTENSION = "megaload.connection"
+HEAD_EXTENSION = "megaload.head"  # set by the request middleware on a HEAD it runs as GET
 
 _MALFORMED = "the request is not valid HTTP/1.1; the server's HTTP parser refused it"
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from megaload_client import _problems as p
 
 from ..logs import request_id_var
+from ..server import HEAD_EXTENSION
 from .methods import head_as_get
 from .problems import exception_response, problem, problem_response
 
@@ -106,7 +107,8 @@ class RequestContextMiddleware:
 
         app_scope = scope
         if scope.get("method") == "HEAD" and head_as_get(scope):
-            app_scope = {**scope, "method": "GET"}  # the server's scope keeps HEAD: it drops the body
+            # the server's scope keeps HEAD, so it drops the body; a streamed body skips producing it
+            app_scope = {**scope, "method": "GET", "extensions": {**(scope.get("extensions") or {}), HEAD_EXTENSION: {}}}
         try:
             length = headers.get(b"content-length")
             has_body = b"transfer-encoding" in headers or (length is not None and length.strip() not in (b"", b"0"))

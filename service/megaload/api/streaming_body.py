@@ -23,6 +23,9 @@ memory); see :mod:`megaload.server` for the ``megaload.connection`` extension th
 it. Under a server without that extension, each piece gets ``idle_timeout`` to be sent and
 the response then fails, so the server closes the connection itself.
 
+A ``HEAD`` that the request middleware runs as this ``GET`` (scope extension
+``megaload.head``) gets the headers and no piece is produced.
+
 Starlette does not close a sync iterator it stops consuming; this class does. A piece is
 never being produced when ``close`` runs: a ``next()`` running in a worker thread is waited
 for even when the request is cancelled (``anyio.to_thread.run_sync`` does not abandon it).
@@ -40,7 +43,7 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from ..server import CONNECTION_EXTENSION
+from ..server import CONNECTION_EXTENSION, HEAD_EXTENSION
 
 if TYPE_CHECKING:
     from ..registry import Lease
@@ -85,6 +88,13 @@ class LeasedStreamingResponse(StreamingResponse):
         super().__init__(self._counted, status_code=status_code, headers=headers, media_type=media_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if HEAD_EXTENSION in (scope.get("extensions") or {}):  # a HEAD run as this GET: headers only
+            try:
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                self.close()
+            return
         idle = self._idle_timeout if self._idle_timeout is not None else _configured_idle_timeout(scope)
         connection = (scope.get("extensions") or {}).get(CONNECTION_EXTENSION)
         try:

@@ -11,7 +11,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     ├── APIStatusError              the service answered an error status; ``.problem`` holds it
     │   ├── BadRequestError                 400  (also ValueError)
     │   ├── AuthenticationError             401  (also PermissionError)
-    │   ├── PermissionDeniedError           403  (also PermissionError) path outside the roots
+    │   ├── PermissionDeniedError           403  (also PermissionError) path outside the roots, read token on a write
     │   ├── NotFoundError                   404  (also LookupError)
     │   │   ├── CheckpointNotFoundError          (also FileNotFoundError)
     │   │   ├── ModelNotFoundError
@@ -198,6 +198,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.BAD_REQUEST: BadRequestError,
     p.UNAUTHORIZED: AuthenticationError,
     p.FORBIDDEN_PATH: PermissionDeniedError,
+    p.INSUFFICIENT_SCOPE: PermissionDeniedError,
     p.NOT_FOUND: NotFoundError,
     p.CHECKPOINT_NOT_FOUND: CheckpointNotFoundError,
     p.MODEL_NOT_FOUND: ModelNotFoundError,

@@ -32,7 +32,11 @@ __all__ = [
     "MAX_PATH_CHARS",
     "MAX_TEXT_CHARS",
     "MAX_DTYPE_CHARS",
+    "MAX_NAME_BYTES",
+    "PATH_PATTERN",
+    "DTYPE_NAMES",
     "CheckpointPath",
+    "DtypeName",
     "ValidationErrorItem",
     "ProblemDetail",
     "Health",
@@ -69,9 +73,27 @@ __all__ = [
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux; longer paths are refused before touching the disk
 MAX_TEXT_CHARS = 1_000_000  # tokenize input
 MAX_DTYPE_CHARS = 32
+MAX_NAME_BYTES = 255  # NAME_MAX: one component of a path
+# What the service accepts as a path, for the schema (the service checks it itself and answers
+# 400 naming the limit): no NUL byte, components of at most 255 characters (the service counts
+# 255 bytes of UTF-8). An ECMA-262 pattern that Python's re reads the same way.
+PATH_PATTERN = "^(?:[^\\x00/]{0,255}/)*[^\\x00/]{0,255}$"
+# The dtype spellings the service accepts (lower-cased; it also ignores case and surrounding
+# spaces): the keys of megaload.checkpoint.DTYPE_SPELLINGS, which a test keeps equal.
+DTYPE_NAMES = (
+    "16", "16-mixed", "16-true", "bf16", "bf16-mixed", "bf16-true", "bfloat16", "float16", "fp16",
+    "fp16-mixed", "fp16-true", "half", "torch.bfloat16", "torch.float16",
+    "32", "32-true", "float", "float32", "fp32", "fp32-true", "torch.float32",
+)  # fmt: skip
 
-CheckpointPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH_CHARS)]
-DtypeName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_DTYPE_CHARS)]
+CheckpointPath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_PATH_CHARS),
+    Field(json_schema_extra={"pattern": PATH_PATTERN}),
+]
+DtypeName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_DTYPE_CHARS), Field(json_schema_extra={"enum": list(DTYPE_NAMES)})
+]
 
 
 class _Request(BaseModel):
@@ -113,6 +135,7 @@ class ProblemDetail(BaseModel):
     limit: int | None = Field(default=None, description="the limit that was exceeded")
     bytes_needed: int | None = Field(default=None, description="507: bytes the model needs")
     bytes_available: int | None = Field(default=None, description="507: bytes the budget can free")
+    scope: str | None = Field(default=None, description="403 insufficient-scope: the scope the request needs")
     errors: list[ValidationErrorItem] | None = Field(default=None, description="422 validation: each failure")
 
 

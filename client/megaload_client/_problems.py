@@ -16,6 +16,7 @@ __all__ = [
     "BAD_REQUEST",
     "UNAUTHORIZED",
     "FORBIDDEN_PATH",
+    "INSUFFICIENT_SCOPE",
     "NOT_FOUND",
     "CHECKPOINT_NOT_FOUND",
     "MODEL_NOT_FOUND",
@@ -49,6 +50,7 @@ BAD_REQUEST = PROBLEM_TYPE_PREFIX + "bad-request"  # malformed input the schema 
 # 401 / 403
 UNAUTHORIZED = PROBLEM_TYPE_PREFIX + "unauthorized"
 FORBIDDEN_PATH = PROBLEM_TYPE_PREFIX + "forbidden-path"
+INSUFFICIENT_SCOPE = PROBLEM_TYPE_PREFIX + "insufficient-scope"  # a read token on a request that writes
 # 404
 NOT_FOUND = PROBLEM_TYPE_PREFIX + "not-found"  # no such route
 CHECKPOINT_NOT_FOUND = PROBLEM_TYPE_PREFIX + "checkpoint-not-found"
@@ -83,6 +85,7 @@ PROBLEM_STATUS: dict[str, int] = {
     BAD_REQUEST: 400,
     UNAUTHORIZED: 401,
     FORBIDDEN_PATH: 403,
+    INSUFFICIENT_SCOPE: 403,
     NOT_FOUND: 404,
     CHECKPOINT_NOT_FOUND: 404,
     MODEL_NOT_FOUND: 404,
@@ -111,6 +114,7 @@ PROBLEM_TITLES: dict[str, str] = {
     BAD_REQUEST: "Malformed request",
     UNAUTHORIZED: "Missing or invalid bearer token",
     FORBIDDEN_PATH: "Path outside the allowed roots",
+    INSUFFICIENT_SCOPE: "Token does not allow this request",
     NOT_FOUND: "No such resource",
     CHECKPOINT_NOT_FOUND: "Checkpoint not found",
     MODEL_NOT_FOUND: "Model not found",

@@ -20,9 +20,10 @@ __all__ = ["main", "build_parser", "settings_from_args"]
 _EPILOG = """\
 environment: every flag has a MEGALOAD_<NAME> variable (MEGALOAD_HOST, MEGALOAD_PORT,
 MEGALOAD_CHECKPOINT_ROOTS and MEGALOAD_SAVE_ROOTS as ':'-separated lists, MEGALOAD_MEMORY_BUDGET,
-MEGALOAD_BACKEND, MEGALOAD_DEVICE, MEGALOAD_TOKEN, MEGALOAD_TOKEN_FILE, MEGALOAD_INSECURE,
-MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL, MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS,
-MEGALOAD_MEMORY_WAIT_SECONDS, MEGALOAD_TENSOR_PARALLEL, MEGALOAD_PIPELINE_PARALLEL,
+MEGALOAD_BACKEND, MEGALOAD_DEVICE, MEGALOAD_TOKEN, MEGALOAD_TOKEN_FILE, MEGALOAD_READ_TOKENS
+(','-separated), MEGALOAD_READ_TOKEN_FILE, MEGALOAD_INSECURE, MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL,
+MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS, MEGALOAD_MEMORY_WAIT_SECONDS,
+MEGALOAD_STREAM_IDLE_TIMEOUT_SECONDS, MEGALOAD_TENSOR_PARALLEL, MEGALOAD_PIPELINE_PARALLEL,
 MEGALOAD_COLLECTIVE_TIMEOUT_SECONDS).
 Flags take precedence. Under torchrun, WORLD_SIZE/RANK/LOCAL_RANK are read; rank 0 serves HTTP.
 """
@@ -59,8 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
       "(default: 50%% of RAM, or of the container's memory limit, on CPU; 80%% of GPU memory on CUDA)")
     a("--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend (default auto: nccl on CUDA, else gloo)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where models live (default auto: cuda if available)")
-    a("--token", help="bearer token required on /v1 routes (prefer --token-file: flags show in ps)")
-    a("--token-file", metavar="FILE", help="file holding the bearer token")
+    a("--token", help="the operator's bearer token, required on /v1 routes and allowing every request "
+      "(prefer --token-file: flags show in ps)")
+    a("--token-file", metavar="FILE", help="file holding the operator's bearer token")
+    a("--read-token", dest="read_tokens", action="append", metavar="TOKEN",
+      help="a read-only bearer token: GET and HEAD on /v1 routes, and tokenize; repeatable; needs --token "
+      "(prefer --read-token-file)")
+    a("--read-token-file", metavar="FILE", help="file holding read-only bearer tokens, one per line")
     a("--insecure", action="store_true", default=None, help="allow a non-loopback address without a token")
     a("--log-format", choices=["text", "json"], help="log line format (default text)")
     a("--log-level", choices=["debug", "info", "warning", "error"], help="log level (default info)")
@@ -69,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
     a("--memory-wait-seconds", type=float, metavar="S",
       help="how long a load waits for memory that loads in progress or evictions will free, before 503 (default 600)")
+    a("--stream-idle-timeout-seconds", type=float, metavar="S",
+      help="a streamed response whose client takes no data for this long loses its lease and its connection "
+      "(default 30)")
     a("--tensor-parallel", type=int, metavar="T",
       help="tensor-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
     a("--pipeline-parallel", type=int, metavar="P",
@@ -163,17 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .server import uvicorn_config
 
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
-    )
+    config = uvicorn_config(create_app(settings), settings)
     server = uvicorn.Server(config)
     try:
         server.run()

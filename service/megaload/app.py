@@ -19,7 +19,7 @@ from megaload_client._models import ProblemDetail
 
 from . import __version__
 from .api import problems
-from .api.deps import require_token
+from .api.auth import Authenticator, require_token
 from .api.middleware import RequestContextMiddleware
 from .api.routes import OPEN_ROUTERS, V1_ROUTERS
 from .runtime import Runtime
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.registry.budget_bytes,
             [str(r) for r in runtime.paths.checkpoint_roots],
             [str(r) for r in runtime.paths.save_roots],
-            "on" if settings.token is not None else "off",
+            _auth_summary(settings),
         )
         try:
             yield
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.auth = Authenticator.from_settings(settings)
     app.state.metrics_ref = [None]
     problems.install(app)
     for router in OPEN_ROUTERS:
@@ -81,16 +82,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _auth_summary(settings: Settings) -> str:
+    if settings.token is None:
+        return "off"
+    readers = len(settings.read_tokens)
+    return f"operator token and {readers} read token{'s' if readers != 1 else ''}" if readers else "operator token"
+
+
 class _MetricsBoundMiddleware(RequestContextMiddleware):
     """The request middleware, finding the runtime's metrics once the lifespan built them."""
 
     def __init__(self, app: Any, app_state: Any) -> None:
-        super().__init__(app)
+        super().__init__(app, auth=app_state.auth)
         self._state = app_state
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         self.metrics = self._state.metrics_ref[0]
         await super().__call__(scope, receive, send)
+
+
+_METHODS = ("get", "head", "post", "put", "patch", "delete", "options")
+
+
+def _declare_auth(schema: dict[str, Any], auth: Authenticator) -> None:
+    """Bearer auth in the schema only when a token is configured; each guarded operation then
+    says the scope it needs (``x-megaload-scope``: ``read`` or ``operator``)."""
+    components = schema.get("components", {})
+    if not auth.required:
+        components.pop("securitySchemes", None)
+        if not components:
+            schema.pop("components", None)
+    for item in schema.get("paths", {}).values():
+        for method, operation in item.items():
+            if method not in _METHODS:
+                continue
+            guarded = "security" in operation
+            if not auth.required:
+                operation.pop("security", None)
+                operation.pop("x-megaload-scope", None)
+            elif guarded:
+                readable = method in ("get", "head") or operation.get("x-megaload-scope") == "read"
+                operation["x-megaload-scope"] = "read" if readable else "operator"
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -102,6 +134,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         description=app.description,
         routes=app.routes,
     )
+    _declare_auth(schema, app.state.auth)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     problem_schema = ProblemDetail.model_json_schema(ref_template="#/components/schemas/{model}")
     for name, definition in problem_schema.pop("$defs", {}).items():

@@ -7,6 +7,7 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
     ServiceError
     ├── BadRequestError            (also ValueError) malformed input a schema cannot catch
     ├── UnauthorizedError          no bearer token, or a wrong one
+    ├── InsufficientScopeError     a read token on a request that needs the operator's
     ├── ForbiddenPathError         (also PermissionError) a path resolves outside its roots
     ├── ModelNotFoundError         (also LookupError) no resident model with that id
     ├── JobNotFoundError           (also LookupError) no job with that id
@@ -23,6 +24,7 @@ __all__ = [
     "ServiceError",
     "BadRequestError",
     "UnauthorizedError",
+    "InsufficientScopeError",
     "ForbiddenPathError",
     "ModelNotFoundError",
     "JobNotFoundError",
@@ -56,6 +58,14 @@ class BadRequestError(ServiceError, ValueError):
 
 class UnauthorizedError(ServiceError):
     """A token is configured and the request has none or a wrong one."""
+
+
+class InsufficientScopeError(ServiceError):
+    """A valid token whose scope does not cover the request (a read token on a write)."""
+
+    def __init__(self, message: str, *, scope: str) -> None:
+        super().__init__(message)
+        self.scope = scope
 
 
 class ForbiddenPathError(ServiceError, PermissionError):

@@ -1,8 +1,15 @@
-"""Logging: a request id on every line, text or JSON lines.
+r"""Logging: a request id on every line, text or JSON lines, one record per line.
 
 The request id lives in a context variable set by the request middleware
 (:mod:`megaload.api.middleware`); :class:`RequestIdFilter` copies it onto each record, so a
 log line written anywhere while a request is handled carries it (``-`` outside requests).
+
+What a request sends (a path, a header, a name in a checkpoint) ends up in log messages, so
+no record may contain a line break or a terminal control sequence of its own: the text
+format writes control characters (C0, DEL, C1, U+2028 and U+2029) as escapes (``\n``,
+``\x1b``, ``\u2028``) and indents every line of a traceback, so a line that starts with a
+timestamp is always a record; the JSON format escapes the same characters inside its
+strings. Python warnings are routed through logging, so they get the same format.
 """
 
 from __future__ import annotations
@@ -10,15 +17,45 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 
-__all__ = ["configure_logging", "current_request_id", "request_id_var", "RequestIdFilter", "JsonFormatter"]
+__all__ = [
+    "configure_logging",
+    "current_request_id",
+    "request_id_var",
+    "RequestIdFilter",
+    "TextFormatter",
+    "JsonFormatter",
+    "escape_control",
+]
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("megaload_request_id", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# C0 controls, DEL, C1 controls (NEL, U+0085, among them) and the Unicode line and paragraph
+# separators: everything str.splitlines() or a terminal would act on.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    c = match.group()
+    named = _NAMED.get(c)
+    if named is not None:
+        return named
+    return f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+
+
+def escape_control(text: str) -> str:
+    r"""``text`` with control characters written as escapes (``\n``, ``\x1b``, ``\u2028``)."""
+    return _CONTROL.sub(_escape_one, text)
+
+
+def _json_escape_one(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
 
 
 def current_request_id() -> str | None:
@@ -30,6 +67,23 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get() or "-"
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """The text format; control characters escaped, tracebacks indented (module docstring)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_control(super().formatMessage(record))
+
+    def formatException(self, ei: object) -> str:
+        return _indented(super().formatException(ei))  # type: ignore[arg-type]
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_control(line) for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,14 +102,16 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        # json.dumps escapes C0 controls; DEL, C1 and U+2028/9 it writes as they are. Each can
+        # only stand inside a JSON string here, where \uXXXX means the same character.
+        return _CONTROL.sub(_json_escape_one, json.dumps(out, ensure_ascii=False))
 
 
 def configure_logging(log_format: str = "text", level: str = "info") -> None:
     """Route the root logger (and uvicorn's) to stderr in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -66,3 +122,4 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # the middleware logs requests
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a record of logger "py.warnings"

@@ -13,6 +13,7 @@ cache_bytes / cache_entries               gauge      resident models
 cache_budget_bytes / cache_reserved_bytes gauge      the budget; bytes held for loads in flight
 evictions_total{reason}                   counter    models dropped (lru, request)
 stream_bytes_total                        counter    state-dict bytes sent (streaming routes)
+streams_stalled_total                     counter    streams dropped: the client took no data for the idle timeout
 jobs{kind,state}                          gauge      jobs currently known, by state
 http_requests_total{method,route,status}  counter    requests by route template
 http_request_seconds{method,route}        histogram  request latency
@@ -51,6 +52,9 @@ class Metrics:
         )
         self.evictions = Counter("megaload_evictions", "Models evicted", ["reason"], registry=r)
         self.stream_bytes = Counter("megaload_stream_bytes", "State-dict bytes streamed", registry=r)
+        self.streams_stalled = Counter(
+            "megaload_streams_stalled", "Streams dropped because the client took no data for the idle timeout", registry=r
+        )
         self.jobs = Gauge("megaload_jobs", "Jobs by kind and state", ["kind", "state"], registry=r)
         self.http_requests = Counter(
             "megaload_http_requests", "HTTP requests", ["method", "route", "status"], registry=r

@@ -8,7 +8,8 @@ A path from a request is checked before anything touches the disk with it:
 2. it may not contain ``..`` components (:class:`~megaload.errors.ForbiddenPathError`, 403);
 3. a relative path is taken relative to the first root;
 4. it is resolved with :func:`os.path.realpath` (every symlink followed, also for the parts
-   that do not exist yet) and must then lie inside one of the roots (403).
+   that do not exist yet), must still fit :data:`MAX_PATH_BYTES` (400) and must then lie
+   inside one of the roots (403).
 
 The resolved path is what the service then uses, so a symlink that points elsewhere cannot
 be swapped in between the check and the use of a parent directory.
@@ -102,6 +103,13 @@ class PathPolicy:
             real = Path(os.path.realpath(candidate))
         except (OSError, ValueError) as e:
             raise BadRequestError(f"{field}: cannot resolve {raw}: {e}", field=field) from None
+        resolved_bytes = len(os.fsencode(real))
+        if resolved_bytes > MAX_PATH_BYTES:  # a relative path joined to its root can outgrow PATH_MAX
+            raise BadRequestError(
+                f"{field}: path resolves to {resolved_bytes} bytes; the limit is {MAX_PATH_BYTES}",
+                field=field,
+                limit=MAX_PATH_BYTES,
+            )
         for root in roots:
             if _inside(real, root):
                 return real

@@ -11,6 +11,7 @@ talks to its workers); nothing else in the service reads the environment.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import os
 import re
@@ -23,7 +24,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 __all__ = ["Settings", "MemoryBudget", "parse_memory_budget", "is_loopback_host", "MIN_TOKEN_CHARS"]
 
 MIN_TOKEN_CHARS = 16
+MAX_READ_TOKENS = 64
 _MAX_TOKEN_FILE_BYTES = 4096
+_MAX_READ_TOKEN_FILE_BYTES = 64 * 1024
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what fits in an Authorization header
 _UNITS = {
     "": 1,
@@ -142,8 +145,18 @@ class Settings(BaseSettings):
     )
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where models live")
-    token: SecretStr | None = Field(None, description="bearer token required on /v1 routes")
-    token_file: Path | None = Field(None, description="file holding the bearer token")
+    token: SecretStr | None = Field(
+        None, description="the operator's bearer token: required on /v1 routes, allows every request"
+    )
+    token_file: Path | None = Field(None, description="file holding the operator's bearer token")
+    read_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="read-only bearer tokens (comma-separated in the environment): GET and HEAD on /v1 "
+        "routes and POST /v1/checkpoints/tokenize; need an operator token",
+    )
+    read_token_file: Path | None = Field(
+        None, description="file holding read-only bearer tokens, one per line (added to read_tokens)"
+    )
     insecure: bool = Field(False, description="allow a non-loopback listen address without a token")
     log_format: Literal["text", "json"] = Field("text", description="log line format")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
@@ -157,6 +170,13 @@ class Settings(BaseSettings):
         le=86400,
         description="how long a load that fits once other loads finish (or models are evicted) waits for its "
         "memory before failing with 503",
+    )
+    stream_idle_timeout_seconds: float = Field(
+        30.0,
+        ge=0.1,
+        le=3600,
+        description="a streamed response whose client takes no data for this long loses its lease and its "
+        "connection",
     )
     tensor_parallel: int | None = Field(
         None,
@@ -217,6 +237,13 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("read_tokens", mode="before")
+    @classmethod
+    def _split_read_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t for t in (part.strip() for part in value.split(",")) if t]
+        return value
+
     @model_validator(mode="after")
     def _security(self) -> "Settings":
         if self.token is not None and self.token_file is not None:
@@ -226,6 +253,11 @@ class Settings(BaseSettings):
             self.token_file = self.token_file.absolute()
         if self.token is not None:
             _check_token(self.token.get_secret_value())
+        if self.read_token_file is not None:
+            from_file = _read_read_token_file(self.read_token_file)
+            self.read_tokens = [*self.read_tokens, *(SecretStr(t) for t in from_file)]
+            self.read_token_file = self.read_token_file.absolute()
+        self._check_read_tokens()
         if not is_loopback_host(self.host) and self.token is None and not self.insecure:
             raise ValueError(
                 f"refusing to listen on non-loopback address {self.host!r} without an API token; "
@@ -246,9 +278,36 @@ class Settings(BaseSettings):
             )
         return self
 
+    def _check_read_tokens(self) -> None:
+        if not self.read_tokens:
+            return
+        if self.token is None:
+            raise ValueError(
+                "read tokens need an operator token: set --token/--token-file (MEGALOAD_TOKEN/MEGALOAD_TOKEN_FILE), "
+                "or every write would be open"
+            )
+        if len(self.read_tokens) > MAX_READ_TOKENS:
+            raise ValueError(f"at most {MAX_READ_TOKENS} read tokens, got {len(self.read_tokens)}")
+        for i, secret in enumerate(self.read_tokens):
+            value = secret.get_secret_value()
+            try:
+                _check_token(value)
+            except ValueError as e:
+                raise ValueError(f"read token {i + 1}: {e}") from None
+            if "," in value:
+                raise ValueError(f"read token {i + 1} contains ',', which separates read tokens")
+            if hmac.compare_digest(value.encode(), self.token.get_secret_value().encode()):
+                raise ValueError(f"read token {i + 1} equals the operator token")
+        unique = dict.fromkeys(t.get_secret_value() for t in self.read_tokens)  # a token given twice counts once
+        self.read_tokens = [SecretStr(v) for v in unique]
+
     @property
     def token_value(self) -> str | None:
         return self.token.get_secret_value() if self.token is not None else None
+
+    @property
+    def read_token_values(self) -> tuple[str, ...]:
+        return tuple(t.get_secret_value() for t in self.read_tokens)
 
 
 def _check_token(token: str) -> None:
@@ -256,6 +315,24 @@ def _check_token(token: str) -> None:
         raise ValueError(f"API token must be at least {MIN_TOKEN_CHARS} characters, got {len(token)}")
     if not _TOKEN_RE.match(token):
         raise ValueError("API token must be visible ASCII characters without spaces")
+
+
+def _read_read_token_file(path: Path) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_READ_TOKEN_FILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read read-token file {path}: {e.strerror}") from None
+    if len(raw) > _MAX_READ_TOKEN_FILE_BYTES:
+        raise ValueError(f"read-token file {path} is larger than {_MAX_READ_TOKEN_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError(f"read-token file {path} is not ASCII text") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip()]
+    if not tokens:
+        raise ValueError(f"read-token file {path} holds no token")
+    return tokens
 
 
 def _read_token_file(path: Path) -> str:

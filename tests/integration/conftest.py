@@ -23,6 +23,7 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from megaload.app import create_app
+from megaload.server import uvicorn_config
 from megaload.settings import Settings
 
 from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
@@ -115,7 +116,7 @@ def start_service(ckpt_root: Path, *, wait_ready: bool = True, **overrides: Any)
     options.update(overrides)
     settings = Settings(**options)
     app = create_app(settings)
-    server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
+    server = ThreadedServer(uvicorn_config(app, settings))  # the config and HTTP protocol megaload serve uses
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

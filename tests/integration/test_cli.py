@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 FLAGS = ("--host", "--port", "--checkpoint-root", "--save-root", "--memory-budget", "--backend", "--device",
-         "--token", "--token-file", "--insecure", "--log-format", "--log-level", "--shutdown-grace-seconds")
+         "--token", "--token-file", "--read-token", "--read-token-file", "--insecure", "--log-format", "--log-level",
+         "--shutdown-grace-seconds", "--stream-idle-timeout-seconds")
 
 
 def _megaload(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -32,6 +32,7 @@ EXPECTED = {
     p.BAD_REQUEST: mc.BadRequestError,
     p.UNAUTHORIZED: mc.AuthenticationError,
     p.FORBIDDEN_PATH: mc.PermissionDeniedError,
+    p.INSUFFICIENT_SCOPE: mc.PermissionDeniedError,
     p.NOT_FOUND: mc.NotFoundError,
     p.CHECKPOINT_NOT_FOUND: mc.CheckpointNotFoundError,
     p.MODEL_NOT_FOUND: mc.ModelNotFoundError,

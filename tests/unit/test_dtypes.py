@@ -183,3 +183,10 @@ def test_torch_dtype_from_mcore_config_plain_objects():
     assert torch_dtype_from_mcore_config(SimpleNamespace(bf16=True, fp16=False)) is torch.bfloat16
     assert torch_dtype_from_mcore_config(SimpleNamespace(bf16=False, fp16=True)) is torch.float16
     assert torch_dtype_from_mcore_config(SimpleNamespace()) is torch.float32
+
+
+def test_the_wire_schema_lists_exactly_the_spellings_the_service_accepts():
+    from megaload.checkpoint._dtypes import DTYPE_SPELLINGS
+    from megaload_client._models import DTYPE_NAMES
+
+    assert sorted(DTYPE_NAMES) == sorted(DTYPE_SPELLINGS) and len(set(DTYPE_NAMES)) == len(DTYPE_NAMES)

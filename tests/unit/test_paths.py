@@ -59,6 +59,15 @@ def test_malformed_paths_are_bad_requests(tree):
     assert "\\0" in str(_error(policy, "a\x00b"))
 
 
+def test_a_relative_path_that_outgrows_path_max_once_joined_to_its_root_is_a_bad_request(tree):
+    policy, read, *_ = tree
+    raw = "/".join(["x" * MAX_NAME_BYTES] * 16)  # 4095 bytes: within the limit as given
+    assert len(raw) <= MAX_PATH_BYTES
+    with pytest.raises(BadRequestError) as info:
+        policy.resolve_checkpoint(raw, field="checkpoint_path")
+    assert info.value.limit == MAX_PATH_BYTES and "resolves to" in str(info.value)
+
+
 def _error(policy, raw):
     try:
         policy.resolve_checkpoint(raw)

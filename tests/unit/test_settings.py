@@ -110,6 +110,50 @@ def test_token_rules(tmp_path):
     assert Settings(token="").token is None
 
 
+READER = "reader-token-0123456789"
+
+
+def test_read_tokens_from_flags_environment_and_file(monkeypatch, tmp_path):
+    f = tmp_path / "readers"
+    f.write_text(f"{READER}-file\n\n  {READER}-two  \n")
+    monkeypatch.setenv("MEGALOAD_READ_TOKENS", f"{READER}-env, {READER}-env2,")
+    s = Settings(token=TOKEN, read_token_file=f)
+    assert s.read_token_values == (f"{READER}-env", f"{READER}-env2", f"{READER}-file", f"{READER}-two")
+    assert s.read_token_file == f.absolute()
+    monkeypatch.delenv("MEGALOAD_READ_TOKENS")
+    args = build_parser().parse_args(["serve", "--token", TOKEN, "--read-token", READER, "--read-token", READER + "2"])
+    assert settings_from_args(args).read_token_values == (READER, READER + "2")
+    assert Settings(token=TOKEN, read_tokens=[READER, READER]).read_token_values == (READER,)
+    assert Settings(token=TOKEN, stream_idle_timeout_seconds=5).stream_idle_timeout_seconds == 5
+    assert Settings().stream_idle_timeout_seconds == 30
+
+
+def test_read_token_rules(tmp_path):
+    with pytest.raises(ValidationError, match="need an operator token"):
+        Settings(read_tokens=[READER])
+    with pytest.raises(ValidationError, match="read token 2: API token must be at least 16"):
+        Settings(token=TOKEN, read_tokens=[READER, "short"])
+    with pytest.raises(ValidationError, match="equals the operator token"):
+        Settings(token=TOKEN, read_tokens=[TOKEN])
+    with pytest.raises(ValidationError, match="separates read tokens"):
+        Settings(token=TOKEN, read_tokens=[READER + ",x"])
+    (tmp_path / "blank").write_text("\n \n")
+    with pytest.raises(ValidationError, match="holds no token"):
+        Settings(token=TOKEN, read_token_file=tmp_path / "blank")
+    with pytest.raises(ValidationError, match="cannot read read-token file"):
+        Settings(token=TOKEN, read_token_file=tmp_path / "missing")
+    with pytest.raises(ValidationError, match="stream_idle_timeout_seconds"):
+        Settings(stream_idle_timeout_seconds=0)
+    r = settings_error_text(["serve", "--read-token", READER])
+    assert READER not in r and "operator token" in r
+
+
+def settings_error_text(argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        settings_from_args(build_parser().parse_args(argv))
+    return str(info.value)
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

@@ -62,7 +62,12 @@ def test_dtype_must_be_a_floating_torch_dtype(dtype):
     assert info.value.field == "dtype"
 
 
-@pytest.mark.parametrize("pattern", ["decoder.(", "[a-", "*x", "a{2,1}", "(?P<n>a)(?P<n>b)"])
+@pytest.mark.parametrize(
+    "pattern",
+    # invalid anywhere; then what only a backtracking engine runs (back-reference, look-around,
+    # atomic group, possessive quantifier), and RE2's \Q quoting
+    ["decoder.(", "[a-", "*x", "a{2,1}", r"(a)\1", "(?=a)", "(?<!a)b", "(?>a)", "a++", r"\Qa.b"],
+)
 def test_bad_regex_is_a_typed_error_naming_the_pattern(pattern):
     with pytest.raises(InvalidKeyPatternError) as info:
         ShardOptions(keys=["ok", pattern])
@@ -70,6 +75,26 @@ def test_bad_regex_is_a_typed_error_naming_the_pattern(pattern):
     assert info.value.field == "keys"
     assert repr(pattern) in str(info.value)
     assert isinstance(info.value, InvalidShardOptionsError)
+
+
+def test_keys_match_at_the_start_any_of_them_on_a_linear_engine():
+    options = ShardOptions(keys=["decoder.layers.0.", r"embedding\.(?:word|position)_embeddings"])
+    assert options.matches("decoder.layers.0.mlp.weight") and options.matches("decoder.layers.0Xfoo")
+    assert options.matches("embedding.word_embeddings.weight")
+    assert not options.matches("model.decoder.layers.0.mlp.weight")  # anchored at the start only
+    assert not options.matches("decoder.layers.1.mlp.weight")
+    # Python's re backtracks for minutes on this per key; the filter answers, and is right.
+    catastrophic = ShardOptions(keys=["(?:.|.){1,26}!"])
+    assert not catastrophic.matches("x" * 10_000)
+    assert catastrophic.matches("abc!")
+    assert ShardOptions(keys=["caf\u00e9\\."]).matches("caf\u00e9.weight")
+    # two patterns may use the same group name: groups only group
+    assert ShardOptions(keys=["(?P<n>a)", "(?P<n>b)"]).matches("b")
+
+
+def test_a_pattern_set_too_large_to_compile_is_refused():
+    with pytest.raises(InvalidKeyPatternError, match="larger than"):
+        ShardOptions(keys=[r"\pL{1,1000}"])
 
 
 def test_keys_caps_on_count_and_length():

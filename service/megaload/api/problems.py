@@ -42,6 +42,7 @@ from ..errors import (
     EngineStoppedError,
     ForbiddenPathError,
     InsufficientMemoryError,
+    InsufficientScopeError,
     JobNotCancellableError,
     JobNotFoundError,
     MemoryWaitTimeoutError,
@@ -51,6 +52,7 @@ from ..errors import (
     UnauthorizedError,
 )
 from ..logs import current_request_id
+from .methods import allowed_methods
 from ..streaming import (
     InvalidKeyPatternError,
     InvalidShardOptionsError,
@@ -85,6 +87,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     ServiceError: p.INTERNAL,
     BadRequestError: p.BAD_REQUEST,
     UnauthorizedError: p.UNAUTHORIZED,
+    InsufficientScopeError: p.INSUFFICIENT_SCOPE,
     ForbiddenPathError: p.FORBIDDEN_PATH,
     ModelNotFoundError: p.MODEL_NOT_FOUND,
     JobNotFoundError: p.JOB_NOT_FOUND,
@@ -140,7 +143,7 @@ def problem_for(exc: BaseException) -> ProblemDetail:
     if type_ is None or type_ == p.INTERNAL:
         return problem(p.INTERNAL, "the server failed to handle the request; the log has the details")
     ext: dict[str, Any] = {}
-    for name in ("path", "field", "limit", "bytes_needed", "bytes_available"):
+    for name in ("path", "field", "limit", "bytes_needed", "bytes_available", "scope"):
         value = getattr(exc, name, None)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             ext[name] = value
@@ -156,6 +159,8 @@ def _headers_for(exc: BaseException | None, prob: ProblemDetail) -> dict[str, st
     headers: dict[str, str] = {}
     if prob.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="megaload"'
+    if isinstance(exc, InsufficientScopeError):  # RFC 6750, section 3.1
+        headers["WWW-Authenticate"] = f'Bearer realm="megaload", error="insufficient_scope", scope="{exc.scope}"'
     if isinstance(exc, NotReadyError) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiableError):
@@ -195,7 +200,17 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
         detail = f"{where}: {first.msg}" + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
     else:
         detail = "the request does not match its schema"
-    return problem_response(problem(p.VALIDATION, detail, field=field, errors=items))
+    return problem_response(problem(p.VALIDATION, detail, field=field, limit=_limit(exc.errors()), errors=items))
+
+
+def _limit(errors: Any) -> int | None:
+    """The bound the first failed field broke (``ge``, ``le``, ``max_length``...), if numeric."""
+    ctx = (errors[0].get("ctx") if errors else None) or {}
+    for name in ("ge", "le", "gt", "lt", "max_length", "min_length"):
+        value = ctx.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -203,10 +218,13 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
     detail = exc.detail if isinstance(exc.detail, str) else None
     if exc.status_code == 404:
         detail = f"no route {request.method} {request.url.path}"
-    elif exc.status_code == 405:
-        detail = f"method {request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        allowed = allowed_methods(request.scope)
+        headers["Allow"] = ", ".join(allowed)  # every route of the path, not only the first one found
+        detail = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
     prob = problem(type_, detail, status=exc.status_code)
-    return problem_response(prob, dict(exc.headers or {}))
+    return problem_response(prob, headers)
 
 
 def install(app: FastAPI) -> None:

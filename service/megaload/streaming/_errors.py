@@ -5,7 +5,7 @@ The HTTP layer maps each class to one problem type; the suggested status is give
 
     StreamingError
     ├── InvalidShardOptionsError   (also ValueError)   400/422  an option out of bounds or of the wrong type
-    │   └── InvalidKeyPatternError                      400      a ``keys`` regular expression that does not compile
+    │   └── InvalidKeyPatternError                      400      a ``keys`` regular expression refused (invalid, or not linear)
     ├── ShardNotFoundError         (also LookupError)   404      no shard with that index in the plan
     ├── RangeNotSatisfiableError                        416      a byte range outside the shard file
     └── PlanMismatchError          (also RuntimeError)  500      the tensors streamed differ from the planned ones
@@ -49,7 +49,8 @@ class InvalidShardOptionsError(StreamingError, ValueError):
 
 
 class InvalidKeyPatternError(InvalidShardOptionsError):
-    """A ``keys`` pattern that is not a valid regular expression (``field`` is ``"keys"``)."""
+    """A ``keys`` pattern that is not a valid regular expression, or one the linear-time
+    engine refuses (back-references, look-around, too large a program); ``field`` is ``"keys"``."""
 
     def __init__(self, message: str, *, pattern: str, position: int | None = None) -> None:
         super().__init__(message, field="keys", value=pattern)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 import torch
 
 from ._dtypes import safetensors_dtype_name
-from ._errors import InvalidKeyPatternError, InvalidShardOptionsError
+from ._errors import InvalidShardOptionsError
+from ._key_filter import KeyFilter
 
 __all__ = [
     "ShardOptions",
@@ -48,25 +48,25 @@ class ShardOptions:
         prefix works, though ``.`` in it matches any character. A name is kept when any
         pattern matches; no patterns keep everything. At most ``MAX_KEY_PATTERNS`` patterns
         of at most ``MAX_KEY_PATTERN_LENGTH`` characters each. A single string is one pattern.
+        Run by a linear-time engine (:mod:`._key_filter`): patterns that need backtracking
+        (back-references, look-around) are refused with :class:`InvalidKeyPatternError`.
     """
 
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
     dtype: torch.dtype | None = None
     keys: tuple[str, ...] = ()
-    _compiled: tuple[re.Pattern[str], ...] = field(default=(), init=False, repr=False, compare=False)
+    _filter: KeyFilter | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_max_shard_bytes(self.max_shard_bytes)
         _check_dtype(self.dtype)
         keys = _normalize_keys(self.keys)
         object.__setattr__(self, "keys", keys)
-        object.__setattr__(self, "_compiled", tuple(_compile(p) for p in keys))
+        object.__setattr__(self, "_filter", KeyFilter(keys))
 
     def matches(self, name: str) -> bool:
         """Whether ``name`` passes the ``keys`` filter."""
-        if not self._compiled:
-            return True
-        return any(p.match(name) is not None for p in self._compiled)
+        return self._filter is None or self._filter.matches(name)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, canonical: equal options give equal dicts (used in ETags)."""
@@ -147,14 +147,3 @@ def _normalize_keys(keys: object) -> tuple[str, ...]:
             )
     return out
 
-
-def _compile(pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        where = f" at position {e.pos}" if e.pos is not None else ""
-        raise InvalidKeyPatternError(
-            f"keys pattern {pattern!r} is not a valid regular expression: {e.msg}{where}",
-            pattern=pattern,
-            position=e.pos,
-        ) from None

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from megaload_client import _problems as p
 from megaload_client._models import (
     MAX_PATH_CHARS,
+    PATH_PATTERN,
     CheckpointConfig,
     CheckpointTensors,
     TokenizeRequest,
@@ -17,7 +18,7 @@ from megaload_client._models import (
     TokenizerInfo,
 )
 
-from ..deps import RuntimeDep
+from ..deps import READ_ONLY, RuntimeDep
 from ..problems import error_responses
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
@@ -27,7 +28,9 @@ PathQuery = Annotated[
     Query(
         min_length=1,
         max_length=MAX_PATH_CHARS,
-        description="a save directory or iteration directory inside a checkpoint root (or relative to the first)",
+        description="a save directory or iteration directory inside a checkpoint root (or relative to the first); "
+        "no NUL byte, at most 255 bytes per component (else 400)",
+        json_schema_extra={"pattern": PATH_PATTERN},
     ),
 ]
 
@@ -80,6 +83,7 @@ async def get_tokenizer(path: PathQuery, runtime: RuntimeDep) -> TokenizerInfo:
     response_model=TokenizeResponse,
     summary="Token ids of a text with the checkpoint's tokenizer (and the text decoded back)",
     responses=error_responses(*_PATH_ERRORS, p.TOKENIZER_ERROR, p.PAYLOAD_TOO_LARGE),
+    openapi_extra=READ_ONLY,  # changes nothing: read tokens may call it
 )
 async def tokenize(body: TokenizeRequest, runtime: RuntimeDep) -> TokenizeResponse:
     return await runtime.tokenize(body)

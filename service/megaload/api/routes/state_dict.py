@@ -8,7 +8,7 @@ the files the shard route serves under the same query.
 
 A shard request, in order (RFC 9110's precedence of conditional requests)::
 
-    options from the query               422 (invalid-dtype, validation) / 400 (bad keys regex)
+    options from the query               422 (invalid-dtype, validation) / 400 (keys regex refused)
     lease on the model                   404 model-not-found
     plan (cached per model and options)  404 shard-not-found
     If-None-Match matches the ETag       304, no body
@@ -28,9 +28,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from pydantic import StringConstraints
 
 from megaload_client import _problems as p
-from megaload_client._models import MAX_DTYPE_CHARS, StateDictIndex
+from megaload_client._models import DtypeName, StateDictIndex
 
 from ...checkpoint import parse_dtype
 from ...registry import ModelEntry
@@ -38,6 +39,7 @@ from ...runtime import Runtime
 from ...streaming import (
     DEFAULT_MAX_SHARD_BYTES,
     MAX_KEY_PATTERN_LENGTH,
+    MAX_KEY_PATTERNS,
     MAX_MAX_SHARD_BYTES,
     MIN_MAX_SHARD_BYTES,
     ShardOptions,
@@ -66,22 +68,23 @@ def shard_options(
     max_shard_bytes: Annotated[
         int | None,
         Query(
+            ge=MIN_MAX_SHARD_BYTES,
+            le=MAX_MAX_SHARD_BYTES,
             description=f"bound on the tensor bytes of one shard (default {DEFAULT_MAX_SHARD_BYTES}, between "
-            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own"
+            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own",
         ),
     ] = None,
     dtype: Annotated[
-        str | None,
-        Query(
-            max_length=MAX_DTYPE_CHARS,
-            description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)",
-        ),
+        DtypeName | None,
+        Query(description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)"),
     ] = None,
     keys: Annotated[
-        list[str] | None,
+        list[Annotated[str, StringConstraints(max_length=MAX_KEY_PATTERN_LENGTH)]] | None,
         Query(
+            max_length=MAX_KEY_PATTERNS,
             description="regular expressions matched at the start of each key (a plain prefix works); "
-            "repeat to keep keys matching any of them",
+            "repeat to keep keys matching any of them. Run in time linear in the key (RE2: Python's re "
+            "syntax without back-references or look-around, which are refused with 400)",
         ),
     ] = None,
 ) -> ShardOptions:
@@ -249,6 +252,8 @@ async def _shard_response(
             headers=headers,
             media_type=SAFETENSORS_MEDIA_TYPE,
             on_bytes=runtime.metrics.stream_bytes.inc,
+            on_stalled=runtime.metrics.streams_stalled.inc,
+            idle_timeout=runtime.settings.stream_idle_timeout_seconds,
         )
         handed_over = True
         return response

@@ -22,6 +22,7 @@ from .api import problems
 from .api.deps import require_token
 from .api.middleware import RequestContextMiddleware
 from .api.routes import OPEN_ROUTERS, V1_ROUTERS
+from .api.routes.pages import install_docs
 from .runtime import Runtime
 from .settings import Settings
 
@@ -68,12 +69,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc with assets from the package (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics_ref = [None]
     problems.install(app)
     for router in OPEN_ROUTERS:
         app.include_router(router)
+    install_docs(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     app.add_middleware(_MetricsBoundMiddleware, app_state=app.state)

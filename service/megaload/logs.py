@@ -3,6 +3,14 @@
 The request id lives in a context variable set by the request middleware
 (:mod:`megaload.api.middleware`); :class:`RequestIdFilter` copies it onto each record, so a
 log line written anywhere while a request is handled carries it (``-`` outside requests).
+
+Below ``debug``, :func:`quiet_third_party` keeps out of the log what a user of the service can
+neither act on nor needs: megatron-core's notes about optional accelerators it falls back from
+("Transformer Engine and Apex are not installed", "Apex is not installed", the Megatron-FSDP INFO
+lines; the service logs its own view of the device) and torch.distributed.checkpoint's
+deprecation notices met on every first load (ShardedTensor, ``load_state_dict``). Each is
+matched by category, message and module; any other warning still shows. ``--log-level debug``
+shows all.
 """
 
 from __future__ import annotations
@@ -11,13 +19,29 @@ import contextvars
 import json
 import logging
 import sys
+import warnings
 from datetime import datetime, timezone
 
-__all__ = ["configure_logging", "current_request_id", "request_id_var", "RequestIdFilter", "JsonFormatter"]
+__all__ = [
+    "configure_logging",
+    "quiet_third_party",
+    "current_request_id",
+    "request_id_var",
+    "RequestIdFilter",
+    "JsonFormatter",
+]
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("megaload_request_id", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
+# (category, message regex, module regex) of the warnings quiet_third_party ignores.
+_QUIET_WARNINGS = (
+    # megatron-core, at import and when it builds layers, when an optional accelerator is absent
+    (UserWarning, r"(Transformer Engine and Apex are|Apex is|Transformer Engine is) not installed", r"megatron[._]"),
+    # torch.distributed.checkpoint, reading megatron-core's sharded tensors
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor", r"torch\.distributed\."),
+    (FutureWarning, r"`load_state_dict` is deprecated", r"megaload\.checkpoint\."),  # the reader's call
+)
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
@@ -66,3 +90,13 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         lg.handlers.clear()
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # the middleware logs requests
+    quiet_third_party(level)
+
+
+def quiet_third_party(level: str = "info") -> None:
+    """Below ``debug``: ignore :data:`_QUIET_WARNINGS` and megatron-core's INFO lines."""
+    if level.lower() == "debug":
+        return
+    for category, message, module in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    logging.getLogger("megatron").setLevel(logging.WARNING)

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="how long shutdown waits for a running save before abandoning it (default 30)")
     a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
     a("--tensor-parallel", type=int, metavar="T",
-      help="tensor-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
+      help="tensor-parallel size of loaded models (default: world size / P, so 1 without torchrun; "
+      "T*P must equal torchrun's world size)")
     a("--pipeline-parallel", type=int, metavar="P",
       help="pipeline-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
     a("--collective-timeout-seconds", type=float, metavar="S",

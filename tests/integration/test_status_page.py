@@ -45,7 +45,7 @@ def _screenshot(page, path: Path) -> dict:
 
 
 def test_status_page_shows_models_memory_and_jobs(start, tmp_path):
-    with start(memory_budget="1GiB") as svc, Browser(tmp_path) as browser:
+    with Browser(tmp_path) as browser, start(memory_budget="1GiB") as svc:
         model = svc.load(MODEL)
         assert model.status_code == 201, model.text
         model = model.json()
@@ -88,7 +88,7 @@ def test_status_page_shows_models_memory_and_jobs(start, tmp_path):
 
 
 def test_status_page_asks_for_the_token_and_keeps_it_for_the_tab(start, tmp_path):
-    with start(token=TOKEN) as svc, Browser(tmp_path) as browser:
+    with Browser(tmp_path) as browser, start(token=TOKEN) as svc:
         model = svc.load(MODEL)
         assert model.status_code == 201, model.text
         model_id = model.json()["id"]
@@ -124,7 +124,7 @@ def test_status_page_asks_for_the_token_and_keeps_it_for_the_tab(start, tmp_path
 
 
 def test_swagger_ui_renders_without_any_outside_host(start, tmp_path):
-    with start() as svc, Browser(tmp_path) as browser:
+    with Browser(tmp_path) as browser, start() as svc:
         page = browser.page()
         page.goto(svc.base_url + "/docs")
         title = page.wait_for("(document.querySelector('.swagger-ui .info .title') || {}).textContent")

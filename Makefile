@@ -5,22 +5,40 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # CPU torch build; pip takes it from the local wheel cache where one exists.
 TORCH_SPEC ?= torch==2.13.0
+# Two installs in one venv: what serving needs (`make run`), then the test extras (`make test`).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-mcore-oldest test-upstream oracle-venv run clean
+.PHONY: install install-run test test-browser test-mcore-oldest test-upstream oracle-venv run clean
 
-$(STAMP): pyproject.toml client/pyproject.toml
+$(RUN_STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(TORCH_SPEC)"
 	$(PIP) install -e ./client
+	$(PIP) install -e .
+	touch $(RUN_STAMP)
+
+$(STAMP): $(RUN_STAMP)
 	$(PIP) install -e ".[test]"
 	touch $(STAMP)
 
+install-run: $(RUN_STAMP)
+
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) test-browser
 	$(PY) -m pytest tests
+
+# The status page's test opens it in a real headless browser: Debian's Chromium, installed here
+# when it is missing and we are root with apt-get. Elsewhere that test skips (under CI=true it fails).
+test-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	else \
+		echo "chromium is not installed (apt-get install chromium as root): the status page's browser test will skip"; \
+	fi
 
 # The library against the oldest megatron-core we support (the range in pyproject.toml), in a venv
 # of its own: the compatibility and library tests.
@@ -63,10 +81,11 @@ test-upstream: $(STAMP) $(ORACLE_STAMP)
 # With no checkpoint root configured it serves the embedded demo checkpoint, written on first
 # start into MEGALOAD_DATA_DIR (default ./data), and saves into MEGALOAD_DATA_DIR/saves unless
 # save roots are configured. Extra `megaload serve` flags: make run ARGS="--log-format json".
+# It installs what serving needs, not the test extras; its log ends with "megaload ready on URL".
 MEGALOAD_DATA_DIR ?= data
 ARGS ?=
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	@$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
 
 clean:

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "settings_from_args"]
+__all__ = ["main", "build_parser", "settings_from_args", "url_host"]
 
 _EPILOG = """\
 environment: every flag has a MEGALOAD_<NAME> variable (MEGALOAD_HOST, MEGALOAD_PORT,
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="a streamed response whose client takes no data for this long loses its lease and its connection "
       "(default 30)")
     a("--tensor-parallel", type=int, metavar="T",
-      help="tensor-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
+      help="tensor-parallel size of loaded models (default: world size / P, so 1 without torchrun; "
+      "T*P must equal torchrun's world size)")
     a("--pipeline-parallel", type=int, metavar="P",
       help="pipeline-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
     a("--collective-timeout-seconds", type=float, metavar="S",
@@ -176,11 +177,52 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     config = uvicorn_config(create_app(settings), settings)
     server = uvicorn.Server(config)
+    _announce_when_ready(server, config.app, settings)
     try:
         server.run()
     except KeyboardInterrupt:  # a second Ctrl-C during the graceful shutdown
         return 130
     return 0 if server.started else 1
+
+
+def url_host(host: str) -> str:
+    """``host`` as a URL's host: a wildcard address as loopback, IPv6 in brackets."""
+    if host in ("0.0.0.0", "", "*"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _announce_when_ready(server: Any, app: Any, settings: Any) -> None:
+    """Log one line once uvicorn listens and the engine is ready (when ``/readyz`` says 200):
+    the URL, what is resident and the memory budget. Nothing when the engine fails (it logs
+    why) or the server stops first."""
+    import logging
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            if server.should_exit:
+                return
+            runtime = getattr(app.state, "runtime", None)
+            if server.started and runtime is not None:
+                if runtime.ready:
+                    break
+                if runtime.engine.state.value in ("failed", "stopping", "stopped"):
+                    return
+            time.sleep(0.05)
+        port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
+        url = f"http://{url_host(settings.host)}:{port}"
+        info = runtime.info()
+        logging.getLogger("megaload.serve").info(
+            "megaload ready on %s (%d models resident, memory budget %.1f GiB, %s/%s, world size %d); "
+            "status page %s/, API reference %s/docs",
+            url, info.models, info.memory.budget_bytes / 2**30, info.device, info.backend, info.world_size, url, url,
+        )
+
+    threading.Thread(target=watch, name="megaload-ready", daemon=True).start()
 
 
 def _follow(settings: Any) -> int:

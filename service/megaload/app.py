@@ -22,6 +22,7 @@ from .api import problems
 from .api.auth import Authenticator, require_token
 from .api.middleware import RequestContextMiddleware
 from .api.routes import OPEN_ROUTERS, V1_ROUTERS
+from .api.routes.pages import install_docs
 from .runtime import Runtime
 from .settings import Settings
 
@@ -68,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # install_docs serves /docs and /redoc with assets from the package (no CDN)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.auth = Authenticator.from_settings(settings)
@@ -75,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     for router in OPEN_ROUTERS:
         app.include_router(router)
+    install_docs(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     app.add_middleware(_MetricsBoundMiddleware, app_state=app.state)

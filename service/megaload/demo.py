@@ -214,14 +214,6 @@ def _load_hf_tokenizer(directory: Path) -> Any:
 # ------------------------------------------------------------------------------ next steps
 
 
-def _display_host(host: str) -> str:
-    if host in ("0.0.0.0", "", "*"):
-        return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
-
-
 def next_steps(url: str, checkpoint: str | None, *, token: bool = False) -> str:
     """Three copy-pasteable ways to reach a loaded model at ``url``: curl, the client CLI
     and Python. ``checkpoint`` is the path to load (None: a placeholder to fill in)."""
@@ -279,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(data_dir: Path, serve_flags: list[str]) -> int:
-    from .__main__ import build_parser, settings_from_args
+    from .__main__ import build_parser, settings_from_args, url_host
 
     serve_args = build_parser().parse_args(["serve", *serve_flags])
     settings = settings_from_args(serve_args)  # MEGALOAD_* and flags, as `megaload serve` reads them
@@ -296,9 +288,9 @@ def _serve(data_dir: Path, serve_flags: list[str]) -> int:
         saves.mkdir(parents=True, exist_ok=True)
         added += ["--save-root", str(saves.absolute())]
     if settings.port == 0:
-        url = f"http://{_display_host(settings.host)}:PORT"
+        url = f"http://{url_host(settings.host)}:PORT"
     else:
-        url = f"http://{_display_host(settings.host)}:{settings.port}"
+        url = f"http://{url_host(settings.host)}:{settings.port}"
     print(next_steps(url, checkpoint, token=settings.token is not None), flush=True)
     command = [sys.executable, "-m", "megaload", "serve", *serve_flags, *added]
     os.execv(sys.executable, command)

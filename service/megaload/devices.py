@@ -34,8 +34,9 @@ def resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def device_memory_bytes(device: str, local_rank: int = 0) -> int:
-    """Total memory of the device models live on (host RAM for ``cpu``)."""
+def device_memory_bytes(device: str, local_rank: int = 0, *, cgroup_files: tuple[str, ...] | None = None) -> int:
+    """Total memory of the device models live on: the GPU's for ``cuda``; for ``cpu`` the host's
+    RAM, or the container's memory limit (cgroup, see :func:`cgroup_memory_limit`) when lower."""
     if device == "cuda":
         import torch
 
@@ -43,7 +44,7 @@ def device_memory_bytes(device: str, local_rank: int = 0) -> int:
     import psutil
 
     total = int(psutil.virtual_memory().total)
-    limit = cgroup_memory_limit()
+    limit = cgroup_memory_limit() if cgroup_files is None else cgroup_memory_limit(cgroup_files)
     return min(total, limit) if limit else total
 
 

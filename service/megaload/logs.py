@@ -10,6 +10,14 @@ format writes control characters (C0, DEL, C1, U+2028 and U+2029) as escapes (``
 ``\x1b``, ``\u2028``) and indents every line of a traceback, so a line that starts with a
 timestamp is always a record; the JSON format escapes the same characters inside its
 strings. Python warnings are routed through logging, so they get the same format.
+
+Below ``debug``, :func:`quiet_third_party` keeps out of the log what a user of the service can
+neither act on nor needs: megatron-core's notes about optional accelerators it falls back from
+("Transformer Engine and Apex are not installed", "Apex is not installed", the Megatron-FSDP INFO
+lines; the service logs its own view of the device) and torch.distributed.checkpoint's
+deprecation notices met on every first load (ShardedTensor, ``load_state_dict``). Each is
+matched by category, message and module; any other warning still shows. ``--log-level debug``
+shows all.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import json
 import logging
 import re
 import sys
+import warnings
 from datetime import datetime, timezone
 
 __all__ = [
     "configure_logging",
+    "quiet_third_party",
     "current_request_id",
     "request_id_var",
     "RequestIdFilter",
@@ -34,6 +44,14 @@ __all__ = [
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("megaload_request_id", default=None)
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s"
+# (category, message regex, module regex) of the warnings quiet_third_party ignores.
+_QUIET_WARNINGS = (
+    # megatron-core, at import and when it builds layers, when an optional accelerator is absent
+    (UserWarning, r"(Transformer Engine and Apex are|Apex is|Transformer Engine is) not installed", r"megatron[._]"),
+    # torch.distributed.checkpoint, reading megatron-core's sharded tensors
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor", r"torch\.distributed\."),
+    (FutureWarning, r"`load_state_dict` is deprecated", r"megaload\.checkpoint\."),  # the reader's call
+)
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 # C0 controls, DEL, C1 controls (NEL, U+0085, among them) and the Unicode line and paragraph
 # separators: everything str.splitlines() or a terminal would act on.
@@ -123,3 +141,13 @@ def configure_logging(log_format: str = "text", level: str = "info") -> None:
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # the middleware logs requests
     logging.captureWarnings(True)  # warnings.warn(...) becomes a record of logger "py.warnings"
+    quiet_third_party(level)
+
+
+def quiet_third_party(level: str = "info") -> None:
+    """Below ``debug``: ignore :data:`_QUIET_WARNINGS` and megatron-core's INFO lines."""
+    if level.lower() == "debug":
+        return
+    for category, message, module in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+    logging.getLogger("megatron").setLevel(logging.WARNING)

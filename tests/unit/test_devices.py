@@ -1,6 +1,8 @@
 """Default memory budget inputs: a container's cgroup memory limit caps host RAM."""
 
-from megaload.devices import cgroup_memory_limit
+import psutil
+
+from megaload.devices import cgroup_memory_limit, device_memory_bytes
 
 
 def _files(tmp_path, **contents):
@@ -31,3 +33,10 @@ def test_first_existing_file_decides(tmp_path):
 
 def test_no_cgroup_files(tmp_path):
     assert cgroup_memory_limit((str(tmp_path / "absent"),)) is None
+
+
+def test_cpu_memory_is_the_container_limit_when_lower_than_ram(tmp_path):
+    ram = psutil.virtual_memory().total
+    assert device_memory_bytes("cpu", cgroup_files=_files(tmp_path, v2="1073741824\n")) == min(ram, 1024**3)
+    assert device_memory_bytes("cpu", cgroup_files=_files(tmp_path, v2b=f"{ram * 4}\n")) == ram
+    assert device_memory_bytes("cpu", cgroup_files=_files(tmp_path, v2c="max\n")) == ram

@@ -202,3 +202,41 @@ def test_other_limits():
                 {"shutdown_grace_seconds": -1}, {"max_finished_jobs": 0}, {"unknown_setting": 1}):
         with pytest.raises(ValidationError):
             Settings(**bad)
+
+
+def _help_defaults() -> dict[str, str]:
+    """Each ``megaload serve`` flag whose help names a literal default, ``(default X;`` or
+    ``(default X)``: its setting's name and X."""
+    import re
+
+    serve = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
+    found = {}
+    for action in serve._actions:
+        m = re.search(r"\(default ([^\s:;,)]+)[;)]", action.help or "")
+        if m:
+            found[action.dest] = m.group(1)
+    return found
+
+
+@pytest.mark.parametrize("world_size", [1, 4])
+def test_every_default_a_flag_names_is_the_settings_default(world_size, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))  # as torchrun sets it
+    claimed = _help_defaults()
+    assert {"port", "log_level", "pipeline_parallel", "collective_timeout_seconds"} <= set(claimed), claimed
+    s = Settings()
+    for field, text in claimed.items():
+        value = getattr(s, field)
+        if isinstance(value, (int, float)):
+            assert value == float(text), f"--{field.replace('_', '-')} says default {text}, the setting is {value}"
+        else:
+            assert str(value) == text, f"--{field.replace('_', '-')} says default {text}, the setting is {value}"
+
+
+def test_tensor_parallel_default_follows_the_world_size(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert Settings().tensor_parallel == 4
+    assert Settings(pipeline_parallel=2).tensor_parallel == 2
+    serve = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
+    (tp,) = [a for a in serve._actions if a.dest == "tensor_parallel"]
+    assert "world size / P" in tp.help

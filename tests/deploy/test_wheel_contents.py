@@ -1,0 +1,33 @@
+"""What `pip install .` installs: the wheel built from the project holds the status page's HTML
+(package data, not only the Python modules) and requires the package that ships the API
+reference's assets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_ships_the_status_page_and_the_docs_assets_dependency(tmp_path):
+    src = tmp_path / "src"
+    # the files the Dockerfile's wheel stage copies, so the build leaves nothing in the checkout
+    shutil.copytree(REPO / "service", src / "service", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, src / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"), str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    (wheel,) = (tmp_path / "w").glob("megaload-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        page = zf.read("megaload/api/static/status.html").decode("utf-8")
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode("utf-8")
+    assert page == (REPO / "service/megaload/api/static/status.html").read_text(encoding="utf-8")
+    assert "megaload/api/routes/pages.py" in names
+    assert any(line.startswith("Requires-Dist: fastapi-offline") for line in metadata.splitlines()), metadata

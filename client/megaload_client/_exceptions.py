@@ -16,7 +16,10 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   ├── CheckpointNotFoundError          (also FileNotFoundError)
     │   │   ├── ModelNotFoundError
     │   │   ├── ShardNotFoundError
-    │   │   └── JobNotFoundError
+    │   │   ├── JobNotFoundError
+    │   │   ├── RepoNotFoundError                Hub endpoint: no repository megaload/<id>
+    │   │   ├── RevisionNotFoundError            Hub endpoint: not main nor the current commit
+    │   │   └── EntryNotFoundError               Hub endpoint: no such file in the repository
     │   ├── MethodNotAllowedError           405
     │   ├── ConflictError                   409
     │   │   ├── CheckpointExistsError            (also FileExistsError)
@@ -30,7 +33,8 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   │   └── UnsafeCheckpointError
     │   │   ├── IncompatibleConfigError
     │   │   ├── InvalidDtypeError
-    │   │   └── TokenizerError
+    │   │   ├── TokenizerError
+    │   │   └── UnmappableModelError             no Hugging Face model expresses the checkpoint
     │   ├── RateLimitError                  429
     │   └── ServerError                     5xx
     │       ├── InternalServerError         500
@@ -70,6 +74,9 @@ __all__ = [
     "ModelNotFoundError",
     "ShardNotFoundError",
     "JobNotFoundError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "EntryNotFoundError",
     "MethodNotAllowedError",
     "ConflictError",
     "CheckpointExistsError",
@@ -84,6 +91,7 @@ __all__ = [
     "IncompatibleConfigError",
     "InvalidDtypeError",
     "TokenizerError",
+    "UnmappableModelError",
     "RateLimitError",
     "ServerError",
     "InternalServerError",
@@ -147,6 +155,9 @@ class CheckpointNotFoundError(NotFoundError, FileNotFoundError): ...
 class ModelNotFoundError(NotFoundError): ...
 class ShardNotFoundError(NotFoundError): ...
 class JobNotFoundError(NotFoundError): ...
+class RepoNotFoundError(NotFoundError): ...
+class RevisionNotFoundError(NotFoundError): ...
+class EntryNotFoundError(NotFoundError): ...
 class MethodNotAllowedError(APIStatusError): ...
 class ConflictError(APIStatusError): ...
 class CheckpointExistsError(ConflictError, FileExistsError): ...
@@ -161,6 +172,7 @@ class UnsafeCheckpointError(CorruptCheckpointError): ...
 class IncompatibleConfigError(UnprocessableEntityError): ...
 class InvalidDtypeError(UnprocessableEntityError): ...
 class TokenizerError(UnprocessableEntityError): ...
+class UnmappableModelError(UnprocessableEntityError): ...
 class RateLimitError(APIStatusError): ...
 class ServerError(APIStatusError): ...
 class InternalServerError(ServerError): ...
@@ -200,6 +212,9 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.MODEL_NOT_FOUND: ModelNotFoundError,
     p.SHARD_NOT_FOUND: ShardNotFoundError,
     p.JOB_NOT_FOUND: JobNotFoundError,
+    p.REPO_NOT_FOUND: RepoNotFoundError,
+    p.REVISION_NOT_FOUND: RevisionNotFoundError,
+    p.ENTRY_NOT_FOUND: EntryNotFoundError,
     p.METHOD_NOT_ALLOWED: MethodNotAllowedError,
     p.CHECKPOINT_EXISTS: CheckpointExistsError,
     p.JOB_NOT_CANCELLABLE: JobNotCancellableError,
@@ -212,6 +227,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.INCOMPATIBLE_CONFIG: IncompatibleConfigError,
     p.INVALID_DTYPE: InvalidDtypeError,
     p.TOKENIZER_ERROR: TokenizerError,
+    p.UNMAPPABLE_MODEL: UnmappableModelError,
     p.NOT_READY: ServiceUnavailableError,
     p.INSUFFICIENT_MEMORY: InsufficientMemoryError,
     p.INTERNAL: InternalServerError,

@@ -21,6 +21,9 @@ __all__ = [
     "MODEL_NOT_FOUND",
     "SHARD_NOT_FOUND",
     "JOB_NOT_FOUND",
+    "REPO_NOT_FOUND",
+    "REVISION_NOT_FOUND",
+    "ENTRY_NOT_FOUND",
     "METHOD_NOT_ALLOWED",
     "CHECKPOINT_EXISTS",
     "JOB_NOT_CANCELLABLE",
@@ -33,6 +36,7 @@ __all__ = [
     "INCOMPATIBLE_CONFIG",
     "INVALID_DTYPE",
     "TOKENIZER_ERROR",
+    "UNMAPPABLE_MODEL",
     "NOT_READY",
     "INSUFFICIENT_MEMORY",
     "INTERNAL",
@@ -54,6 +58,10 @@ CHECKPOINT_NOT_FOUND = PROBLEM_TYPE_PREFIX + "checkpoint-not-found"
 MODEL_NOT_FOUND = PROBLEM_TYPE_PREFIX + "model-not-found"
 SHARD_NOT_FOUND = PROBLEM_TYPE_PREFIX + "shard-not-found"
 JOB_NOT_FOUND = PROBLEM_TYPE_PREFIX + "job-not-found"
+# 404 on the Hugging Face Hub endpoint (with the X-Error-Code huggingface_hub maps)
+REPO_NOT_FOUND = PROBLEM_TYPE_PREFIX + "repo-not-found"  # X-Error-Code: RepoNotFound
+REVISION_NOT_FOUND = PROBLEM_TYPE_PREFIX + "revision-not-found"  # X-Error-Code: RevisionNotFound
+ENTRY_NOT_FOUND = PROBLEM_TYPE_PREFIX + "entry-not-found"  # X-Error-Code: EntryNotFound
 # 405
 METHOD_NOT_ALLOWED = PROBLEM_TYPE_PREFIX + "method-not-allowed"
 # 409
@@ -71,6 +79,7 @@ UNSAFE_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsafe-checkpoint"
 INCOMPATIBLE_CONFIG = PROBLEM_TYPE_PREFIX + "incompatible-config"
 INVALID_DTYPE = PROBLEM_TYPE_PREFIX + "invalid-dtype"
 TOKENIZER_ERROR = PROBLEM_TYPE_PREFIX + "tokenizer-error"
+UNMAPPABLE_MODEL = PROBLEM_TYPE_PREFIX + "unmappable-model"  # no Hugging Face model expresses it
 # 5xx
 NOT_READY = PROBLEM_TYPE_PREFIX + "not-ready"
 INSUFFICIENT_MEMORY = PROBLEM_TYPE_PREFIX + "insufficient-memory"
@@ -86,6 +95,9 @@ PROBLEM_STATUS: dict[str, int] = {
     MODEL_NOT_FOUND: 404,
     SHARD_NOT_FOUND: 404,
     JOB_NOT_FOUND: 404,
+    REPO_NOT_FOUND: 404,
+    REVISION_NOT_FOUND: 404,
+    ENTRY_NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     CHECKPOINT_EXISTS: 409,
     JOB_NOT_CANCELLABLE: 409,
@@ -98,6 +110,7 @@ PROBLEM_STATUS: dict[str, int] = {
     INCOMPATIBLE_CONFIG: 422,
     INVALID_DTYPE: 422,
     TOKENIZER_ERROR: 422,
+    UNMAPPABLE_MODEL: 422,
     NOT_READY: 503,
     INSUFFICIENT_MEMORY: 507,
     INTERNAL: 500,
@@ -113,6 +126,9 @@ PROBLEM_TITLES: dict[str, str] = {
     MODEL_NOT_FOUND: "Model not found",
     SHARD_NOT_FOUND: "Shard not found",
     JOB_NOT_FOUND: "Job not found",
+    REPO_NOT_FOUND: "Repository not found",
+    REVISION_NOT_FOUND: "Revision not found",
+    ENTRY_NOT_FOUND: "Entry not found",
     METHOD_NOT_ALLOWED: "Method not allowed",
     CHECKPOINT_EXISTS: "Checkpoint already exists",
     JOB_NOT_CANCELLABLE: "Job cannot be cancelled",
@@ -125,6 +141,7 @@ PROBLEM_TITLES: dict[str, str] = {
     INCOMPATIBLE_CONFIG: "Incompatible configuration",
     INVALID_DTYPE: "Invalid dtype",
     TOKENIZER_ERROR: "Tokenizer unavailable",
+    UNMAPPABLE_MODEL: "No Hugging Face model for this checkpoint",
     NOT_READY: "Service not ready",
     INSUFFICIENT_MEMORY: "Insufficient memory",
     INTERNAL: "Internal server error",

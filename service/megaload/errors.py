@@ -13,7 +13,12 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
     ├── JobNotCancellableError     the job already runs or has finished
     ├── InsufficientMemoryError    (also MemoryError) the model cannot fit the budget
     ├── NotReadyError              the engine is not (or no longer) up
-    └── EngineStoppedError         the engine shut down before running a command
+    ├── EngineStoppedError         the engine shut down before running a command
+    └── HubError                   (also LookupError) the Hub endpoint has no such thing;
+        │                          ``hub_code`` is the X-Error-Code huggingface_hub maps
+        ├── RepoNotFoundError          no repository megaload/<id> (no such resident model)
+        ├── RevisionNotFoundError      a revision other than main and the current commit
+        └── EntryNotFoundError         no such file or folder in the repository
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ __all__ = [
     "InsufficientMemoryError",
     "NotReadyError",
     "EngineStoppedError",
+    "HubError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "EntryNotFoundError",
 ]
 
 
@@ -108,3 +117,32 @@ class EngineStoppedError(NotReadyError):
 
     def __init__(self, message: str = "the engine is shutting down") -> None:
         super().__init__(message, retry_after=None)
+
+
+class HubError(ServiceError, LookupError):
+    """A miss on the Hugging Face Hub endpoint. ``hub_code`` is the ``X-Error-Code`` value
+    ``huggingface_hub`` turns into its own error class; ``commit`` (when known) is sent as
+    ``X-Repo-Commit``, which it uses to remember that a file does not exist."""
+
+    hub_code = ""
+
+    def __init__(self, message: str, *, repo_id: str, commit: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.commit = commit
+
+
+class RepoNotFoundError(HubError):
+    hub_code = "RepoNotFound"
+
+
+class RevisionNotFoundError(HubError):
+    hub_code = "RevisionNotFound"
+
+
+class EntryNotFoundError(HubError):
+    hub_code = "EntryNotFound"
+
+    def __init__(self, message: str, *, repo_id: str, commit: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, repo_id=repo_id, commit=commit)
+        self.path = path

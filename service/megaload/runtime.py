@@ -51,6 +51,7 @@ from .checkpoint import (
 from .devices import device_memory_bytes
 from .engine import Engine, EngineState
 from .errors import BadRequestError
+from .hf_models import HFModels
 from .jobs import JobHandle, JobManager, JobRecord
 from .metrics import Metrics
 from .paths import PathPolicy
@@ -91,6 +92,7 @@ class Runtime:
             raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
         self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
         self.registry = Registry(self.engine, budget, metrics=self.metrics)
+        self.hf_models = HFModels(self.engine, self.registry, self.paths)
         self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
 

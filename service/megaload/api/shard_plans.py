@@ -46,7 +46,7 @@ from ..streaming import LazyTensors, ShardOptions, ShardPlan, fill_checksums, pl
 if TYPE_CHECKING:
     from ..registry import ModelEntry, Registry
 
-__all__ = ["ShardPlans", "Reshard", "tensor_view", "DEFAULT_MAX_PLANS"]
+__all__ = ["ShardPlans", "Reshard", "tensor_view", "shard_identity", "DEFAULT_MAX_PLANS"]
 
 DEFAULT_MAX_PLANS = 32
 
@@ -185,6 +185,17 @@ def tensor_view(entry: ModelEntry, reshard: Reshard | None, hf: LazyTensors | No
     return SlicedTensors(
         entry.state_dict, rules, reshard.tp_rank, reshard.tp_size, padded_vocab_rows(loaded.model, reshard.tp_size)
     )
+
+
+def shard_identity(entry: ModelEntry, reshard: Reshard | None = None, hf: LazyTensors | None = None) -> str:
+    """What a shard's ETag knows of the model: its id, when this copy of it was loaded, and
+    the view streamed (a tensor-parallel rank's slices, or the Hugging Face tensors)."""
+    identity = f"{entry.id}@{entry.loaded_at.isoformat()}"
+    if reshard is not None:
+        identity += f"#tp{reshard.tp_rank}of{reshard.tp_size}"
+    if hf is not None:
+        identity += "#hf"
+    return identity
 
 
 def streamable_view(entry: ModelEntry, reshard: Reshard | None = None) -> Mapping[str, Any]:

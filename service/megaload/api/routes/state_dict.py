@@ -52,7 +52,7 @@ from ..deps import RuntimeDep
 from ..file_answers import file_answer
 from ..problems import error_responses
 from ...errors import BadRequestError
-from ..shard_plans import Reshard, ShardPlans, tensor_view
+from ..shard_plans import Reshard, ShardPlans, shard_identity, tensor_view
 from ..streaming_body import LeasedStreamingResponse
 
 router = APIRouter(prefix="/models", tags=["state dict"])
@@ -249,12 +249,8 @@ async def _shard_response(
         hf = await hf_tensors(runtime, entry, names, reshard)
         plan = await plans.plan(entry, options, reshard, hf)
         shard = plan.shard(n)
-        identity = model_identity(entry)
-        if reshard is not None:
-            identity += f"#tp{reshard.tp_rank}of{reshard.tp_size}"
-        if hf is not None:
-            identity += "#hf"
-        answer = file_answer(request, etag=shard_etag(identity, plan, n), size=shard.size, head=head)
+        etag = shard_etag(shard_identity(entry, reshard, hf), plan, n)
+        answer = file_answer(request, etag=etag, size=shard.size, head=head)
         if answer.not_modified:
             return Response(status_code=304, headers=answer.headers)
         headers = {**answer.headers, "Content-Disposition": f'attachment; filename="{shard.filename}"'}
@@ -275,8 +271,3 @@ async def _shard_response(
     finally:
         if not handed_over:
             lease.release()
-
-
-def model_identity(entry: ModelEntry) -> str:
-    """What the ETag knows of the model: its id and when this copy of it was loaded."""
-    return f"{entry.id}@{entry.loaded_at.isoformat()}"

@@ -33,8 +33,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   │   └── UnsafeCheckpointError
     │   │   ├── IncompatibleConfigError
     │   │   ├── InvalidDtypeError
-    │   │   ├── TokenizerError
-    │   │   └── UnmappableModelError             no Hugging Face model expresses the checkpoint
+    │   │   └── TokenizerError
     │   ├── RateLimitError                  429
     │   └── ServerError                     5xx
     │       ├── InternalServerError         500
@@ -91,7 +90,6 @@ __all__ = [
     "IncompatibleConfigError",
     "InvalidDtypeError",
     "TokenizerError",
-    "UnmappableModelError",
     "RateLimitError",
     "ServerError",
     "InternalServerError",
@@ -172,7 +170,6 @@ class UnsafeCheckpointError(CorruptCheckpointError): ...
 class IncompatibleConfigError(UnprocessableEntityError): ...
 class InvalidDtypeError(UnprocessableEntityError): ...
 class TokenizerError(UnprocessableEntityError): ...
-class UnmappableModelError(UnprocessableEntityError): ...
 class RateLimitError(APIStatusError): ...
 class ServerError(APIStatusError): ...
 class InternalServerError(ServerError): ...
@@ -227,7 +224,6 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.INCOMPATIBLE_CONFIG: IncompatibleConfigError,
     p.INVALID_DTYPE: InvalidDtypeError,
     p.TOKENIZER_ERROR: TokenizerError,
-    p.UNMAPPABLE_MODEL: UnmappableModelError,
     p.NOT_READY: ServiceUnavailableError,
     p.INSUFFICIENT_MEMORY: InsufficientMemoryError,
     p.INTERNAL: InternalServerError,

@@ -36,7 +36,6 @@ __all__ = [
     "INCOMPATIBLE_CONFIG",
     "INVALID_DTYPE",
     "TOKENIZER_ERROR",
-    "UNMAPPABLE_MODEL",
     "NOT_READY",
     "INSUFFICIENT_MEMORY",
     "INTERNAL",
@@ -79,7 +78,6 @@ UNSAFE_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsafe-checkpoint"
 INCOMPATIBLE_CONFIG = PROBLEM_TYPE_PREFIX + "incompatible-config"
 INVALID_DTYPE = PROBLEM_TYPE_PREFIX + "invalid-dtype"
 TOKENIZER_ERROR = PROBLEM_TYPE_PREFIX + "tokenizer-error"
-UNMAPPABLE_MODEL = PROBLEM_TYPE_PREFIX + "unmappable-model"  # no Hugging Face model expresses it
 # 5xx
 NOT_READY = PROBLEM_TYPE_PREFIX + "not-ready"
 INSUFFICIENT_MEMORY = PROBLEM_TYPE_PREFIX + "insufficient-memory"
@@ -110,7 +108,6 @@ PROBLEM_STATUS: dict[str, int] = {
     INCOMPATIBLE_CONFIG: 422,
     INVALID_DTYPE: 422,
     TOKENIZER_ERROR: 422,
-    UNMAPPABLE_MODEL: 422,
     NOT_READY: 503,
     INSUFFICIENT_MEMORY: 507,
     INTERNAL: 500,
@@ -141,7 +138,6 @@ PROBLEM_TITLES: dict[str, str] = {
     INCOMPATIBLE_CONFIG: "Incompatible configuration",
     INVALID_DTYPE: "Invalid dtype",
     TOKENIZER_ERROR: "Tokenizer unavailable",
-    UNMAPPABLE_MODEL: "No Hugging Face model for this checkpoint",
     NOT_READY: "Service not ready",
     INSUFFICIENT_MEMORY: "Insufficient memory",
     INTERNAL: "Internal server error",

@@ -52,7 +52,6 @@ EXPECTED = {
     p.INCOMPATIBLE_CONFIG: mc.IncompatibleConfigError,
     p.INVALID_DTYPE: mc.InvalidDtypeError,
     p.TOKENIZER_ERROR: mc.TokenizerError,
-    p.UNMAPPABLE_MODEL: mc.UnmappableModelError,
     p.NOT_READY: mc.ServiceUnavailableError,
     p.INSUFFICIENT_MEMORY: mc.InsufficientMemoryError,
     p.INTERNAL: mc.InternalServerError,

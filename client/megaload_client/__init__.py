@@ -55,6 +55,7 @@ from ._exceptions import (
     UnprocessableEntityError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
+    UnmappableModelError,
 )
 from ._handles import AsyncJobHandle, AsyncModelHandle, JobHandle, ModelHandle
 from ._models import (
@@ -140,6 +141,7 @@ __all__ = [
     "UnprocessableEntityError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",

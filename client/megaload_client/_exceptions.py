@@ -29,6 +29,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   ├── UnprocessableEntityError        422  (also ValueError) request validation
     │   │   ├── NotACheckpointError
     │   │   ├── UnsupportedCheckpointError
+    │   │   │   └── UnmappableModelError     no Hugging Face form (``problem.field`` says why)
     │   │   ├── CorruptCheckpointError
     │   │   │   └── UnsafeCheckpointError
     │   │   ├── IncompatibleConfigError
@@ -85,6 +86,7 @@ __all__ = [
     "UnprocessableEntityError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",
@@ -165,6 +167,7 @@ class RangeNotSatisfiableError(APIStatusError): ...
 class UnprocessableEntityError(APIStatusError, ValueError): ...
 class NotACheckpointError(UnprocessableEntityError): ...
 class UnsupportedCheckpointError(UnprocessableEntityError): ...
+class UnmappableModelError(UnsupportedCheckpointError): ...
 class CorruptCheckpointError(UnprocessableEntityError): ...
 class UnsafeCheckpointError(CorruptCheckpointError): ...
 class IncompatibleConfigError(UnprocessableEntityError): ...
@@ -219,6 +222,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.RANGE_NOT_SATISFIABLE: RangeNotSatisfiableError,
     p.NOT_A_CHECKPOINT: NotACheckpointError,
     p.UNSUPPORTED_CHECKPOINT: UnsupportedCheckpointError,
+    p.UNMAPPABLE_MODEL: UnmappableModelError,
     p.CORRUPT_CHECKPOINT: CorruptCheckpointError,
     p.UNSAFE_CHECKPOINT: UnsafeCheckpointError,
     p.INCOMPATIBLE_CONFIG: IncompatibleConfigError,

@@ -31,6 +31,7 @@ __all__ = [
     "RANGE_NOT_SATISFIABLE",
     "NOT_A_CHECKPOINT",
     "UNSUPPORTED_CHECKPOINT",
+    "UNMAPPABLE_MODEL",
     "CORRUPT_CHECKPOINT",
     "UNSAFE_CHECKPOINT",
     "INCOMPATIBLE_CONFIG",
@@ -73,6 +74,7 @@ RANGE_NOT_SATISFIABLE = PROBLEM_TYPE_PREFIX + "range-not-satisfiable"
 # 422: the checkpoint (not the request) is the problem
 NOT_A_CHECKPOINT = PROBLEM_TYPE_PREFIX + "not-a-checkpoint"
 UNSUPPORTED_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsupported-checkpoint"
+UNMAPPABLE_MODEL = PROBLEM_TYPE_PREFIX + "unmappable-model"  # no Hugging Face form; ``field`` says why
 CORRUPT_CHECKPOINT = PROBLEM_TYPE_PREFIX + "corrupt-checkpoint"
 UNSAFE_CHECKPOINT = PROBLEM_TYPE_PREFIX + "unsafe-checkpoint"
 INCOMPATIBLE_CONFIG = PROBLEM_TYPE_PREFIX + "incompatible-config"
@@ -103,6 +105,7 @@ PROBLEM_STATUS: dict[str, int] = {
     RANGE_NOT_SATISFIABLE: 416,
     NOT_A_CHECKPOINT: 422,
     UNSUPPORTED_CHECKPOINT: 422,
+    UNMAPPABLE_MODEL: 422,
     CORRUPT_CHECKPOINT: 422,
     UNSAFE_CHECKPOINT: 422,
     INCOMPATIBLE_CONFIG: 422,
@@ -133,6 +136,7 @@ PROBLEM_TITLES: dict[str, str] = {
     RANGE_NOT_SATISFIABLE: "Range not satisfiable",
     NOT_A_CHECKPOINT: "Not a checkpoint",
     UNSUPPORTED_CHECKPOINT: "Unsupported checkpoint",
+    UNMAPPABLE_MODEL: "No Hugging Face form for this model",
     CORRUPT_CHECKPOINT: "Corrupt checkpoint",
     UNSAFE_CHECKPOINT: "Unsafe checkpoint",
     INCOMPATIBLE_CONFIG: "Incompatible configuration",

@@ -47,6 +47,7 @@ EXPECTED = {
     p.RANGE_NOT_SATISFIABLE: mc.RangeNotSatisfiableError,
     p.NOT_A_CHECKPOINT: mc.NotACheckpointError,
     p.UNSUPPORTED_CHECKPOINT: mc.UnsupportedCheckpointError,
+    p.UNMAPPABLE_MODEL: mc.UnmappableModelError,
     p.CORRUPT_CHECKPOINT: mc.CorruptCheckpointError,
     p.UNSAFE_CHECKPOINT: mc.UnsafeCheckpointError,
     p.INCOMPATIBLE_CONFIG: mc.IncompatibleConfigError,

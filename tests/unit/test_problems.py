@@ -39,6 +39,7 @@ def test_statuses_and_extensions():
         (library.UnsafeCheckpointError("bad global", path="/x"), 422, p.UNSAFE_CHECKPOINT),
         (library.CorruptCheckpointError("truncated", path="/x"), 422, p.CORRUPT_CHECKPOINT),
         (library.IncompatibleConfigError("tp", field="mp_overrides.tp"), 422, p.INCOMPATIBLE_CONFIG),
+        (library.UnmappableModelError("LayerNorm", field="normalization"), 422, p.UNMAPPABLE_MODEL),
         (library.CheckpointExistsError("exists", path="/x"), 409, p.CHECKPOINT_EXISTS),
         (service_errors.ModelNotFoundError("abc"), 404, p.MODEL_NOT_FOUND),
         (service_errors.JobNotCancellableError("j", "running"), 409, p.JOB_NOT_CANCELLABLE),
@@ -53,7 +54,8 @@ def test_statuses_and_extensions():
         assert prob.detail == str(exc)
     assert problem_for(cases[0][0]).path == "/x"
     assert problem_for(cases[3][0]).field == "mp_overrides.tp"
-    assert problem_for(cases[7][0]).limit == 255
+    assert problem_for(cases[8][0]).limit == 255
+    assert problem_for(cases[4][0]).field == "normalization"
 
 
 def test_memory_and_readiness_headers():

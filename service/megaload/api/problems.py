@@ -37,6 +37,7 @@ from ..checkpoint import (
     InvalidDtypeError,
     NotACheckpointError,
     TokenizerError,
+    UnmappableModelError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
@@ -91,6 +92,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     CheckpointNotFoundError: p.CHECKPOINT_NOT_FOUND,
     NotACheckpointError: p.NOT_A_CHECKPOINT,
     UnsupportedCheckpointError: p.UNSUPPORTED_CHECKPOINT,
+    UnmappableModelError: p.UNMAPPABLE_MODEL,
     CorruptCheckpointError: p.CORRUPT_CHECKPOINT,
     UnsafeCheckpointError: p.UNSAFE_CHECKPOINT,
     IncompatibleConfigError: p.INCOMPATIBLE_CONFIG,

@@ -26,6 +26,7 @@ from ._errors import (
     InvalidDtypeError,
     NotACheckpointError,
     TokenizerError,
+    UnmappableModelError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
@@ -118,6 +119,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",

@@ -7,6 +7,7 @@ The HTTP layer maps each class to one problem type; nothing else is raised for b
     ├── CheckpointNotFoundError      (also FileNotFoundError)  nothing at that path
     ├── NotACheckpointError          a directory, but no checkpoint in it
     ├── UnsupportedCheckpointError   a checkpoint we recognise but cannot honour
+    │   └── UnmappableModelError     a model with no Hugging Face form (``field`` says why)
     ├── CorruptCheckpointError       files present but unreadable or inconsistent
     │   └── UnsafeCheckpointError    a pickle asks for something outside the allowlist
     ├── IncompatibleConfigError      (also ValueError) config fields that cannot be built/applied
@@ -25,6 +26,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "NotACheckpointError",
     "UnsupportedCheckpointError",
+    "UnmappableModelError",
     "CorruptCheckpointError",
     "UnsafeCheckpointError",
     "IncompatibleConfigError",
@@ -57,6 +59,22 @@ class NotACheckpointError(CheckpointError):
 
 class UnsupportedCheckpointError(CheckpointError):
     """A checkpoint format, model type or feature this library does not support."""
+
+
+class UnmappableModelError(UnsupportedCheckpointError):
+    """The model cannot be expressed as a Hugging Face model of a supported architecture.
+
+    ``field`` names the config field (``normalization``, ``position_embedding_type``...) or the
+    Megatron tensor name that has no Hugging Face counterpart; ``architecture`` the target
+    architecture when one was chosen (``None`` when none could be).
+    """
+
+    def __init__(
+        self, message: str, *, field: str, architecture: str | None = None, path: str | os.PathLike | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.field = field
+        self.architecture = architecture
 
 
 class CorruptCheckpointError(CheckpointError):

@@ -15,8 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
-FIXTURE_NAMES = ("bridge_gpt_tied_rope_fp32", "mlm_gpt")
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 
 class References:

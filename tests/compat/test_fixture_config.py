@@ -23,7 +23,7 @@ from megaload.checkpoint import (
     transformer_config_from_args,
 )
 
-FIXTURE_NAMES = ("bridge_gpt_tied_rope_fp32", "mlm_gpt")
+from upstream_fixtures import FIXTURE_NAMES
 MISSING = "<missing>"
 # Bridge's provider class lives in megatron.bridge; ours carries the same name and fields.
 NOT_COMPARED = {"config_type_module"}

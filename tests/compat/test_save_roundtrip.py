@@ -38,7 +38,7 @@ from megaload.checkpoint import (
 )
 from megaload.checkpoint._pickle import load_dcp_metadata
 
-FIXTURE_NAMES = ("bridge_gpt_tied_rope_fp32", "mlm_gpt")
+from upstream_fixtures import FIXTURE_NAMES
 SMALL = dict(
     num_layers=2,
     hidden_size=32,
@@ -62,6 +62,10 @@ def build_gpt(seed: int, **overrides):
         with megatron_cpu_init_context(provider):
             model = provider.provide()
     assert provider.use_cpu_initialization is False  # restored
+    if provider.bf16:
+        # what upstream's builder does to a bf16 model (megatron-core's Float16Module): the norms,
+        # which megatron-core builds in float32, become bf16 like every other parameter
+        model.bfloat16()
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
         for param in model.parameters():

@@ -25,8 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from megaload.app import create_app
 from megaload.settings import Settings
 
-FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
-FIXTURE_NAMES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 TOKEN = "test-token-0123456789abcdef"
 
 

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 import megaload_client as mc
 
-FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
-FIXTURES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
+from upstream_fixtures import FIXTURE_NAMES as FIXTURES
+from upstream_fixtures import FIXTURES_DIR
 
 
 def _reference(name: str) -> dict[str, torch.Tensor]:

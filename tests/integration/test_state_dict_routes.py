@@ -21,6 +21,7 @@ from megaload_client import _problems as problems
 from megaload_client._models import StateDictIndex
 
 from library_models import GENERATED_NAME, generate_gpt_checkpoint, library_state_dicts
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 FIXTURES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
 MiB = 1 << 20
@@ -130,6 +131,30 @@ def test_shards_equal_the_library_state_dict(service, library, tmp_path, name, p
         for shard in index["shards"]:
             data = sum(_nbytes(expected[k]) for k in shard["names"])
             assert data <= bound or shard["tensor_count"] == 1, shard["filename"]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_shards_equal_upstreams_state_dict(service, tmp_path, name):
+    """Every fixture streams exactly what upstream's loader returns: the same keys, dtypes (bf16
+    norms of Hugging Face imports included), byte counts in the index and the model's record,
+    and bits."""
+    reference = load_file(str(FIXTURES_DIR / name / "reference_state_dict.safetensors"))
+    model_id = _load(service, name)
+    index = _index(service, model_id)
+    assert index["total_size"] == sum(_nbytes(t) for t in reference.values())
+    assert {k: v["dtype"] for k, v in index["tensors"].items()} == {
+        k: _SAFETENSORS_DTYPES[t.dtype] for k, t in reference.items()
+    }
+    record = service.client.get(f"/v1/models/{model_id}").json()
+    assert record["size_bytes"] == index["total_size"]
+    assert record["dtype"] == str(next(iter(reference.values())).dtype).removeprefix("torch.")
+    got = _download(service, model_id, index, {}, tmp_path)
+    assert set(got) == set(reference)
+    for key, tensor in reference.items():
+        assert _same_bits(got[key], tensor), key
+
+
+_SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 
 
 def test_ranges_of_a_fixture_shard(service):

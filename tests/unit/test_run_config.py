@@ -479,3 +479,93 @@ def test_unbuildable_field_value_errors_name_the_checkpoint(bridge_copy, field, 
     with pytest.raises(CheckpointError) as info:
         load_megatron_model(save_dir, return_state_dict=True, use_cpu_init=True)
     assert str(save_dir / "iter_0000000") in str(info.value)
+
+
+# --- what real run configs carry: the run config of an upstream AutoBridge import ---------------
+# (hf_qwen2: bf16, float rotary_base, nulls for derived sizes, lists, nested _target_ objects).
+
+HF_IMPORT = "hf_qwen2"
+
+
+def hf_import_run_config() -> dict:
+    return yaml.safe_load((FIXTURES_DIR / HF_IMPORT / "checkpoint" / "iter_0000000" / "run_config.yaml").read_text())
+
+
+@pytest.fixture
+def hf_import_copy(copy_fixture):
+    save_dir = copy_fixture(HF_IMPORT)
+    return save_dir, save_dir / "iter_0000000" / "run_config.yaml"
+
+
+def load_with(hf_import_copy, **changes):
+    save_dir, rc_path = hf_import_copy
+    rc = hf_import_run_config()
+    rc["model"].update(changes)
+    write(rc_path, rc)
+    return load_model_config(save_dir)[0]
+
+
+def test_the_hf_import_run_config_is_read_as_upstream_reads_it(hf_import_copy):
+    cfg, args = load_model_config(hf_import_copy[0])
+    assert args is None
+    assert cfg.rotary_base == 1000000.0 and isinstance(cfg.rotary_base, float)  # an int field's default
+    assert cfg.params_dtype is torch.bfloat16 and cfg.autocast_dtype is torch.bfloat16  # nested _target_ dtypes
+    assert cfg.activation_func is F.silu  # a nested _target_ naming a function
+    assert cfg.cuda_graph_scope == [] and cfg.moe_layer_freq == 1  # a list, an int-or-list field
+    assert cfg.pipeline_dtype is None and cfg.hierarchical_context_parallel_sizes is None  # None where defaults differ
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("rotary_base", 500000.0, 500000.0),  # float where the default is int
+        ("rotary_base", 10000, 10000),
+        ("rope_scaling_factor", 8, 8),  # int where the default is float
+        ("layernorm_epsilon", 1e-5, 1e-5),
+        ("kv_channels", None, 16),  # None: megatron-core derives it (hidden / heads)
+        ("num_query_groups", None, 4),  # None: one group per head
+        ("ffn_hidden_size", None, 256),  # None: 4 * hidden
+        ("window_size", [128, 0], [128, 0]),  # a list
+        ("moe_layer_freq", [1, 1], [1, 1]),
+        ("qk_layernorm", 0, False),  # 0/1 read as the flags they mean
+        ("seq_len_interpolation_factor", None, None),
+    ],
+)
+def test_values_upstream_accepts_are_accepted(hf_import_copy, field, value, expected):
+    cfg = load_with(hf_import_copy, **{field: value})
+    got = getattr(cfg, field)
+    assert got == expected and type(got) is type(expected), (got, expected)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [
+        ("rotary_base", 0, "a positive number"),
+        ("rotary_base", "1e6", "a positive number"),
+        ("rotary_base", None, "a positive number"),
+        ("rotary_base", True, "a positive number"),
+        ("rotary_base", float("inf"), "a positive number"),
+        ("rotary_percent", 1.5, "at most 1"),
+        ("hidden_size", 64.0, "a positive integer"),  # a float size cannot shape a tensor
+        ("num_layers", None, "a positive integer"),
+        ("kv_channels", -16, "a positive integer or null"),
+        ("num_moe_experts", 0, "a positive integer or null"),
+        ("qk_layernorm", "yes", "true or false"),
+        ("normalization", "rmsnorm", "one of LayerNorm, RMSNorm"),
+        ("position_embedding_type", ["rope"], "one of learned_absolute"),
+    ],
+)
+def test_values_that_cannot_be_honoured_are_refused_naming_the_field(hf_import_copy, field, value, what):
+    with pytest.raises(IncompatibleConfigError) as info:
+        load_with(hf_import_copy, **{field: value})
+    assert info.value.field == field
+    assert f"model.{field} should be" in str(info.value) and what in str(info.value)
+    assert str(hf_import_copy[1]) in str(info.value)
+
+
+def test_a_refused_value_is_summarized_not_repeated(hf_import_copy):
+    huge = {"nested": [list(range(1000))] * 50, "text": "x" * 100_000}
+    with pytest.raises(IncompatibleConfigError) as info:
+        load_with(hf_import_copy, hidden_size=huge)
+    assert len(str(info.value)) < 400
+    assert "hidden_size" in str(info.value) and "dict" in str(info.value)

@@ -222,10 +222,36 @@ def build_model(config: Any, *, model_type: ModelType | None = None, megatron_ar
                 chunk = _build_mlm_mamba(config, megatron_args, pre, post, vp_stage)
             else:
                 raise IncompatibleConfigError(f"model_type must be 'gpt' or 'mamba', got {kind!r}", field="model_type")
+        _match_mixed_precision(chunk, config, megatron_args)
         for param in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(param)
         chunks.append(chunk)
     return chunks
+
+
+def _match_mixed_precision(chunk: torch.nn.Module, config: Any, megatron_args: argparse.Namespace | None) -> None:
+    """Put every floating parameter and buffer of a bf16/fp16 model in that dtype, as upstream's
+    builders do by wrapping the model in megatron-core's ``Float16Module`` (Megatron Bridge's
+    ``get_model`` when ``config.bf16``/``fp16``, its Megatron-LM path when ``args.bf16``/``fp16``).
+
+    megatron-core builds linear layers and embeddings in ``params_dtype`` but its local-spec norms
+    (``torch.nn.LayerNorm``/``RMSNorm`` through ``WrappedTorchNorm``) and learned position
+    embeddings in float32 whatever ``params_dtype`` says; without this a bf16 checkpoint's norms
+    would be read into, and served as, float32. What megatron-core keeps in float32 on purpose
+    (the MoE router's expert bias, ``_maintain_float32_expert_bias``) is restored as upstream does.
+    Casting a tensor that already has the dtype is a no-op, so only those modules are copied.
+    """
+    source = megatron_args if megatron_args is not None else config
+    if getattr(source, "bf16", False):
+        chunk.bfloat16()
+    elif getattr(source, "fp16", False):
+        chunk.half()
+    else:
+        return
+    for module in chunk.modules():
+        keep_float32 = getattr(module, "_maintain_float32_expert_bias", None)
+        if callable(keep_float32):
+            keep_float32()
 
 
 def _drop_extra_state(state: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ import yaml
 
 from ._errors import CorruptCheckpointError, IncompatibleConfigError, UnsupportedCheckpointError
 from ._provider import GPT_PROVIDER_FIELDS, LAYER_SPECS, GPTModelProvider
+from ._run_config_fields import check_field, summarize_value
 
 __all__ = [
     "read_run_config",
@@ -137,65 +138,6 @@ def _decode_marker(node: dict[str, Any]) -> Any:
     raise _Undecodable(f"unknown target {target!r}")
 
 
-_POSITIVE_FIELDS = frozenset(
-    {"num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "num_query_groups",
-     "vocab_size", "seq_length", "make_vocab_size_divisible_by"}
-)
-_CHOICES = {
-    "normalization": ("LayerNorm", "RMSNorm"),
-    "position_embedding_type": ("learned_absolute", "rope", "yarn", "mrope", "none"),
-}
-# Fields whose type decides how the model is built: checked against the type of their default.
-# (Other TransformerConfig fields are left to megatron-core; some legitimately take another type
-# than their default's, e.g. cuda_graph_scope.)
-_TYPED_FIELDS = _POSITIVE_FIELDS | frozenset(_CHOICES) | frozenset(
-    {"share_embeddings_and_output_weights", "should_pad_vocab", "add_bias_linear", "add_qkv_bias",
-     "gated_linear_unit", "qk_layernorm", "bf16", "fp16", "rope_scaling", "rotary_percent", "rotary_base",
-     "layernorm_epsilon", "rope_scaling_factor", "transformer_layer_spec", "parallel_output",
-     "fp16_lm_cross_entropy", "layernorm_zero_centered_gamma", "multi_latent_attention"}
-)
-_FIELD_DEFAULTS = {
-    f.name: f.default
-    for f in dataclasses.fields(GPTModelProvider)
-    if f.default is not dataclasses.MISSING and f.name in _TYPED_FIELDS
-}
-
-
-def _check_scalar_type(key: str, value: Any, path: str | Path) -> None:
-    """Refuse a value whose type cannot be the field's (judged by the field's scalar default)."""
-    default = _FIELD_DEFAULTS.get(key)
-    if key == "vocab_size" and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-        raise IncompatibleConfigError(
-            f"{path}: model.vocab_size should be int, got {type(value).__name__} {value!r}", path=path, field=key
-        )
-    if value is None or default is None:
-        if key in _POSITIVE_FIELDS and isinstance(value, int) and value <= 0:
-            raise IncompatibleConfigError(f"{path}: model.{key} must be positive, got {value!r}", path=path, field=key)
-        return
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    else:
-        return
-    if not ok:
-        raise IncompatibleConfigError(
-            f"{path}: model.{key} should be {type(default).__name__}, got {type(value).__name__} {value!r}",
-            path=path,
-            field=key,
-        )
-    if key in _POSITIVE_FIELDS and value <= 0:
-        raise IncompatibleConfigError(f"{path}: model.{key} must be positive, got {value!r}", path=path, field=key)
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise IncompatibleConfigError(
-            f"{path}: model.{key} is {value!r}; supported: {', '.join(_CHOICES[key])}", path=path, field=key
-        )
-
-
 def read_run_config(path: str | Path) -> dict[str, Any]:
     """Parse ``run_config.yaml`` with ``yaml.safe_load`` (no tags, no objects)."""
     path = Path(path)
@@ -254,10 +196,10 @@ def provider_from_run_config(run_config: dict[str, Any], *, path: str | Path) ->
                 logger.warning("%s: model.%s: %s; using the default", path, key, e)
                 continue
         elif key in _RUNTIME_FIELDS and value is not None:
-            logger.warning("%s: model.%s holds %r, which cannot be restored; using the default", path, key, value)
+            logger.warning("%s: model.%s holds %s, which cannot be restored; using the default", path, key, summarize_value(value))
             continue
         else:
-            _check_scalar_type(key, value, path)
+            value = check_field(key, value, path)
         kwargs[key] = value
     if unknown:
         logger.warning("%s: ignoring model fields this library does not know: %s", path, ", ".join(sorted(unknown)))

@@ -13,6 +13,10 @@ torch.distributed context or the model. The checkpoint is written to a temporary
 and renamed into place, so an interrupted run leaves nothing that looks complete; a later
 run reuses it. Peak memory of the generation is about twice the model (model plus the save's
 staging), well inside a 24 GiB machine.
+
+``bench_hf_view.py`` needs a model that has a Hugging Face form: :data:`LLAMA_MODEL` (same
+sizes, but RMSNorm, SwiGLU and 4 query groups: a Llama, about 1.0 GiB fp32), generated the
+same way by ``ensure_checkpoint(data_dir, LLAMA_CHECKPOINT_NAME, LLAMA_MODEL)``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ import textwrap
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATA_DIR", "MODEL", "CHECKPOINT_NAME", "ensure_checkpoint", "checkpoint_bytes"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "MODEL",
+    "CHECKPOINT_NAME",
+    "LLAMA_MODEL",
+    "LLAMA_CHECKPOINT_NAME",
+    "ensure_checkpoint",
+    "checkpoint_bytes",
+]
 
 DEFAULT_DATA_DIR = Path("/tmp/megaload-bench")
 CHECKPOINT_NAME = "gpt_1p1g_fp32"
@@ -37,6 +49,16 @@ MODEL = {
     "ffn_hidden_size": 6144,
     "vocab_size": 40960,
     "seq_length": 2048,
+}
+LLAMA_CHECKPOINT_NAME = "llama_1p0g_fp32"
+LLAMA_MODEL = {
+    **MODEL,
+    "ffn_hidden_size": 4096,
+    "num_query_groups": 4,
+    "normalization": "RMSNorm",
+    "gated_linear_unit": True,
+    "activation_func": "silu",
+    "add_bias_linear": False,
 }
 SEED = 1234
 
@@ -49,6 +71,8 @@ _GENERATE = textwrap.dedent(
     )
 
     dest, model, seed = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+    if model.get("activation_func") == "silu":
+        model["activation_func"] = torch.nn.functional.silu
     began = time.perf_counter()
     with temporary_distributed_context("gloo"):
         provider = GPTModelProvider(
@@ -73,18 +97,27 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def ensure_checkpoint(data_dir: Path, *, python: str = sys.executable, log=print) -> Path:
-    """``data_dir/CHECKPOINT_NAME``, generated on first use (a few minutes on 2 cores)."""
-    dest = Path(data_dir) / CHECKPOINT_NAME
+def ensure_checkpoint(
+    data_dir: Path,
+    name: str = CHECKPOINT_NAME,
+    model: dict | None = None,
+    *,
+    python: str = sys.executable,
+    log=print,
+) -> Path:
+    """``data_dir/name`` (the :data:`MODEL` checkpoint unless ``model`` says otherwise),
+    generated on first use (a few minutes on 2 cores)."""
+    model = MODEL if model is None else model
+    dest = Path(data_dir) / name
     if (dest / "latest_checkpointed_iteration.txt").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    partial = dest.parent / f".{CHECKPOINT_NAME}.partial"
+    partial = dest.parent / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    log(f"generating {dest} (megatron-core GPT {MODEL}, seed {SEED})...")
+    log(f"generating {dest} (megatron-core GPT {model}, seed {SEED})...")
     began = time.perf_counter()
     done = subprocess.run(
-        [python, "-c", _GENERATE, str(partial), json.dumps(MODEL), str(SEED)],
+        [python, "-c", _GENERATE, str(partial), json.dumps(model), str(SEED)],
         capture_output=True,
         text=True,
     )

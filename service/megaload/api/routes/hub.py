@@ -42,6 +42,8 @@ router = APIRouter(tags=["hugging face hub"])
 Namespace = Annotated[str, Path(max_length=96, description="the repository's namespace: megaload")]
 Name = Annotated[str, Path(max_length=128, description="the repository's name: a model id from POST /v1/models")]
 Revision = Annotated[str, Path(max_length=256, description="main, or the commit sha the model info answers")]
+Folder = Annotated[str, Path(max_length=1024, description="a folder of the repository (it has none but the top)")]
+Filename = Annotated[str, Path(max_length=1024, description="a file of the repository, as the tree lists it")]
 
 
 def get_hub_repos(request: Request, runtime: RuntimeDep, plans: ShardPlansDep) -> HubRepos:
@@ -140,7 +142,7 @@ async def tree(
     responses=error_responses(*_TREE_ERRORS),
 )
 async def tree_of_folder(
-    request: Request, namespace: Namespace, name: Name, revision: Revision, path: str, repos: HubReposDep,
+    request: Request, namespace: Namespace, name: Name, revision: Revision, path: Folder, repos: HubReposDep,
     recursive: RecursiveQuery = False, expand: ExpandQuery = False, cursor: CursorQuery = None,
     limit: LimitQuery = None,
 ) -> JSONResponse:
@@ -196,7 +198,7 @@ _RESOLVE_RESPONSES = {
     responses=_RESOLVE_RESPONSES,
 )
 async def resolve(
-    namespace: Namespace, name: Name, revision: Revision, filename: str, request: Request, runtime: RuntimeDep,
+    namespace: Namespace, name: Name, revision: Revision, filename: Filename, request: Request, runtime: RuntimeDep,
     repos: HubReposDep,
 ) -> Response:
     return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=False)
@@ -209,7 +211,7 @@ async def resolve(
     responses=_RESOLVE_RESPONSES,
 )
 async def resolve_head(
-    namespace: Namespace, name: Name, revision: Revision, filename: str, request: Request, runtime: RuntimeDep,
+    namespace: Namespace, name: Name, revision: Revision, filename: Filename, request: Request, runtime: RuntimeDep,
     repos: HubReposDep,
 ) -> Response:
     return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=True)

@@ -279,6 +279,9 @@ def test_names_hf_index_and_shards_equal_the_original(hub, ids):
     assert set(index["tensors"]) == set(subset)  # tied: no lm_head
     shard = load(httpx.get(f"{base}/0", params=query, headers=AUTH).content)
     assert_bit_equal(shard, {k: v.float() for k, v in subset.items()})
+    both = httpx.get(base, params={"names": "hf", "tp_rank": 0, "tp_size": 2}, headers=AUTH)
+    assert both.status_code == 400 and both.json()["field"] == "names"
+    assert httpx.get(base, params={"names": "transformers"}, headers=AUTH).status_code == 422
 
 
 def test_unmappable_model_answers_422_naming_the_field(hub, ids):

@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-mcore-oldest run clean
+.PHONY: install test test-mcore-oldest test-upstream run clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,21 @@ test-mcore-oldest: $(OLDEST_STAMP)
 	$(OLDEST_VENV)/bin/python -m pytest tests/compat tests/unit/test_pickle_safety.py tests/unit/test_run_config.py \
 		tests/unit/test_layout.py tests/unit/test_dtypes.py tests/unit/test_distributed_context.py tests/unit/test_tokenizer.py
 
+# What the project saves, loaded by the REAL upstream Megatron Bridge (../shared/oracle, a venv of
+# its own: Megatron Bridge 0.3.1 on megatron-core 0.16.1, CPU) and compared with the fixtures'
+# upstream references. Needs ../shared beside the checkout (a developer's and CI's layout).
+ORACLE_DIR ?= ../shared/oracle
+ORACLE_VENV ?= .venv-oracle
+ORACLE_STAMP := $(ORACLE_VENV)/.installed
+
+$(ORACLE_STAMP): $(ORACLE_DIR)/setup_venv.sh $(ORACLE_DIR)/requirements-oracle.lock.txt
+	rm -rf $(ORACLE_VENV)
+	PYTHON=$(PYTHON) bash $(ORACLE_DIR)/setup_venv.sh $(ORACLE_VENV)
+	touch $(ORACLE_STAMP)
+
+test-upstream: $(STAMP) $(ORACLE_STAMP)
+	MEGALOAD_REQUIRE_ORACLE=1 MEGALOAD_ORACLE_PYTHON=$(abspath $(ORACLE_VENV))/bin/python $(PY) -m pytest tests/upstream
+
 # `make run`: serve on 127.0.0.1:8000 (MEGALOAD_* settings apply, e.g. MEGALOAD_PORT=9000 make run).
 # With no checkpoint root configured it serves the embedded demo checkpoint, written on first
 # start into MEGALOAD_DATA_DIR (default ./data), and saves into MEGALOAD_DATA_DIR/saves unless
@@ -51,4 +66,4 @@ run: $(STAMP)
 	@$(PY) -m megaload.demo --data-dir "$(MEGALOAD_DATA_DIR)" --serve $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(OLDEST_VENV) build *.egg-info service/*.egg-info client/*.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) $(ORACLE_VENV) build *.egg-info service/*.egg-info client/*.egg-info

@@ -134,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     args.data_dir = args.data_dir.resolve()
 
-    checkpoint = ensure_checkpoint(args.data_dir, LLAMA_CHECKPOINT_NAME, LLAMA_MODEL)
+    checkpoint = ensure_checkpoint(args.data_dir, name=LLAMA_CHECKPOINT_NAME, model=LLAMA_MODEL)
     results: dict = {"machine": machine(), "versions": versions(), "source": source_state(), "model": LLAMA_MODEL}
     results["checkpoint_bytes"] = checkpoint_bytes(checkpoint)
     print(json.dumps({k: results[k] for k in ("machine", "versions", "source")}))

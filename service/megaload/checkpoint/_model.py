@@ -34,7 +34,8 @@ from ._errors import (
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
-from ._reader import SafeCommonLoadStrategy, SafeTorchDistLoadStrategy
+from ._inplace import prepare_sharded_state_dict, rehome_on_huge_pages
+from ._reader import SafeCommonLoadStrategy, SafeTorchDistLoadStrategy, read_tensor_metadata
 
 # Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
 # Megatron-LM checkpoints, the GPT fields of the saved args over).
@@ -275,6 +276,7 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
         sharded = {"model": model[0].sharded_state_dict(metadata=metadata)}
     else:
         sharded = {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(model)}
+    prepare_sharded_state_dict(sharded, {name: meta.shape for name, meta in read_tensor_metadata(iter_dir).items()})
     try:
         state = dist_checkpointing.load(
             sharded, str(iter_dir), SafeTorchDistLoadStrategy(), SafeCommonLoadStrategy(),
@@ -382,6 +384,7 @@ def build_and_load_model(
         init = megatron_cpu_init_context(config) if use_cpu_init else contextlib.nullcontext()
         with init:
             model = _build_for(checkpoint_path, config, model_type, megatron_args)
+        rehome_on_huge_pages(model)  # every large value is about to be read from the checkpoint
         state = load_weights(model, checkpoint_path, return_state_dict=return_state_dict)
         source = {"iteration_dir": inspect_layout(checkpoint_path).iteration_dir, "args": megatron_args}
         for chunk in model:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,10 @@ class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
 
 
 class _SafeFileSystemReader(FileSystemReader):
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, workers: int | None = None) -> None:
         super().__init__(path)
         self._metadata = None
+        self.workers = read_workers() if workers is None else workers
 
     def read_metadata(self, *args: Any, **kwargs: Any):
         if self._metadata is None:
@@ -87,43 +89,54 @@ class _SafeFileSystemReader(FileSystemReader):
         return self._metadata
 
     def read_data(self, plan, planner) -> Future[None]:
-        """Each item of ``plan`` into the planner, as DCP's reader does, without long GIL holds.
+        """Each item of ``plan`` into the planner, as DCP's reader does, without long GIL holds,
+        tensor items read by several threads at once.
 
-        Byte items go to ``planner.load_bytes`` (the allowlisted unpickle). Tensor items are
-        read through :func:`open_tensor_record`: straight into the target when the stored
-        tensor is its plain contiguous image (the usual case), through one reused scratch
-        buffer chunk by chunk when only dtype or device differ, else into a fresh buffer and
-        then ``copy_`` (which releases the GIL). Items with storage transforms (compression
-        extensions) take DCP's own path.
+        Byte items go to ``planner.load_bytes`` (the allowlisted unpickle), in this thread.
+        Tensor items: their targets are resolved here, in plan order (the planner keeps state
+        between ``resolve_tensor`` and ``commit_tensor`` for FP8 targets, whose items are read
+        at once, here); then :func:`_read_tensor_items` reads the rest, each through
+        :func:`open_tensor_record` straight into its target when the stored tensor is its plain
+        contiguous image (the usual case), through a reused scratch buffer chunk by chunk when
+        only dtype or device differ, else into a fresh buffer and then ``copy_``; then they are
+        committed here. Items with storage transforms (compression extensions) take DCP's own path.
         """
         if any(self.storage_data[item.storage_index].transform_descriptors for item in plan.items):
             return super().read_data(plan, planner)
+        queued: list[tuple[Any, torch.Tensor]] = []
         scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
-        per_file: dict[str, list] = {}
         for item in plan.items:
-            per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
-        for relative_path, items in per_file.items():
-            path = self.fs.concat_path(self.path, relative_path)
-            items.sort(key=lambda item: self.storage_data[item.storage_index].offset)
-            with open(path, "rb", buffering=0) as raw:
-                for item in items:
-                    where = f"{path}@{self.storage_data[item.storage_index].offset}"
-                    self._read_item(raw, where, item, planner, scratch)
+            if item.type == LoadItemType.BYTE_IO:
+                path, info = self._where(item)
+                with open(path, "rb", buffering=0) as raw:
+                    window = FileWindow(raw, info.offset, info.length)
+                    planner.load_bytes(item, io.BytesIO(read_bytes(window, what=f"{path}@{info.offset}")))
+                continue
+            target = planner.resolve_tensor(item).detach()
+            if getattr(planner, "_intermediate_read_item_and_target", None) is not None:
+                path, info = self._where(item)
+                with open(path, "rb", buffering=0) as raw:
+                    self._read_tensor(raw, path, item, target, scratch)
+                planner.commit_tensor(item, target)
+            else:
+                queued.append((item, target))
+        _read_tensor_items(self, queued, workers=self.workers)
+        for item, target in queued:
+            planner.commit_tensor(item, target)
         done: Future[None] = Future()
         done.set_result(None)
         return done
 
-    def _read_item(self, raw, what: str, item, planner, scratch: torch.Tensor) -> None:
+    def _where(self, item):
         info = self.storage_data[item.storage_index]
-        window = FileWindow(raw, info.offset, info.length)
-        if item.type == LoadItemType.BYTE_IO:
-            planner.load_bytes(item, io.BytesIO(read_bytes(window, what=what)))
-            return
-        what = f"{what} ({item.storage_index.fqn})"
-        record = open_tensor_record(window, what=what)
+        return self.fs.concat_path(self.path, info.relative_path), info
+
+    def _read_tensor(self, raw, path, item, target: torch.Tensor, scratch: torch.Tensor) -> None:
+        info = self.storage_data[item.storage_index]
+        what = f"{path}@{info.offset} ({item.storage_index.fqn})"
+        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what)
         source = record.meta if record.loaded is None else record.loaded
         source = narrow_tensor_by_index(source, item.storage_offsets, item.lengths)
-        target = planner.resolve_tensor(item).detach()
         if target.size() != source.size():
             raise CorruptCheckpointError(
                 f"{what}: the stored piece has shape {tuple(source.size())}, its target {tuple(target.size())}",
@@ -132,7 +145,57 @@ class _SafeFileSystemReader(FileSystemReader):
         if not record.read_contiguous_into(source, target, scratch):
             stored = record.read()
             target.copy_(narrow_tensor_by_index(stored, item.storage_offsets, item.lengths))
-        planner.commit_tensor(item, target)
+
+
+def read_workers() -> int:
+    """Threads that read tensor records at once: the cores this process may run on, at most 8
+    (a page-cache copy runs at a core's memory bandwidth; more threads only contend)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: int) -> None:
+    """Read ``(item, target)`` pairs with up to ``workers`` threads. Items are sorted by file
+    and offset and cut into runs of about equal bytes, one run per thread, each with its own
+    file descriptors and scratch buffer (file reads and ``copy_`` release the GIL). The first
+    error of any run is raised once every run has stopped."""
+    if not queued:
+        return
+    ordered = sorted(queued, key=lambda pair: (reader._where(pair[0])[0], reader._where(pair[0])[1].offset))
+    total = sum(reader._where(item)[1].length for item, _ in ordered)
+    workers = max(1, min(workers, len(ordered)))
+    runs: list[list] = [[] for _ in range(workers)]
+    done_bytes = 0
+    for item, target in ordered:
+        runs[min(workers - 1, done_bytes * workers // max(1, total))].append((item, target))
+        done_bytes += reader._where(item)[1].length
+
+    def read_run(run: list) -> None:
+        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)  # untouched unless a cast needs it
+        files: dict[str, Any] = {}
+        try:
+            for item, target in run:
+                path, _ = reader._where(item)
+                raw = files.get(path)
+                if raw is None:
+                    raw = files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+                reader._read_tensor(raw, path, item, target, scratch)
+        finally:
+            for raw in files.values():
+                raw.close()
+
+    runs = [run for run in runs if run]
+    if len(runs) == 1:
+        read_run(runs[0])
+        return
+    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="megaload-read") as pool:
+        futures = [pool.submit(read_run, run) for run in runs]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
 
 
 class _SafeLoadPlanner(_mcore_torch.MCoreLoadPlanner):

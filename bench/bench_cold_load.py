@@ -1,0 +1,223 @@
+"""Cold loads side by side with upstream Megatron Bridge (issue 15). Run by hand:
+
+    .venv/bin/python bench/bench_cold_load.py [--data-dir /tmp/megaload-bench] [--oracle-python PY]
+                                             [--dtype fp32 --dtype bf16] [--trials 2] [--json out.json]
+
+For each checkpoint (the benchmarks' 1.1 GiB megatron-core GPT in fp32, and the same model in
+bf16), with its files warm in the page cache, in one run:
+
+* floor: the checkpoint's files read from the page cache, (a) through one reused 16 MiB buffer
+  (the copy alone) and (b) into fresh memory of the files' size (the copy plus the kernel's
+  price of new pages, which any load into new tensors pays);
+* upstream: Megatron Bridge 0.3.1's ``load_megatron_model(path, return_state_dict=True,
+  use_cpu_init=True)`` in the oracle's venv (``../shared/oracle``, made by ``make
+  test-upstream``), ``--trials`` calls in one process (imports paid once, before the first);
+* library: our ``load_megatron_model`` with the same arguments, one fresh process per trial
+  (imports excluded from the time, as for upstream), and ``load_megatron_model(path,
+  use_cpu_init=True)`` (the model itself) likewise;
+* service: a fresh, ready ``megaload serve`` per trial, ``POST /v1/models`` (the client's wall
+  time), and the server's peak RSS growth during the load.
+
+Each figure is the best of ``--trials``. Ratios are upstream's time over ours (higher is better;
+goal at least 2x, issue 15). Peak RSS is each process's ``VmHWM`` (reset by writing 5 to
+``/proc/self/clear_refs`` just before the load) minus its RSS at that point, against the model's
+bytes (goal: at most 1.1x). The load average is printed at start and end: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from megaload_client import Client
+
+from _gen_checkpoint import CHECKPOINT_NAMES, DEFAULT_DATA_DIR, checkpoint_bytes, ensure_checkpoint
+from _service import PeakRss, Service, machine
+
+REPO = Path(__file__).resolve().parents[1]
+ORACLE_DIR = REPO.parent / "shared" / "oracle"
+DEFAULT_ORACLE_PYTHON = REPO / ".venv-oracle" / "bin" / "python"
+
+# Shared by both children: timing and peak RSS of one call, in this process.
+_MEASURE = textwrap.dedent(
+    """
+    import gc, json, sys, time
+
+    def _status(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+
+    def measure(call):
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status("VmRSS")
+        began = time.perf_counter()
+        result = call()
+        seconds = time.perf_counter() - began
+        peak = _status("VmHWM") - before
+        return result, {"seconds": seconds, "peak_rss_growth": peak}
+
+    def tensor_bytes(tree):
+        import torch
+        if isinstance(tree, dict):
+            return sum(tensor_bytes(v) for k, v in tree.items() if "_extra_state" not in str(k))
+        if isinstance(tree, torch.Tensor):
+            return tree.numel() * tree.element_size()
+        return 0
+    """
+)
+
+_UPSTREAM = _MEASURE + textwrap.dedent(
+    """
+    oracle_dir, path, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    sys.path.insert(0, oracle_dir)
+    import cpu_shims
+    cpu_shims.import_bridge()
+    from megatron.bridge.training.model_load_save import load_megatron_model
+    runs = []
+    for _ in range(trials):
+        state, run = measure(lambda: load_megatron_model(path, return_state_dict=True, use_cpu_init=True))
+        run["bytes"] = tensor_bytes(state)
+        del state
+        runs.append(run)
+    print(json.dumps(runs))
+    """
+)
+
+_OURS = _MEASURE + textwrap.dedent(
+    """
+    path, mode = sys.argv[1], sys.argv[2]
+    from megaload.checkpoint import load_megatron_model, model_state_dict
+    if mode == "state_dict":
+        state, run = measure(lambda: load_megatron_model(path, return_state_dict=True, use_cpu_init=True))
+        run["bytes"] = tensor_bytes(state)
+    else:
+        model, run = measure(lambda: load_megatron_model(path, use_cpu_init=True))
+        run["bytes"] = tensor_bytes(model_state_dict(model))
+    print(json.dumps(run))
+    """
+)
+
+
+def warm_page_cache(path: Path) -> None:
+    for file in sorted(path.rglob("*")):
+        if file.is_file():
+            with open(file, "rb") as f:
+                while f.read(16 << 20):
+                    pass
+
+
+def floor(path: Path) -> dict[str, float]:
+    files = [f for f in sorted(path.rglob("*")) if f.is_file()]
+    total = sum(f.stat().st_size for f in files)
+    scratch = bytearray(16 << 20)
+    view = memoryview(scratch)
+    began = time.perf_counter()
+    for file in files:
+        with open(file, "rb", buffering=0) as f:
+            while f.readinto(view):
+                pass
+    reused = time.perf_counter() - began
+    began = time.perf_counter()
+    fresh = mmap.mmap(-1, total)
+    offset = 0
+    target = memoryview(fresh)
+    for file in files:
+        with open(file, "rb", buffering=0) as f:
+            while n := f.readinto(target[offset : offset + (16 << 20)]):
+                offset += n
+    fresh_s = time.perf_counter() - began
+    target.release()
+    fresh.close()
+    return {"bytes": total, "reused_buffer_s": reused, "fresh_memory_s": fresh_s}
+
+
+def _child(command: list[str]) -> object:
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def upstream(oracle_python: Path, path: Path, trials: int) -> list[dict]:
+    return _child([str(oracle_python), "-c", _UPSTREAM, str(ORACLE_DIR), str(path), str(trials)])
+
+
+def library(path: Path, mode: str, trials: int) -> list[dict]:
+    return [_child([sys.executable, "-c", _OURS, str(path), mode]) for _ in range(trials)]
+
+
+def service(path: Path, log_path: Path, trials: int) -> list[dict]:
+    runs = []
+    for _ in range(trials):
+        with Service(path.parent.parent, log_path) as svc, Client(svc.base_url) as client:
+            with PeakRss(svc.pid) as rss:
+                began = time.perf_counter()
+                handle = client.load(str(path))
+                seconds = time.perf_counter() - began
+            runs.append({
+                "seconds": seconds, "service_load_seconds": handle.info.load_seconds,
+                "peak_rss_growth": rss.hwm_growth, "bytes": handle.info.size_bytes,
+            })  # fmt: skip
+    return runs
+
+
+def best(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--oracle-python", type=Path, default=DEFAULT_ORACLE_PYTHON)
+    parser.add_argument("--dtype", action="append", choices=sorted(CHECKPOINT_NAMES))
+    parser.add_argument("--trials", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if not args.oracle_python.is_file():
+        parser.error(f"no oracle venv at {args.oracle_python}: run `make test-upstream` once, or pass --oracle-python")
+    results: dict[str, object] = {"machine_start": machine(), "trials": args.trials, "checkpoints": {}}
+    print(json.dumps(results["machine_start"]))
+    for dtype in args.dtype or ["fp32", "bf16"]:
+        save_dir = ensure_checkpoint(args.data_dir, dtype=dtype)
+        iteration = int((save_dir / "latest_checkpointed_iteration.txt").read_text())
+        path = save_dir / f"iter_{iteration:07d}"  # upstream's loader takes iteration directories only
+        warm_page_cache(path)
+        row = {
+            "checkpoint_bytes": checkpoint_bytes(save_dir),
+            "floor": floor(path),
+            "upstream": upstream(args.oracle_python, path, args.trials),
+            "library_state_dict": library(path, "state_dict", args.trials),
+            "library_model": library(path, "model", args.trials),
+            "service": service(path, args.data_dir / "service.log", args.trials),
+        }
+        results["checkpoints"][dtype] = row
+        up = best(row["upstream"])
+        print(f"\n{dtype}: {row['checkpoint_bytes'] / 2**30:.2f} GiB on disk, {up['bytes'] / 2**30:.2f} GiB of tensors")
+        print(f"  floor: page cache -> reused buffer {row['floor']['reused_buffer_s']:.3f} s, "
+              f"-> fresh memory {row['floor']['fresh_memory_s']:.3f} s")  # fmt: skip
+        for name in ("upstream", "library_state_dict", "library_model", "service"):
+            run = best(row[name])
+            ratio = up["seconds"] / run["seconds"]
+            rss = run["peak_rss_growth"]
+            rss_text = f"peak RSS {rss / run['bytes']:.2f}x model" if rss is not None and run["bytes"] else "peak RSS n/a"
+            every = ", ".join(f"{r['seconds']:.3f}" for r in row[name])
+            print(f"  {name:20s} {run['seconds']:7.3f} s  upstream/this {ratio:5.2f}x  {rss_text}  (all: {every})")
+    results["machine_end"] = machine()
+    print("\n" + json.dumps(results["machine_end"]))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

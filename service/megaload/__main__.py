@@ -2,6 +2,9 @@
 
 Every setting has a flag here and a ``MEGALOAD_*`` environment variable (see
 :class:`megaload.settings.Settings`); flags win over the environment.
+
+``megaload export-hf CHECKPOINT OUT_DIR`` converts a checkpoint to a Hugging Face model
+directory offline, on CPU (:func:`megaload.hf.export_hf`).
 """
 
 from __future__ import annotations
@@ -69,7 +72,53 @@ def build_parser() -> argparse.ArgumentParser:
       help="pipeline-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
     a("--collective-timeout-seconds", type=float, metavar="S",
       help="how long a collective waits for the other ranks before the service fails and exits (default 300)")
+    export = sub.add_parser(
+        "export-hf",
+        help="convert a checkpoint to a Hugging Face model directory (offline, CPU)",
+        description="Write CHECKPOINT (Megatron Bridge or Megatron-LM, torch_dist) as the directory "
+        "transformers' save_pretrained writes: config.json, generation_config.json, the tokenizer files "
+        "bundled in the checkpoint, model-0000k-of-0000n.safetensors and model.safetensors.index.json. "
+        "Runs on CPU; needs neither a GPU nor Megatron Bridge. Written beside OUT_DIR and renamed into place.",
+    )
+    e = export.add_argument
+    e("checkpoint", metavar="CHECKPOINT", help="save directory or iter_* directory")
+    e("out_dir", metavar="OUT_DIR", help="directory to create (must not exist, or be empty)")
+    e("--architecture", metavar="NAME",
+      help="target architecture, e.g. MistralForCausalLM or mistral (default: chosen from the config: "
+      "experts -> Qwen3MoeForCausalLM, q/k norm -> Qwen3ForCausalLM, q/k/v biases -> Qwen2ForCausalLM, "
+      "sliding window -> MistralForCausalLM, else LlamaForCausalLM)")
+    e("--overwrite", action="store_true", help="replace OUT_DIR when it already holds a Hugging Face model")
+    e("--max-shard-size", default="5GB", metavar="SIZE",
+      help="largest safetensors shard, e.g. 5GB, 500MiB or bytes (default 5GB, as save_pretrained)")
     return parser
+
+
+def _parse_size(value: str) -> int:
+    from .settings import _BUDGET_RE, _UNITS
+
+    m = _BUDGET_RE.match(value)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise SystemExit(f"megaload export-hf: --max-shard-size {value!r} is not a size such as 5GB, 500MiB or bytes")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def _export_hf(args: argparse.Namespace) -> int:
+    import logging
+
+    max_shard_bytes = _parse_size(args.max_shard_size)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError
+    from .hf import export_hf
+
+    try:
+        out = export_hf(args.checkpoint, args.out_dir, architecture=args.architecture, overwrite=args.overwrite,
+                        max_shard_bytes=max_shard_bytes)
+    except CheckpointError as e:
+        print(f"megaload export-hf: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
@@ -91,6 +140,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export-hf":
+        return _export_hf(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -20,6 +20,7 @@ router). :func:`export_hf` writes the directory ``save_pretrained`` would.
 
 from ..checkpoint import UnmappableModelError
 from ._architectures import ARCHITECTURES, Architecture, architecture_named
+from ._export import DEFAULT_MAX_SHARD_BYTES, TOKENIZER_FILE_NAMES, export_hf, index_json, tokenizer_files, write_hf_directory
 from ._facts import ModelFacts, model_facts
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
 from ._view import HFTensor, HFView, hf_view
@@ -29,6 +30,12 @@ __all__ = [
     "HFView",
     "HFTensor",
     "UnmappableModelError",
+    "export_hf",
+    "write_hf_directory",
+    "tokenizer_files",
+    "index_json",
+    "DEFAULT_MAX_SHARD_BYTES",
+    "TOKENIZER_FILE_NAMES",
     "ARCHITECTURES",
     "Architecture",
     "architecture_named",

@@ -131,21 +131,25 @@ class Architecture:
     def check(self, facts: ModelFacts) -> None:
         """UnmappableModelError naming the Megatron field this architecture cannot express."""
 
-        def refuse(field_name: str, message: str) -> UnmappableModelError:
-            return UnmappableModelError(f"{self.name}: {message}", field=field_name, architecture=self.name)
+        def refuse(field_name: str, value: Any, message: str) -> UnmappableModelError:
+            return UnmappableModelError(
+                f"{self.name}: {field_name}={value!r}: {message}", field=field_name, architecture=self.name
+            )
 
         if facts.qkv_bias != self.qkv_bias:
             has = "has q/k/v biases" if facts.qkv_bias else "has no q/k/v biases"
-            raise refuse("add_qkv_bias", f"the model {has}; {self.name} {'has' if self.qkv_bias else 'has none'}")
+            raise refuse("add_qkv_bias", facts.qkv_bias,
+                         f"the model {has}; {self.name} {'has them' if self.qkv_bias else 'has none'}")
         if facts.qk_norm != self.qk_norm:
-            has = "normalizes" if facts.qk_norm else "does not normalize"
-            raise refuse("qk_layernorm", f"the model {has} queries and keys; {self.name} "
-                                         f"{'does' if self.qk_norm else 'does not'}")
+            does = "normalizes" if facts.qk_norm else "does not normalize"
+            raise refuse("qk_layernorm", facts.qk_norm,
+                         f"the model {does} queries and keys; {self.name} {'does' if self.qk_norm else 'does not'}")
         if facts.is_moe != self.moe:
             kind = "a mixture-of-experts model" if facts.is_moe else "a dense model"
-            raise refuse("num_moe_experts", f"{kind} cannot be a {self.name}")
+            raise refuse("num_moe_experts", facts.num_experts, f"{kind} cannot be a {self.name}")
         if facts.sliding_window is not None and not self.sliding_window:
-            raise refuse("window_size", f"sliding-window attention ({facts.sliding_window} tokens) is not in {self.name}")
+            raise refuse("window_size", facts.sliding_window - 1,
+                         f"sliding-window attention ({facts.sliding_window} tokens) is not in {self.name}")
 
     # -- config.json -------------------------------------------------------------------------
     def config_json(self, facts: ModelFacts) -> dict[str, Any]:

@@ -82,7 +82,7 @@ def test_state_dict_query_repeats_keys_and_is_shared_by_index_and_shards(client)
 
 def test_hf_names_go_to_index_and_shards_and_hub_paths_stay_in_their_segments(client):
     params = routes.state_dict_params("bf16", None, None, "hf")
-    assert params == (("dtype", "bf16"), ("names", "hf"))
+    assert params == (("names", "hf"), ("dtype", "bf16"))
     assert routes.state_dict_params(names="megatron") == ()  # the default: older services understand it
     with pytest.raises(ValueError, match="names"):
         routes.state_dict_params(names="HF")

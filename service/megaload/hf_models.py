@@ -17,9 +17,10 @@ kept until the model leaves the registry)::
                                        the checkpoint roots
 
 :class:`HFTensors` is a :class:`~megaload.streaming.LazyTensors`: the planner takes its specs,
-and the writer and the checksums fetch one HF tensor when they reach it (built from the
-model's own tensors: a view where the split is one, a copy of that tensor only where it is
-not) and drop it once its bytes are out, so a stream holds at most one built tensor.
+and the writer and the checksums fetch one HF tensor when they reach it and drop it once its
+bytes are out. What they fetch is always a view of the model's own memory
+(:meth:`HFTensors.fetch_rows`): q/k/v of several query groups are strided slices of the fused
+QKV, which the writer reads in bounded runs, so no HF tensor is ever copied whole.
 """
 
 from __future__ import annotations
@@ -75,6 +76,13 @@ class HFTensors(LazyTensors):
     def fetch(self, name: str) -> torch.Tensor:
         target = self._plan[name]
         return target.build([self._read(key) for key in target.sources])
+
+    def fetch_rows(self, name: str) -> torch.Tensor:
+        """The HF tensor as a view of the model's memory (q/k/v of several query groups:
+        the strided per-group slices), which the writer streams in bounded runs: no copy of
+        the whole tensor is made."""
+        target = self._plan[name]
+        return target.rows([self._read(key) for key in target.sources])
 
     def _read(self, key: str) -> torch.Tensor:
         source = self._source

@@ -284,6 +284,18 @@ def test_names_hf_index_and_shards_equal_the_original(hub, ids):
     assert httpx.get(base, params={"names": "transformers"}, headers=AUTH).status_code == 422
 
 
+def test_a_model_loaded_in_another_dtype_says_so_in_its_config(hub, ids, tmp_path):
+    loaded = hub.load("hf_qwen2", dtype="float32")
+    assert loaded.status_code in (200, 201), loaded.text
+    model_id = loaded.json()["id"]
+    assert model_id != ids["hf_qwen2"]
+    directory = Path(snapshot_download(f"megaload/{model_id}", endpoint=endpoint(hub), local_dir=tmp_path, token=TOKEN))
+    config = json.loads((directory / "config.json").read_text())
+    assert config["torch_dtype"] == "float32"
+    assert_bit_equal(tensors_of(directory), {k: v.float() for k, v in original_tensors().items()})
+    assert hub.client.delete(f"/v1/models/{model_id}").status_code == 204
+
+
 def test_unmappable_model_answers_422_naming_the_field(hub, ids):
     model_id = ids["bridge_gpt_tied_rope_fp32"]
     paths = [

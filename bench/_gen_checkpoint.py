@@ -14,7 +14,7 @@ and renamed into place, so an interrupted run leaves nothing that looks complete
 run reuses it. Peak memory of the generation is about twice the model (model plus the save's
 staging), well inside a 24 GiB machine.
 
-``bench_hf_view.py`` needs a model that has a Hugging Face form: :data:`LLAMA_MODEL` (same
+``bench_hf_service.py`` needs a model that has a Hugging Face form: :data:`LLAMA_MODEL` (same
 sizes, but RMSNorm, SwiGLU and 4 query groups: a Llama, about 1.0 GiB fp32), generated the
 same way by ``ensure_checkpoint(data_dir, name=LLAMA_CHECKPOINT_NAME, model=LLAMA_MODEL)``.
 """

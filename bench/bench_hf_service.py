@@ -1,6 +1,6 @@
 """The Hugging Face view against Megatron names: the same resident model, the same run.
 
-    .venv/bin/python bench/bench_hf_view.py [--data-dir /tmp/megaload-bench] [--repeats 5] [--json out.json]
+    .venv/bin/python bench/bench_hf_service.py [--data-dir /tmp/megaload-bench] [--repeats 5] [--json out.json]
 
 What runs, in order:
 

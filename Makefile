@@ -7,7 +7,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-mcore-oldest test-upstream run clean
+.PHONY: install test test-mcore-oldest test-upstream oracle-venv run clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,8 +52,12 @@ $(ORACLE_STAMP): $(ORACLE_DIR)/setup_venv.sh $(ORACLE_DIR)/requirements-oracle.l
 	PYTHON=$(PYTHON) bash $(ORACLE_DIR)/setup_venv.sh $(ORACLE_VENV)
 	touch $(ORACLE_STAMP)
 
+oracle-venv: $(ORACLE_STAMP)
+
+# Only the checks that need the upstream venv (`make test` runs them too once it exists).
 test-upstream: $(STAMP) $(ORACLE_STAMP)
-	MEGALOAD_REQUIRE_ORACLE=1 MEGALOAD_ORACLE_PYTHON=$(abspath $(ORACLE_VENV))/bin/python $(PY) -m pytest tests/upstream
+	MEGALOAD_REQUIRE_ORACLE=1 MEGALOAD_ORACLE_PYTHON=$(abspath $(ORACLE_VENV))/bin/python $(PY) -m pytest tests/upstream \
+		tests/compat/test_hf_view.py tests/compat/test_hf_forward.py
 
 # `make run`: serve on 127.0.0.1:8000 (MEGALOAD_* settings apply, e.g. MEGALOAD_PORT=9000 make run).
 # With no checkpoint root configured it serves the embedded demo checkpoint, written on first

@@ -22,7 +22,8 @@ environment: every flag has a MEGALOAD_<NAME> variable (MEGALOAD_HOST, MEGALOAD_
 MEGALOAD_CHECKPOINT_ROOTS and MEGALOAD_SAVE_ROOTS as ':'-separated lists, MEGALOAD_MEMORY_BUDGET,
 MEGALOAD_BACKEND, MEGALOAD_DEVICE, MEGALOAD_TOKEN, MEGALOAD_TOKEN_FILE, MEGALOAD_INSECURE,
 MEGALOAD_LOG_FORMAT, MEGALOAD_LOG_LEVEL, MEGALOAD_SHUTDOWN_GRACE_SECONDS, MEGALOAD_MAX_FINISHED_JOBS,
-MEGALOAD_TENSOR_PARALLEL, MEGALOAD_PIPELINE_PARALLEL, MEGALOAD_COLLECTIVE_TIMEOUT_SECONDS).
+MEGALOAD_MEMORY_WAIT_SECONDS, MEGALOAD_TENSOR_PARALLEL, MEGALOAD_PIPELINE_PARALLEL,
+MEGALOAD_COLLECTIVE_TIMEOUT_SECONDS).
 Flags take precedence. Under torchrun, WORLD_SIZE/RANK/LOCAL_RANK are read; rank 0 serves HTTP.
 """
 
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--shutdown-grace-seconds", type=float, metavar="S",
       help="how long shutdown waits for a running save before abandoning it (default 30)")
     a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
+    a("--memory-wait-seconds", type=float, metavar="S",
+      help="how long a load waits for memory that loads in progress or evictions will free, before 503 (default 600)")
     a("--tensor-parallel", type=int, metavar="T",
       help="tensor-parallel size of loaded models (default 1; T*P must equal torchrun's world size)")
     a("--pipeline-parallel", type=int, metavar="P",
@@ -207,6 +210,8 @@ def _follow(settings: Any) -> int:
         tensor_parallel=settings.tensor_parallel,
         pipeline_parallel=settings.pipeline_parallel,
         collective_timeout_seconds=settings.collective_timeout_seconds,
+        checkpoint_roots=settings.checkpoint_roots,
+        save_roots=settings.save_roots,
     )
     engine.follow()
     return 0

@@ -33,7 +33,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,8 +103,14 @@ class Engine:
         pipeline_parallel: int = 1,
         collective_timeout_seconds: float = 300.0,
         metrics: Metrics | None = None,
+        checkpoint_roots: Sequence[Path] | None = None,
+        save_roots: Sequence[Path] = (),
     ) -> None:
         self.device = resolve_device(device)
+        # Every file a command reads lies inside these (the library checks what checkpoints
+        # name: data files, tokenizer files, symlinks); a save also reads what it writes.
+        self._read_roots = None if checkpoint_roots is None else tuple(checkpoint_roots)
+        self._save_read_roots = None if checkpoint_roots is None else (*checkpoint_roots, *save_roots)
         self.backend = resolve_backend(backend, self.device)
         self.world_size = world_size
         self.rank = rank
@@ -267,7 +273,7 @@ class Engine:
                     if self.state is EngineState.FAILED:
                         raise NotReadyError(f"the engine failed: {self.error}", retry_after=None)
                     self._collective(self._broadcast, (name, kwargs))
-                result = getattr(self, f"_op_{name}")(**kwargs)
+                result = self._run(name, kwargs)
             except Exception as e:
                 fut.set_exception(e)
             except BaseException as e:  # torch DCP's CheckpointException derives from BaseException
@@ -281,6 +287,13 @@ class Engine:
                 fut.set_result(result)
             finally:
                 self.running = None
+
+    def _run(self, name: str, kwargs: dict[str, Any]) -> Any:
+        """Command ``name``, its file reads confined to the roots (see ``__init__``)."""
+        from megaload.checkpoint import confined_to
+
+        with confined_to(self._save_read_roots if name == "save" else self._read_roots):
+            return getattr(self, f"_op_{name}")(**kwargs)
 
     def _multi_rank_ready(self) -> bool:
         return self.world_size > 1 and self.state is EngineState.READY
@@ -340,7 +353,7 @@ class Engine:
                 raise SystemExit(1) from None
             name, kwargs = box[0]
             try:
-                getattr(self, f"_op_{name}")(**kwargs)
+                self._run(name, kwargs)
             except Exception:
                 logger.exception("rank %d: command %s failed", self.rank, name)
             if name == "shutdown":

@@ -13,7 +13,8 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
     ├── JobNotCancellableError     the job already runs or has finished
     ├── InsufficientMemoryError    (also MemoryError) the model cannot fit the budget
     ├── NotReadyError              the engine is not (or no longer) up
-    ├── EngineStoppedError         the engine shut down before running a command
+    │   ├── EngineStoppedError     the engine shut down before running a command
+    │   └── MemoryWaitTimeoutError a load waited too long for memory that can become free
     └── HubError                   (also LookupError) the Hub endpoint has no such thing;
         │                          ``hub_code`` is the X-Error-Code huggingface_hub maps
         ├── RepoNotFoundError          no repository megaload/<id> (no such resident model)
@@ -34,6 +35,7 @@ __all__ = [
     "InsufficientMemoryError",
     "NotReadyError",
     "EngineStoppedError",
+    "MemoryWaitTimeoutError",
     "HubError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
@@ -117,6 +119,11 @@ class EngineStoppedError(NotReadyError):
 
     def __init__(self, message: str = "the engine is shutting down") -> None:
         super().__init__(message, retry_after=None)
+
+
+class MemoryWaitTimeoutError(NotReadyError):
+    """A load that would fit once other loads finish or models are evicted did not get its
+    memory within the registry's wait (503 with Retry-After: try again later)."""
 
 
 class HubError(ServiceError, LookupError):

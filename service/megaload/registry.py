@@ -9,10 +9,16 @@ work is delegated to a :class:`ModelLoader` (the engine). A load goes::
       ├── an identical load in flight    -> await it (single flight) -> (entry, False)
       └── otherwise start one:
             estimate bytes (checkpoint metadata, no weights)
-            reserve them: refuse with InsufficientMemoryError (507) if the budget cannot hold
-              them even after evicting every unpinned model; else evict least-recently-used
-              unpinned models and wait until their memory is actually released
-            load, register the entry, turn the reservation into resident bytes -> (entry, True)
+            reserve them:
+              refuse with InsufficientMemoryError (507) if they can never fit: more than the
+                budget less the pinned resident models;
+              else wait in line (first come, first served) until they fit once loads in
+                progress have finished and least-recently-used unpinned models are evicted;
+                evict those and wait until their memory is actually released. A load that
+                waits longer than ``memory_wait_seconds`` fails with MemoryWaitTimeoutError
+                (503, Retry-After); one whose every waiter has gone leaves the line.
+            load, register the entry (pinned if asked), turn the reservation into resident
+            bytes -> (entry, True)
 
 Eviction removes the entry at once (no new leases, GET says 404) but releases its memory only
 after every lease is returned: a stream in progress finishes first.
@@ -21,6 +27,7 @@ after every lease is returned: a stream in progress finishes first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import itertools
 import json
@@ -31,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import InsufficientMemoryError, ModelNotFoundError
+from .errors import InsufficientMemoryError, MemoryWaitTimeoutError, ModelNotFoundError
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -157,6 +164,8 @@ class _Inflight:
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_phase: list[Callable[[float, str], None]] = field(default_factory=list)
     phase: tuple[float, str] | None = None
+    pin: bool = False
+    waiting_for_memory: bool = False
 
     def set_phase(self, name: str) -> None:
         self.phase = PHASES[name]
@@ -175,11 +184,20 @@ class _Inflight:
 class Registry:
     """See the module docstring. One instance per service, used from the event loop only."""
 
-    def __init__(self, loader: ModelLoader, budget_bytes: int, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        loader: ModelLoader,
+        budget_bytes: int,
+        *,
+        metrics: Metrics | None = None,
+        memory_wait_seconds: float = 600.0,
+    ) -> None:
         if budget_bytes <= 0:
             raise ValueError(f"memory budget must be positive, got {budget_bytes}")
         self._loader = loader
         self.budget_bytes = budget_bytes
+        self.memory_wait_seconds = memory_wait_seconds
+        self._line: collections.deque[object] = collections.deque()  # loads waiting for memory, in order
         self._metrics = metrics
         self._entries: dict[str, ModelEntry] = {}
         self._evicting: dict[str, ModelEntry] = {}
@@ -231,17 +249,20 @@ class Registry:
         entry = self._entries.get(model_id)
         if entry is not None:
             self._touch(entry)
-            if pin:
+            if pin and not entry.pinned:
                 entry.pinned = True
+                await self._notify()  # a waiting load may now never fit
             if on_start is not None:
                 on_start()
             return entry, False
         inflight = self._inflight.get(model_id)
         created = inflight is None
         if inflight is None:
-            inflight = _Inflight()
+            inflight = _Inflight(pin=pin)
             self._inflight[model_id] = inflight
             inflight.task = asyncio.create_task(self._run_load(spec, inflight), name=f"load-{model_id}")
+        elif pin:
+            inflight.pin = True
         if on_start is not None:
             if inflight.started:
                 on_start()
@@ -255,8 +276,9 @@ class Registry:
         try:
             entry = await asyncio.shield(inflight.task)
         except asyncio.CancelledError:
-            if inflight.waiters == 1 and not inflight.started and inflight.task is not None:
-                inflight.task.cancel()  # nobody else wants it and the engine has not begun
+            idle = not inflight.started or inflight.waiting_for_memory
+            if inflight.waiters == 1 and idle and inflight.task is not None:
+                inflight.task.cancel()  # nobody else wants it and the engine is not reading it
             raise
         finally:
             inflight.waiters -= 1
@@ -277,7 +299,11 @@ class Registry:
             needed = await self._loader.estimate_bytes(spec.iteration_dir, spec.dtype, estimating)
             inflight.mark_started()
             inflight.set_phase("reserving")
-            await self._reserve(needed)
+            inflight.waiting_for_memory = True
+            try:
+                await self._reserve(needed)
+            finally:
+                inflight.waiting_for_memory = False
             try:
                 loaded = await self._loader.load(model_id, spec, lambda: inflight.set_phase("loading"))
             except BaseException:
@@ -287,7 +313,9 @@ class Registry:
                 raise
             async with self._cond:
                 self._reserved -= needed
-                entry = ModelEntry(id=model_id, spec=spec, loaded=loaded, size_bytes=int(loaded.size_bytes))
+                entry = ModelEntry(
+                    id=model_id, spec=spec, loaded=loaded, size_bytes=int(loaded.size_bytes), pinned=inflight.pin
+                )
                 self._touch(entry)
                 self._entries[model_id] = entry
                 self._cond.notify_all()
@@ -297,31 +325,74 @@ class Registry:
             self._update_gauges()
 
     async def _reserve(self, needed: int) -> None:
+        """Reserve ``needed`` bytes (see the module docstring): 507 at once if they can never
+        fit, else wait in line until they can, evicting least-recently-used unpinned models."""
+        ticket = object()
+        reserved = False
         async with self._cond:
-            pinned = sum(e.size_bytes for e in self._entries.values() if e.pinned)
-            can_have = self.budget_bytes - pinned - self._reserved
-            if needed > can_have:
-                raise InsufficientMemoryError(
-                    f"the model needs {needed} bytes but at most {max(0, can_have)} of the {self.budget_bytes}-byte "
-                    f"budget can be freed (pinned models hold {pinned}, loads in progress {self._reserved})",
-                    bytes_needed=needed,
-                    bytes_available=max(0, can_have),
-                    budget_bytes=self.budget_bytes,
-                )
-            resident = sum(e.size_bytes for e in self._entries.values())
-            for victim in sorted((e for e in self._entries.values() if not e.pinned), key=lambda e: e._lru):
-                if resident + self._reserved + needed <= self.budget_bytes:
-                    break
-                resident -= victim.size_bytes
-                self._begin_evict(victim, reason="lru")
-            self._reserved += needed
-            self._update_gauges()
+            self._line.append(ticket)
             try:
-                await self._cond.wait_for(lambda: self._held_bytes() + self._reserved <= self.budget_bytes)
-            except BaseException:
-                self._reserved -= needed
-                self._cond.notify_all()
+                async with asyncio.timeout(self.memory_wait_seconds):
+                    while True:
+                        self._refuse_if_never_fits(needed)
+                        if self._line[0] is ticket and self._take(needed):
+                            reserved = True
+                            self._line.popleft()
+                            self._cond.notify_all()  # the next in line may fit too
+                            break
+                        await self._cond.wait()
+                    # the room is ours; evicted models release their memory once unleased
+                    await self._cond.wait_for(lambda: self._held_bytes() + self._reserved <= self.budget_bytes)
+            except BaseException as e:
+                if reserved:
+                    self._reserved -= needed
+                if isinstance(e, TimeoutError):
+                    raise MemoryWaitTimeoutError(
+                        f"the model needs {needed} bytes of the {self.budget_bytes}-byte budget; they did not become "
+                        f"free within {self.memory_wait_seconds:g} s (resident {self._held_bytes()}, loads in "
+                        f"progress {self._reserved}, {sum(t is not ticket for t in self._line)} other loads waiting)",
+                        retry_after=max(1, int(self.memory_wait_seconds // 10)),
+                    ) from None
                 raise
+            finally:
+                if ticket in self._line:
+                    self._line.remove(ticket)
+                self._cond.notify_all()
+                self._update_gauges()
+
+    def _refuse_if_never_fits(self, needed: int) -> None:
+        pinned = sum(e.size_bytes for e in self._entries.values() if e.pinned)
+        can_have = self.budget_bytes - pinned
+        if needed > can_have:
+            raise InsufficientMemoryError(
+                f"the model needs {needed} bytes but at most {max(0, can_have)} of the {self.budget_bytes}-byte "
+                f"budget can ever be free (pinned models hold {pinned})",
+                bytes_needed=needed,
+                bytes_available=max(0, can_have),
+                budget_bytes=self.budget_bytes,
+            )
+
+    def _take(self, needed: int) -> bool:
+        """Reserve ``needed`` bytes if free memory plus evictable models hold them now (begin
+        evicting the least recently used of those that must go); False otherwise."""
+        room = self.budget_bytes - self._held_bytes() - self._reserved
+        victims = []
+        for entry in sorted((e for e in self._entries.values() if not e.pinned), key=lambda e: e._lru):
+            if room >= needed:
+                break
+            victims.append(entry)
+            room += entry.size_bytes
+        if room < needed:
+            return False
+        for victim in victims:
+            self._begin_evict(victim, reason="lru")
+        self._reserved += needed
+        self._update_gauges()
+        return True
+
+    async def _notify(self) -> None:
+        async with self._cond:
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ eviction and leases
 

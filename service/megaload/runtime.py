@@ -5,14 +5,16 @@ registry entries) and raises only typed errors. Life cycle (driven by the app's 
 
     runtime = Runtime(settings, to_problem=problem_for)
                                      # resolves device, backend and budget; no thread yet
-    await runtime.start()            # engine thread up; /readyz turns 200 once the context is
-    ...                              # built (start() does not wait for that)
+    await runtime.start()            # leftovers of saves killed before they finished removed
+                                     # from the save roots; engine thread up; /readyz turns 200
+    ...                              # once the context is built (start() does not wait for that)
     await runtime.stop()             # cancel queued jobs, let a running save finish within the
                                      # grace period, tear the context down
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -45,7 +47,9 @@ from .checkpoint import (
     CheckpointExistsError,
     CheckpointLayout,
     CheckpointNotFoundError,
+    confined_to,
     inspect_layout,
+    remove_stale_saves,
     parse_dtype,
 )
 from .devices import device_memory_bytes
@@ -72,6 +76,7 @@ class Runtime:
         """``to_problem`` is the HTTP layer's error mapping, used for failed jobs' ``error``."""
         self.settings = settings
         self.metrics = Metrics()
+        self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
         self.engine = Engine(
             device=settings.device,
             backend=settings.backend,
@@ -82,6 +87,8 @@ class Runtime:
             pipeline_parallel=settings.pipeline_parallel,
             collective_timeout_seconds=settings.collective_timeout_seconds,
             metrics=self.metrics,
+            checkpoint_roots=self.paths.checkpoint_roots,
+            save_roots=self.paths.save_roots,
         )
         total = device_memory_bytes(self.engine.device, settings.local_rank)
         if settings.memory_budget is not None:
@@ -90,8 +97,9 @@ class Runtime:
             budget = int(total * DEFAULT_BUDGET_FRACTION[self.engine.device])
         if budget <= 0:
             raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
-        self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
-        self.registry = Registry(self.engine, budget, metrics=self.metrics)
+        self.registry = Registry(
+            self.engine, budget, metrics=self.metrics, memory_wait_seconds=settings.memory_wait_seconds
+        )
         self.hf_models = HFModels(self.engine, self.registry, self.paths)
         self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
@@ -99,6 +107,11 @@ class Runtime:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        for root in self.paths.save_roots:
+            # what saves killed before they finished left behind (ours only: see _staging)
+            removed = await anyio.to_thread.run_sync(functools.partial(remove_stale_saves, root, recursive=True))
+            if removed:
+                logger.info("removed %d leftover(s) of unfinished saves under %s", len(removed), root)
         self.engine.start()
 
     async def stop(self) -> None:
@@ -122,7 +135,7 @@ class Runtime:
     async def resolve_checkpoint(self, raw: str, *, field: str = "path") -> CheckpointLayout:
         """Police ``raw`` against the checkpoint roots, then find its iteration directory."""
         path = self.paths.resolve_checkpoint(raw, field=field)
-        layout = await anyio.to_thread.run_sync(inspect_layout, path)
+        layout = await anyio.to_thread.run_sync(self._inspect_layout, path)
         real = self.paths.ensure_inside_checkpoint_roots(layout.iteration_dir, field=field)
         if real != layout.iteration_dir:
             layout = CheckpointLayout(
@@ -132,6 +145,12 @@ class Runtime:
                 sharded_backend=layout.sharded_backend,
             )
         return layout
+
+    def _inspect_layout(self, path: Path) -> CheckpointLayout:
+        """:func:`inspect_layout` (worker thread), its reads (tracker, metadata.json) confined
+        to the checkpoint roots."""
+        with confined_to(self.paths.checkpoint_roots):
+            return inspect_layout(path)
 
     # ------------------------------------------------------------------ checkpoints
 

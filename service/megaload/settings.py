@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         30.0, ge=0, le=3600, description="how long shutdown waits for a running save before abandoning it"
     )
     max_finished_jobs: int = Field(1000, ge=1, le=1_000_000, description="finished jobs kept for GET /v1/jobs")
+    memory_wait_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="how long a load that fits once other loads finish (or models are evicted) waits for its "
+        "memory before failing with 503",
+    )
     tensor_parallel: int | None = Field(
         None,
         ge=1,

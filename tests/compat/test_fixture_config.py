@@ -44,7 +44,10 @@ def compare(ref: dict, cfg, args) -> list[str]:
         if key in NOT_COMPARED:
             continue
         if key == "config_type":
-            got, present = type(cfg).__name__, True
+            # upstream returns the provider class the run config names; we read every Bridge
+            # GPT-family provider into our GPTModelProvider and remember which one it was
+            got = cfg.source_target.rsplit(".", 1)[1] if isinstance(cfg, GPTModelProvider) else type(cfg).__name__
+            present = True
         elif key == "mlm_args_returned":
             got, present = args is not None, True
         elif key.startswith("mlm_args."):

@@ -223,3 +223,16 @@ def test_without_cuda_use_cpu_init_false_falls_back_to_cpu(references, assert_bi
     assert_bitwise_equal(
         {f"model.{k}": v for k, v in state["model"].items()}, references.state_dict("bridge_gpt_tied_rope_fp32")
     )
+
+
+def test_grouped_gemm_experts_on_a_cpu_host_are_refused_naming_the_field(copy_fixture):
+    """Qwen3-MoE with grouped-GEMM experts needs kernels this CPU host lacks: a typed error
+    naming the field, not megatron-core's assertion with an install hint."""
+    save_dir = copy_fixture("hf_qwen3_moe")
+    run_config = save_dir / "iter_0000000" / "run_config.yaml"
+    text = run_config.read_text()
+    assert "  moe_grouped_gemm: false\n" in text
+    run_config.write_text(text.replace("  moe_grouped_gemm: false\n", "  moe_grouped_gemm: true\n"))
+    with pytest.raises(IncompatibleConfigError) as info:
+        load_megatron_model(save_dir, return_state_dict=True, use_cpu_init=True)
+    assert info.value.field == "moe_grouped_gemm" and str(save_dir) in str(info.value)

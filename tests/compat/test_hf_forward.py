@@ -92,13 +92,13 @@ def exported(tmp_path_factory):
         view = hf_view(provider, architecture=architecture)
         directory = tmp_path_factory.mktemp(case)
         write_hf_directory(view, state, directory)
-        out[case] = (directory, logits, view)
+        out[case] = (directory, logits, view, state)
     return out
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_transformers_computes_megatron_cores_logits(exported, case):
-    directory, want, view = exported[case]
+    directory, want, view, _ = exported[case]
     assert view.architecture == EXPECTED_ARCHITECTURE[case]
     config = json.loads((directory / "config.json").read_text())
     assert config["architectures"] == [view.architecture] and config["vocab_size"] == VOCAB
@@ -107,11 +107,30 @@ def test_transformers_computes_megatron_cores_logits(exported, case):
     torch.testing.assert_close(got, want[..., :VOCAB], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_tables_read_backwards_give_the_megatron_tensors_back(exported, case):
+    """HF -> Megatron with the same tables: every tensor back, bit for bit; vocabulary rows past
+    the true vocabulary (dropped on export) come back as zeros."""
+    from safetensors.torch import load_file
+
+    directory, _, view, state = exported[case]
+    hf = {}
+    for shard in sorted(directory.glob("model-*.safetensors")):
+        hf.update(load_file(str(shard)))
+    back = dict(view.import_tensors(hf, padded_vocab_size=128))
+    assert back.keys() == state.keys()
+    for name, tensor in state.items():
+        if name.endswith(("word_embeddings.weight", "output_layer.weight")):
+            assert torch.equal(back[name][:VOCAB], tensor[:VOCAB]) and not back[name][VOCAB:].any(), name
+        else:
+            assert torch.equal(back[name], tensor) and back[name].dtype == tensor.dtype, name
+
+
 def test_the_llama3_rope_scaling_matters(exported, tmp_path):
     """Without its rope_scaling the same weights compute logits off by far more than the tolerance."""
     import shutil
 
-    directory, want, _ = exported["llama3"]
+    directory, want, _, _ = exported["llama3"]
     plain = tmp_path / "plain"
     shutil.copytree(directory, plain)
     config = json.loads((plain / "config.json").read_text())
@@ -124,7 +143,7 @@ def test_the_llama3_rope_scaling_matters(exported, tmp_path):
 @needs_transformers4
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_transformers_4_computes_the_same_logits(exported, case):
-    directory, want, view = exported[case]
+    directory, want, view, _ = exported[case]
     got, loaded = transformers4_logits(directory, INPUT_IDS, torch.float32)
     assert loaded.split()[1:] == [view.architecture.replace("ForCausalLM", "Config"), view.architecture]
     torch.testing.assert_close(got, want[..., :VOCAB], atol=1e-4, rtol=0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -187,20 +188,88 @@ def test_exported_directory_holds_the_save_pretrained_files(name, exported):
     assert ours_tok(text)["input_ids"] == transformers.AutoTokenizer.from_pretrained(FIXTURES_DIR / name / "hf")(text)["input_ids"]
 
 
-def test_transformer_engine_spellings_map_as_the_local_ones(references, assert_bitwise_equal):
-    name = HF_FIXTURES[0]
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_the_tables_read_backwards_are_upstreams_import(name, references, assert_bitwise_equal):
+    """HF -> Megatron with the same tables gives what upstream's AutoBridge import loads to."""
+    view = _view(name)
+    rows = references.state_dict(name)["model.embedding.word_embeddings.weight"].shape[0]
+    got = dict(view.import_tensors(_original_tensors(name), padded_vocab_size=rows))
+    assert_bitwise_equal(got, references.state_dict(name))
+
+
+def test_hf_tensors_the_config_contradicts_are_refused_naming_the_tensor():
+    name = "hf_qwen2"
+    view = _view(name)
+    original = _original_tensors(name)
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan({k: v for k, v in original.items() if k != "model.layers.0.self_attn.k_proj.weight"})
+    assert info.value.field == "model.layers.0.self_attn.k_proj.weight"
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan(dict(original, **{"model.layers.0.mlp.up_proj.weight": torch.zeros(3, 3)}))
+    assert info.value.field == "model.layers.0.mlp.up_proj.weight"
+    with pytest.raises(UnmappableModelError) as info:
+        view.mcore_plan(dict(original, **{"model.layers.0.self_attn.o_proj.bias": torch.zeros(64)}))
+    assert info.value.field == "model.layers.0.self_attn.o_proj.bias"
+    plan = view.mcore_plan(original)
+    assert plan["model.decoder.layers.0.self_attention.linear_qkv.bias"].sources == tuple(
+        f"model.layers.0.self_attn.{p}_proj.bias" for p in "qkv"
+    )
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_only_qkv_of_several_query_groups_are_copies(name, references):
+    """No second copy of the model: every HF tensor is a view of its Megatron tensor except
+    q/k/v when there are several query groups (strided), which are copied one at a time."""
+    config, args = load_model_config(_checkpoint(name))
+    try:
+        view = hf_view(config, megatron_args=args)
+    except UnmappableModelError:
+        pytest.skip(f"{name} has no Hugging Face form")
+    state = references.state_dict(name)
+    copied = []
+    for hf_name, spec in view.tensor_plan(state).items():
+        built = spec.build([state[s] for s in spec.sources])
+        source = state[spec.sources[0]]
+        if built.untyped_storage().data_ptr() != source.untyped_storage().data_ptr():
+            copied.append(hf_name)
+    groups = view.config_json["num_key_value_heads"]
+    assert all(".self_attn." in n and n.rsplit(".", 2)[-2] in ("q_proj", "k_proj", "v_proj") for n in copied), copied
+    assert bool(copied) == (groups > 1)
+
+
+def test_names_without_the_model_prefix_are_accepted(references):
+    view = _view("hf_qwen2")
+    state = references.state_dict("hf_qwen2")
+    bare = {k.removeprefix("model."): v for k, v in state.items()}
+    plan = view.tensor_plan(bare)
+    assert plan["model.embed_tokens.weight"].sources == ("embedding.word_embeddings.weight",)
+    assert {k: torch.equal(v, dict(view.export(state))[k]) for k, v in view.export(bare)} == dict.fromkeys(plan, True)
+
+
+_TE_SPELLINGS = (
+    (re.compile(r"\.input_layernorm\.weight$"), ".self_attention.linear_qkv.layer_norm_weight"),
+    (re.compile(r"\.pre_mlp_layernorm\.weight$"), ".mlp.linear_fc1.layer_norm_weight"),
+    (re.compile(r"\.mlp\.experts\.local_experts\.(\d+)\.linear_fc(\d)\.weight$"), r".mlp.experts.linear_fc\2.weight\1"),
+)
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_transformer_engine_spellings_map_as_the_local_ones(name, references, assert_bitwise_equal):
+    """Norms fused into TE's linear layers and TE's grouped experts (``linear_fc1.weight<e>``)."""
     local = references.state_dict(name)
     te = {}
     for key, tensor in local.items():
-        key = key.replace(".input_layernorm.weight", ".self_attention.linear_qkv.layer_norm_weight")
-        te[key.replace(".pre_mlp_layernorm.weight", ".mlp.linear_fc1.layer_norm_weight")] = tensor
+        for pattern, replacement in _TE_SPELLINGS:
+            if name != "hf_qwen3_moe" or "experts" in key or "input_layernorm" in key:
+                key = pattern.sub(replacement, key)  # MoE layers keep a separate pre-MLP norm under TE
+        te[key] = tensor
     assert te.keys() != local.keys()
     view = _view(name)
     assert_bitwise_equal(dict(view.export(te)), dict(view.export(local)))
 
 
 def test_a_state_dict_the_config_contradicts_is_refused_naming_the_tensor(references):
-    name = HF_FIXTURES[0]
+    name = "hf_qwen2"
     view = _view(name)
     state = dict(references.state_dict(name))
     extra = dict(state, **{"model.decoder.layers.0.self_attention.linear_proj.bias": torch.zeros(64)})
@@ -288,3 +357,13 @@ def test_cli_exports_and_refuses(tmp_path):
     assert refused.returncode == 1
     assert "UnmappableModelError" in refused.stderr and "normalization" in refused.stderr
     assert not (tmp_path / "ln").exists()
+
+
+def test_cli_help_and_a_bad_shard_size(tmp_path):
+    shown = _cli("--help")
+    assert shown.returncode == 0
+    for flag in ("CHECKPOINT", "OUT_DIR", "--architecture", "--overwrite", "--max-shard-size"):
+        assert flag in shown.stdout, flag
+    bad = _cli(str(_checkpoint("mlm_gpt")), str(tmp_path / "hf"), "--max-shard-size", "lots")
+    assert bad.returncode != 0 and "--max-shard-size" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "hf").exists()

@@ -62,3 +62,40 @@ def test_budget_smaller_than_any_model(start):
         assert r.json()["bytes_available"] == 1000
         assert svc.metric("megaload_checkpoint_loads_total", outcome="success") == 0
         assert svc.client.get("/readyz").status_code == 200
+
+
+def test_concurrent_distinct_loads_all_succeed(start, copy_checkpoint, ckpt_root):
+    """Ten distinct checkpoints loaded at once, a budget that holds two of them: every load
+    fits once those before it finish and are evicted, so every one succeeds (none is 507),
+    and the pinned one stays."""
+    import threading
+
+    import httpx
+
+    names = [f"mlm_concurrent_{i}" for i in range(10)]
+    for name in names:
+        if not (ckpt_root / name).exists():
+            copy_checkpoint("mlm_gpt", ckpt_root / name)
+    pinned = names[6]
+    with start(memory_budget="1000000") as svc:
+        answers: dict[str, httpx.Response] = {}
+        barrier = threading.Barrier(len(names))
+
+        def load(name: str) -> None:
+            with httpx.Client(base_url=svc.base_url, timeout=300) as c:
+                barrier.wait()
+                answers[name] = c.post("/v1/models", json={"checkpoint_path": name, "pin": name == pinned})
+
+        threads = [threading.Thread(target=load, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        statuses = {n: answers[n].status_code for n in names}
+        print("statuses:", sorted(statuses.values()), "pinned:", statuses[pinned])
+        assert set(statuses.values()) == {201}, {n: answers[n].text[:200] for n in names if statuses[n] != 201}
+        models = {m["checkpoint_path"]: m for m in svc.client.get("/v1/models").json()["models"]}
+        assert pinned in models and models[pinned]["pinned"] is True
+        memory = svc.client.get("/v1/models").json()["memory"]
+        assert memory["used_bytes"] <= 1_000_000 and memory["reserved_bytes"] == 0
+        assert svc.metric("megaload_checkpoint_loads_total", outcome="success") == 10

@@ -210,3 +210,36 @@ def test_damaged_tensor_record_is_corrupt(saved_dir, damage):
     error = _load_failure(saved_dir)
     assert isinstance(error, CorruptCheckpointError), repr(error)
     assert "__0_0.distcp" in str(error) and "plain" in str(error)
+
+
+def test_staging_buffer_is_plain_memory_for_cpu_targets():
+    """Reads into CPU tensors stage (for casts) through ordinary memory; page-locked staging is
+    only for GPU targets (not testable on a CPU-only host: torch cannot pin memory without CUDA)."""
+    from megaload.checkpoint._distcp import CHUNK_BYTES
+    from megaload.checkpoint._reader import staging_buffer
+
+    scratch = staging_buffer([torch.empty(4), torch.empty(2, dtype=torch.bfloat16)])
+    assert scratch.dtype == torch.uint8 and scratch.numel() == CHUNK_BYTES and not scratch.is_pinned()
+
+
+def test_records_with_the_same_pickle_are_decoded_once(tmp_path):
+    """Layers repeat tensor geometries: a record whose data.pkl was seen before reuses the meta
+    tensor decoded for it (same pickle bytes, same geometry) and still reads its own bytes."""
+    import torch.distributed.checkpoint as dcp_
+
+    from megaload.checkpoint._distcp import FileWindow, open_tensor_record
+    from megaload.checkpoint._pickle import load_dcp_metadata
+
+    tensors = {f"layer{i}": torch.full((64, 8), float(i)) for i in range(3)}
+    dcp_.save(tensors, checkpoint_id=str(tmp_path), no_dist=True)
+    metadata = load_dcp_metadata(tmp_path)
+    seen: dict = {}
+    got = {}
+    for index, info in metadata.storage_data.items():
+        with open(tmp_path / info.relative_path, "rb", buffering=0) as raw:
+            record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=index.fqn, seen=seen)
+            got[index.fqn] = (record.meta, record.read().clone())
+    assert len(seen) == 1  # one geometry, decoded once
+    assert len({id(meta) for meta, _ in got.values()}) == 1
+    for name, (_, value) in got.items():
+        assert torch.equal(value, tensors[name]), name

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from megaload.checkpoint import GPTModelProvider, IncompatibleConfigError, UnmappableModelError
 from megaload.checkpoint._tokenizer_types import NullTokenizer
-from megaload.hf import ARCHITECTURES, architecture_named, hf_view
+from megaload.hf import ARCHITECTURES, architecture_named, architecture_of_provider, hf_view
 
 
 def provider(**overrides) -> GPTModelProvider:
@@ -194,3 +194,34 @@ def test_a_megatron_lm_config_needs_its_args():
     with pytest.raises(IncompatibleConfigError) as info:
         hf_view(config)
     assert info.value.field == "megatron_args"
+
+
+@pytest.mark.parametrize(
+    "target, architecture",
+    [
+        ("megatron.bridge.models.mistral.mistral_provider.MistralModelProvider", "MistralForCausalLM"),
+        ("megatron.bridge.models.llama.llama_provider.Llama31ModelProvider8B", "LlamaForCausalLM"),
+        ("megatron.bridge.models.qwen.qwen_provider.Qwen25ModelProvider7B", "Qwen2ForCausalLM"),
+        ("megatron.bridge.models.qwen.qwen_provider.Qwen3ModelProvider8B", "Qwen3ForCausalLM"),
+        ("megatron.bridge.models.qwen.qwen_provider.Qwen3MoEModelProvider", "Qwen3MoeForCausalLM"),
+        ("megatron.bridge.models.gpt_provider.GPTModelProvider", None),
+        ("megatron.bridge.models.nemotron.nemotron_provider.NemotronModelProvider", None),
+    ],
+)
+def test_the_bridge_provider_class_names_its_architecture(target, architecture):
+    assert architecture_of_provider(target) == architecture
+
+
+def test_a_hint_is_taken_only_when_it_holds_the_model():
+    assert hf_view(provider(), hint="MistralForCausalLM").architecture == "MistralForCausalLM"
+    assert hf_view(provider(add_qkv_bias=True), hint="MistralForCausalLM").architecture == "Qwen2ForCausalLM"
+    assert hf_view(provider(), hint="SomethingElse").architecture == "LlamaForCausalLM"
+    assert hf_view(provider(), architecture="llama", hint="MistralForCausalLM").architecture == "LlamaForCausalLM"
+
+
+def test_a_bridge_import_keeps_its_architecture():
+    mistral = provider()
+    mistral.source_target = "megatron.bridge.models.mistral.mistral_provider.MistralModelProvider"
+    assert hf_view(mistral).architecture == "MistralForCausalLM"
+    assert hf_view(mistral, architecture="LlamaForCausalLM").architecture == "LlamaForCausalLM"
+    assert hf_view(provider()).architecture == "LlamaForCausalLM"  # a plain GPTModelProvider

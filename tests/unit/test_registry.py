@@ -244,3 +244,146 @@ def test_pin_on_repeat_and_budget_validation():
     run(main())
     with pytest.raises(ValueError):
         Registry(Loader({}), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loads in flight: a load that fits once they finish waits its turn; 507 only when it can never fit.
+
+
+def test_concurrent_distinct_loads_wait_their_turn_instead_of_failing():
+    async def main():
+        names = [f"m{i}" for i in range(10)]
+        loader = Loader({n: 400 for n in names})
+        loader.gate = asyncio.Event()
+        reg = Registry(loader, 1000)  # two fit at a time
+        pinned = names[4]
+        tasks = [asyncio.create_task(reg.load(spec(n), pin=(n == pinned))) for n in names]
+        await asyncio.sleep(0.05)
+        assert reg.memory().reserved_bytes == 800  # two reading, eight in line
+        loader.gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["tuple"] * 10, results
+        assert all(created for _, created in results)
+        assert sum(loader.loads.values()) == 10
+        resident = {e.spec.iteration_dir: e for e in reg.list()}
+        assert pinned in resident and resident[pinned].pinned  # the pinned one was never evicted
+        assert reg.memory().used_bytes <= 1000 and reg.memory().reserved_bytes == 0
+
+    run(main())
+
+
+def test_loads_are_served_in_order():
+    async def main():
+        loader = Loader({"a": 600, "b": 600, "c": 300})
+        loader.gate = asyncio.Event()
+        reg = Registry(loader, 1000)
+        order = []
+
+        async def load(name):
+            entry, _ = await reg.load(spec(name))
+            order.append(name)
+            return entry
+
+        first = asyncio.create_task(load("a"))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(load("b"))  # must wait for a, then evict it
+        await asyncio.sleep(0.01)
+        third = asyncio.create_task(load("c"))  # would fit beside a now, but b is first in line
+        await asyncio.sleep(0.01)
+        assert loader.loads == {} and reg.memory().reserved_bytes == 600
+        loader.gate.set()
+        await asyncio.gather(first, second, third)
+        assert order == ["a", "b", "c"]
+        await asyncio.sleep(0.01)
+        assert {e.spec.iteration_dir for e in reg.list()} == {"b", "c"}
+
+    run(main())
+
+
+def test_never_fitting_is_507_at_once_even_behind_loads_in_flight():
+    async def main():
+        loader = Loader({"p": 500, "a": 400, "big": 600})
+        reg = Registry(loader, 1000)
+        await reg.load(spec("p"), pin=True)
+        loader.gate = asyncio.Event()
+        pending = asyncio.create_task(reg.load(spec("a")))
+        await asyncio.sleep(0.01)
+        with pytest.raises(InsufficientMemoryError) as info:
+            await reg.load(spec("big"))
+        assert info.value.bytes_available == 500 and loader.loads["big"] == 0
+        loader.gate.set()
+        await pending
+
+    run(main())
+
+
+def test_a_pinned_load_in_flight_decides_whether_a_waiting_load_can_ever_fit():
+    async def main():
+        loader = Loader({"p": 600, "q": 600})
+        loader.gate = asyncio.Event()
+        reg = Registry(loader, 1000)
+        pinned = asyncio.create_task(reg.load(spec("p"), pin=True))
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(reg.load(spec("q")))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # p might still fail
+        loader.gate.set()
+        await pinned
+        with pytest.raises(InsufficientMemoryError):  # p is resident and pinned: q never fits
+            await waiting
+        # when the pinned load fails instead, the waiting one gets the room
+        loader.gate.clear()
+        loader.fail.add("r")
+        loader.sizes.update(r=600, s=600)
+        await reg.evict(spec("p").model_id)
+        failing = asyncio.create_task(reg.load(spec("r"), pin=True))
+        await asyncio.sleep(0.01)
+        second = asyncio.create_task(reg.load(spec("s")))
+        await asyncio.sleep(0.01)
+        loader.gate.set()
+        with pytest.raises(CorruptCheckpointError):
+            await failing
+        entry, created = await second
+        assert created and entry.spec.iteration_dir == "s"
+
+    run(main())
+
+
+def test_waiting_for_memory_has_a_time_limit():
+    async def main():
+        from megaload.errors import MemoryWaitTimeoutError, NotReadyError
+
+        loader = Loader({"a": 600, "b": 600})
+        reg = Registry(loader, 1000, memory_wait_seconds=0.2)
+        a, _ = await reg.load(spec("a"))
+        lease = reg.acquire(a.id)  # a reader that never finishes keeps a's memory
+        with pytest.raises(MemoryWaitTimeoutError) as info:
+            await reg.load(spec("b"))
+        assert isinstance(info.value, NotReadyError) and info.value.retry_after >= 1
+        assert "0.2 s" in str(info.value)
+        assert reg.memory().reserved_bytes == 0 and loader.loads["b"] == 0
+        lease.release()
+        entry, created = await reg.load(spec("b"))
+        assert created
+
+    run(main())
+
+
+def test_a_load_nobody_waits_for_leaves_the_line():
+    async def main():
+        loader = Loader({"a": 600, "b": 600, "c": 300})
+        reg = Registry(loader, 1000)
+        a, _ = await reg.load(spec("a"))
+        lease = reg.acquire(a.id)
+        b = asyncio.create_task(reg.load(spec("b")))  # a is evicted for it, but its memory stays leased
+        await asyncio.sleep(0.02)
+        b.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await b
+        await asyncio.sleep(0.01)
+        assert not reg.is_loading(spec("b").model_id) and loader.loads["b"] == 0
+        entry, created = await reg.load(spec("c"))  # fits beside a's memory: not stuck behind b
+        assert created
+        lease.release()
+
+    run(main())

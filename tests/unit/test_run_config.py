@@ -564,7 +564,7 @@ def test_values_that_cannot_be_honoured_are_refused_naming_the_field(hf_import_c
 
 
 def test_a_refused_value_is_summarized_not_repeated(hf_import_copy):
-    huge = {"nested": [list(range(1000))] * 50, "text": "x" * 100_000}
+    huge = {"nested": [list(range(1000)) for _ in range(5)], "text": "x" * 50_000}
     with pytest.raises(IncompatibleConfigError) as info:
         load_with(hf_import_copy, hidden_size=huge)
     assert len(str(info.value)) < 400

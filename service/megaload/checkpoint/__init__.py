@@ -4,6 +4,10 @@ Usable without the HTTP service::
 
     from megaload.checkpoint import load_megatron_model, load_model_config
     state = load_megatron_model("/ckpts/run1", return_state_dict=True, use_cpu_init=True)
+
+A caller that allows reading only below some directories says so with
+``with confined_to([root, ...]):`` around the calls; every file a checkpoint names or links to
+is then checked against them (:class:`OutsideRootsError` otherwise).
 """
 
 from ._config import load_model_config, transformer_config_from_args
@@ -25,11 +29,13 @@ from ._errors import (
     IncompatibleConfigError,
     InvalidDtypeError,
     NotACheckpointError,
+    OutsideRootsError,
     TokenizerError,
     UnmappableModelError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
+from ._files import allowed_roots, confined_to
 from ._layout import CheckpointFormat, CheckpointLayout, inspect_layout, resolve_iteration_dir
 from ._partition import (
     PartitionRule,
@@ -53,6 +59,7 @@ from ._model import (
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
+from ._staging import remove_stale_saves
 from ._tokenizer import (
     SUPPORTED_TOKENIZER_TYPES,
     build_tokenizer,
@@ -114,6 +121,9 @@ __all__ = [
     "initialize_model_parallel",
     "shutdown_distributed",
     "is_distributed_initialized",
+    "confined_to",
+    "allowed_roots",
+    "remove_stale_saves",
     # errors
     "CheckpointError",
     "CheckpointNotFoundError",
@@ -127,4 +137,5 @@ __all__ = [
     "TokenizerError",
     "CheckpointExistsError",
     "DistributedContextError",
+    "OutsideRootsError",
 ]

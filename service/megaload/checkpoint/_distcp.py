@@ -208,8 +208,14 @@ def _decoded_whole(window: FileWindow, *, what: str) -> TensorRecord:
     return TensorRecord(window, what, loaded=_load_weights_only(data, "cpu", what=what))
 
 
-def open_tensor_record(window: FileWindow, *, what: str) -> TensorRecord:
-    """Take apart the ``torch.save`` archive in ``window``; reads only its small parts."""
+def open_tensor_record(window: FileWindow, *, what: str, seen: dict[bytes, torch.Tensor] | None = None) -> TensorRecord:
+    """Take apart the ``torch.save`` archive in ``window``; reads only its small parts.
+
+    ``seen`` (optional, kept by the caller across the records of one load) maps a record's
+    ``data.pkl`` bytes to the meta tensor they decode to: a checkpoint's layers repeat the same
+    few tensor geometries, and the same pickle bytes (storage key, dtype, element count, size,
+    stride and offset are all in them) always decode to the same meta tensor, so each distinct
+    pickle is checked and unpickled once."""
     magic = bytearray(len(_LOCAL_HEADER_SIGNATURE))
     window.seek(0)
     if window.readinto(magic) != len(magic) or magic != _LOCAL_HEADER_SIGNATURE:
@@ -224,7 +230,10 @@ def open_tensor_record(window: FileWindow, *, what: str) -> TensorRecord:
                 f"{what}: expected one data.pkl in the tensor archive, found {len(pickles)}", path=what
             )
         prefix = pickles[0].filename[: -len("data.pkl")]
-        _check_globals(archive.read(pickles[0]), what=what)
+        pickle_bytes = archive.read(pickles[0])
+        known = None if seen is None else seen.get(pickle_bytes)
+        if known is None:
+            _check_globals(pickle_bytes, what=what)
         storages = [i for i in infos if i.filename.startswith(prefix + "data/")]
         order = archive.read(prefix + "byteorder") if prefix + "byteorder" in archive.NameToInfo else b"little"
     except (zipfile.BadZipFile, KeyError, EOFError) as e:
@@ -241,8 +250,13 @@ def open_tensor_record(window: FileWindow, *, what: str) -> TensorRecord:
     if signature != _LOCAL_HEADER_SIGNATURE:
         raise CorruptCheckpointError(f"{what}: bad zip local header for {info.filename}", path=what)
     data_start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
-    window.seek(0)
-    meta = _load_weights_only(window, "meta", what=what)
+    if known is not None:
+        meta = known
+    else:
+        window.seek(0)
+        meta = _load_weights_only(window, "meta", what=what)
+        if seen is not None:
+            seen[pickle_bytes] = meta
     nbytes = meta.untyped_storage().nbytes()
     if nbytes != info.file_size or data_start + nbytes > window.seek(0, io.SEEK_END):
         raise CorruptCheckpointError(

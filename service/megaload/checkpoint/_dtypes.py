@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ._errors import InvalidDtypeError
+from ._errors import InvalidDtypeError, summarize
 
 __all__ = ["dtype_from_str", "parse_dtype", "dtype_from_hf", "torch_dtype_from_mcore_config", "DTYPE_SPELLINGS"]
 
@@ -39,7 +39,7 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     found = DTYPE_SPELLINGS.get(dtype.strip().lower())
     if found is None:
         known = ", ".join(sorted(DTYPE_SPELLINGS))
-        raise InvalidDtypeError(f"unknown dtype {dtype!r}; known spellings: {known}", value=dtype)
+        raise InvalidDtypeError(f"unknown dtype {summarize(dtype)}; known spellings: {known}", value=dtype)
     return found
 
 
@@ -57,7 +57,7 @@ def dtype_from_str(dtype: str | torch.dtype) -> torch.dtype:
     try:
         return parse_dtype(dtype)
     except InvalidDtypeError:
-        logger.warning("unrecognized dtype %r; using torch.float32", dtype)
+        logger.warning("unrecognized dtype %s; using torch.float32", summarize(dtype))
         return torch.float32
 
 
@@ -77,7 +77,7 @@ def dtype_from_hf(config: Any) -> torch.dtype:
         try:
             return parse_dtype(value)
         except InvalidDtypeError as e:
-            raise ValueError(f"unrecognized dtype {value!r} in Hugging Face config") from e
+            raise ValueError(f"unrecognized dtype {summarize(value)} in Hugging Face config") from e
     raise ValueError(f"torch_dtype must be a str or torch.dtype, got {type(value).__name__}")
 
 

@@ -2,6 +2,8 @@
 
 Every error names the path (and, where it applies, the field or limit) that was wrong.
 The HTTP layer maps each class to one problem type; nothing else is raised for bad input.
+Messages are bounded (:data:`MAX_MESSAGE_CHARS`); a value from a checkpoint appears in them
+as :func:`summarize` shows it, never whole.
 
     CheckpointError
     ├── CheckpointNotFoundError      (also FileNotFoundError)  nothing at that path
@@ -14,12 +16,14 @@ The HTTP layer maps each class to one problem type; nothing else is raised for b
     ├── InvalidDtypeError            (also ValueError) a dtype spelling we do not know
     ├── TokenizerError               no tokenizer can be built from the checkpoint
     ├── CheckpointExistsError        (also FileExistsError) refusing to overwrite a checkpoint
+    ├── OutsideRootsError            (also PermissionError) a file resolves outside the allowed roots
     └── DistributedContextError      (also RuntimeError) torch.distributed in the wrong state
 """
 
 from __future__ import annotations
 
 import os
+import reprlib
 
 __all__ = [
     "CheckpointError",
@@ -34,13 +38,57 @@ __all__ = [
     "TokenizerError",
     "CheckpointExistsError",
     "DistributedContextError",
+    "OutsideRootsError",
+    "summarize",
+    "MAX_MESSAGE_CHARS",
+    "MAX_SUMMARY_CHARS",
 ]
+
+MAX_SUMMARY_CHARS = 200
+MAX_MESSAGE_CHARS = 4096
+
+
+class _Summary(reprlib.Repr):
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxdict = self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = 6
+        self.maxstring = self.maxother = 80
+        self.maxlong = 40
+
+    def repr_str(self, x: str, level: int) -> str:
+        if len(x) <= self.maxstring:
+            return repr(x)
+        return repr(x[: self.maxstring - 20]) + f"...({len(x)} chars)"
+
+
+_SUMMARY = _Summary()
+
+
+def summarize(value: object, limit: int = MAX_SUMMARY_CHARS) -> str:
+    """``repr(value)`` cut to at most ``limit`` characters, at a cost bounded however large or
+    deeply nested (or shared, as YAML aliases make it) the value is."""
+    try:
+        text = _SUMMARY.repr(value)
+    except Exception:  # a foreign object's __repr__ may raise anything
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    cut = len(message) - MAX_MESSAGE_CHARS + 40
+    return message[: MAX_MESSAGE_CHARS - 40] + f"... ({cut} more characters)"
 
 
 class CheckpointError(Exception):
     """Base class. ``path`` is the file or directory concerned, when there is one."""
 
     def __init__(self, message: str, *, path: str | os.PathLike | None = None) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
         self.path = os.fspath(path) if path is not None else None
@@ -111,3 +159,8 @@ class CheckpointExistsError(CheckpointError, FileExistsError):
 
 class DistributedContextError(CheckpointError, RuntimeError):
     """torch.distributed is (or is not) initialized when the call needs the opposite."""
+
+
+class OutsideRootsError(CheckpointError, PermissionError):
+    """A file the checkpoint names (or a symlink in it) resolves outside the directories the
+    caller confined reading to (see :func:`megaload.checkpoint.confined_to`)."""

@@ -18,24 +18,27 @@ checkpoint itself::
 from __future__ import annotations
 
 import enum
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
     NotACheckpointError,
     UnsupportedCheckpointError,
+    summarize,
 )
+from ._files import METADATA_JSON_LIMIT, TRACKER_LIMIT, read_json, read_limited
 
 __all__ = [
     "CheckpointFormat",
     "CheckpointLayout",
     "resolve_iteration_dir",
     "inspect_layout",
+    "read_checkpoint_metadata",
     "iteration_dir_name",
     "TRACKER_FILENAME",
     "RUN_CONFIG_FILENAME",
@@ -53,7 +56,14 @@ DCP_METADATA_FILENAME = ".metadata"
 TOKENIZER_DIRNAME = "tokenizer"
 
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
-_MAX_TRACKER_BYTES = 64
+# The fields of megatron-core's CheckpointingConfig (metadata.json) and their defaults; other
+# keys (newer writers add some) are ignored.
+_METADATA_FIELDS: dict[str, Any] = {
+    "sharded_backend": "torch_dist",
+    "sharded_backend_version": 1,
+    "common_backend": "torch",
+    "common_backend_version": 1,
+}
 
 
 class CheckpointFormat(str, enum.Enum):
@@ -82,13 +92,9 @@ def iteration_dir_name(iteration: int | str) -> str:
 
 def _read_tracker(save_dir: Path) -> str:
     tracker = save_dir / TRACKER_FILENAME
-    try:
-        with open(tracker, "rb") as f:
-            raw = f.read(_MAX_TRACKER_BYTES + 1)
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {tracker}: {e.strerror}", path=tracker) from e
+    raw = read_limited(tracker, TRACKER_LIMIT, kind="an iteration tracker")
     text = raw.decode("utf-8", errors="replace").strip()
-    if len(raw) > _MAX_TRACKER_BYTES or not text:
+    if not text:
         raise CorruptCheckpointError(
             f"{tracker} should hold an iteration number or 'release', got {text[:40]!r}", path=tracker
         )
@@ -132,6 +138,29 @@ def resolve_iteration_dir(checkpoint_path: str | os.PathLike) -> Path:
     )
 
 
+def read_checkpoint_metadata(iter_dir: str | os.PathLike) -> dict[str, Any]:
+    """The fields of ``metadata.json`` megatron-core defines (``sharded_backend`` and its
+    version, ``common_backend`` and its version), defaults filled in, unknown keys ignored.
+    Raises CorruptCheckpointError when the file is missing, over its size limit, not JSON,
+    or holds values of the wrong type."""
+    path = Path(iter_dir) / METADATA_FILENAME
+    meta = read_json(path, METADATA_JSON_LIMIT, kind="metadata.json")
+    if not isinstance(meta, dict):
+        raise CorruptCheckpointError(f"{path} should hold a JSON object, found {type(meta).__name__}", path=path)
+    out = {}
+    for key, default in _METADATA_FIELDS.items():
+        value = meta.get(key, default)
+        expected = int if key.endswith("_version") else str
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise CorruptCheckpointError(
+                f"{path}: {key} should be {'an integer' if expected is int else 'a string'}, "
+                f"got {type(value).__name__}",
+                path=path,
+            )
+        out[key] = value
+    return out
+
+
 def inspect_layout(checkpoint_path: str | os.PathLike) -> CheckpointLayout:
     """Resolve the iteration directory and check the files a torch_dist load needs."""
     iter_dir = resolve_iteration_dir(checkpoint_path)
@@ -142,17 +171,11 @@ def inspect_layout(checkpoint_path: str | os.PathLike) -> CheckpointLayout:
             )
     backend = "torch_dist"
     meta_path = iter_dir / METADATA_FILENAME
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptCheckpointError(f"{meta_path} is not valid JSON: {e}", path=meta_path) from e
-        if not isinstance(meta, dict):
-            raise CorruptCheckpointError(f"{meta_path} should hold a JSON object", path=meta_path)
-        backend = str(meta.get("sharded_backend", "torch_dist"))
+    if meta_path.is_file() or meta_path.is_symlink():
+        backend = read_checkpoint_metadata(iter_dir)["sharded_backend"]
     if backend != "torch_dist":
         raise UnsupportedCheckpointError(
-            f"checkpoint {iter_dir} uses sharded backend {backend!r}; only 'torch_dist' is supported",
+            f"checkpoint {iter_dir} uses sharded backend {summarize(backend)}; only 'torch_dist' is supported",
             path=iter_dir,
         )
     fmt = CheckpointFormat.BRIDGE if (iter_dir / RUN_CONFIG_FILENAME).is_file() else CheckpointFormat.MEGATRON_LM

@@ -6,8 +6,9 @@ Call order of :func:`load_megatron_model`::
     single_rank_config(config, ...)      -> parallel sizes reset, mp_overrides applied
     build_and_load_model(path, config)   -> (temporary process group if none exists)
         build_model(config, args)        -> list of GPTModel chunks (one per virtual stage)
-        load_weights(model, iter_dir)    -> megatron-core dist_checkpointing.load through the
-                                            allowlisted strategies of ``_reader``
+        load_weights(model, iter_dir)    -> ``_reader.load_checkpoint``: megatron-core's
+                                            dist_checkpointing.load with the allowlisted
+                                            strategies and bounded metadata reads
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
 from ._inplace import prepare_sharded_state_dict, rehome_on_huge_pages
-from ._reader import SafeCommonLoadStrategy, SafeTorchDistLoadStrategy, read_tensor_metadata
+from ._reader import load_checkpoint, read_tensor_metadata
 
 # Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
 # Megatron-LM checkpoints, the GPT fields of the saved args over).
@@ -265,7 +266,6 @@ def _drop_extra_state(state: dict[str, Any]) -> None:
 
 def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_state_dict: bool = False):
     """Read the checkpoint's weights into ``model`` (or return them as a state dict)."""
-    from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
     from torch.distributed.checkpoint.api import CheckpointException
 
@@ -278,10 +278,7 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
         sharded = {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(model)}
     prepare_sharded_state_dict(sharded, {name: meta.shape for name, meta in read_tensor_metadata(iter_dir).items()})
     try:
-        state = dist_checkpointing.load(
-            sharded, str(iter_dir), SafeTorchDistLoadStrategy(), SafeCommonLoadStrategy(),
-            strict="assume_ok_unexpected",
-        )
+        state = load_checkpoint(sharded, str(iter_dir), strict="assume_ok_unexpected")
     except CheckpointError:
         raise
     except CheckpointException as e:  # a BaseException: catch it explicitly
@@ -289,7 +286,8 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
         if isinstance(inner, CheckpointError):
             raise inner from e
         raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(inner).__name__}: {inner}", path=iter_dir) from e
-    except (CheckpointingException, RuntimeError, ValueError, KeyError, OSError, EOFError, AssertionError) as e:
+    except (CheckpointingException, RuntimeError, ValueError, KeyError, OSError, EOFError, AssertionError,
+            TypeError) as e:
         raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(e).__name__}: {e}", path=iter_dir) from e
     _drop_extra_state(state)
     if return_state_dict:

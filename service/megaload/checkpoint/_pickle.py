@@ -30,12 +30,14 @@ from typing import Any
 import torch
 
 from ._errors import CorruptCheckpointError, UnsafeCheckpointError
+from ._files import COMMON_PT_LIMIT, DCP_METADATA_LIMIT, read_limited
 from ._layout import COMMON_FILENAME, DCP_METADATA_FILENAME
 
 __all__ = [
     "load_common_state_dict",
     "load_dcp_metadata",
     "loads_weights_only",
+    "load_torch_file",
     "COMMON_ALLOWLIST",
     "METADATA_ALLOWLIST",
 ]
@@ -154,8 +156,16 @@ def loads_weights_only(source: str | Path | io.BytesIO, *, what: str) -> Any:
         # weights_only refused something the static scan admitted (e.g. a REDUCE on an allowed
         # type); treat as unsafe, never fall back to a full unpickle.
         raise UnsafeCheckpointError(f"{what} cannot be loaded safely: {e}", path=what) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        raise CorruptCheckpointError(f"{what} cannot be read: {e}", path=what) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:  # RecursionError too
+        raise CorruptCheckpointError(f"{what} cannot be read: {type(e).__name__}: {e}", path=what) from e
+
+
+def load_torch_file(path: str | Path, *, kind: str = "a torch archive") -> Any:
+    """A small ``torch.save`` file of the checkpoint (``common.pt``, per-object ``.pt``
+    files): read whole (inside the allowed roots, at most :data:`COMMON_PT_LIMIT` bytes), then
+    :func:`loads_weights_only`."""
+    data = read_limited(path, COMMON_PT_LIMIT, kind=kind)
+    return loads_weights_only(io.BytesIO(data), what=str(path))
 
 
 def load_common_state_dict(iter_dir: str | Path) -> dict[str, Any]:
@@ -163,7 +173,7 @@ def load_common_state_dict(iter_dir: str | Path) -> dict[str, Any]:
     path = Path(iter_dir) / COMMON_FILENAME
     if not path.is_file():
         raise CorruptCheckpointError(f"checkpoint {iter_dir} is missing {COMMON_FILENAME}", path=path)
-    state = loads_weights_only(str(path), what=str(path))
+    state = load_torch_file(path, kind=COMMON_FILENAME)
     if not isinstance(state, dict):
         raise CorruptCheckpointError(
             f"{path} should hold a dict, found {type(state).__name__}", path=path
@@ -194,18 +204,15 @@ class _MetadataUnpickler(pickle.Unpickler):
 def load_dcp_metadata(iter_dir: str | Path):
     """The ``.metadata`` of a torch_dist checkpoint, unpickled through the allowlist."""
     path = Path(iter_dir) / DCP_METADATA_FILENAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as e:
-        raise CorruptCheckpointError(f"checkpoint {iter_dir} is missing {DCP_METADATA_FILENAME}", path=path) from e
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {path}: {e.strerror}", path=path) from e
+    if not path.exists() and not path.is_symlink():
+        raise CorruptCheckpointError(f"checkpoint {iter_dir} is missing {DCP_METADATA_FILENAME}", path=path)
+    data = read_limited(path, DCP_METADATA_LIMIT, kind="distributed-checkpoint metadata")
     try:
         metadata = _MetadataUnpickler(io.BytesIO(data), what=str(path)).load()
     except UnsafeCheckpointError:
         raise
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError,
-            KeyError, MemoryError) as e:
+            KeyError, MemoryError, RecursionError) as e:
         raise CorruptCheckpointError(f"{path} is not valid checkpoint metadata: {type(e).__name__}: {e}", path=path) from e
     # megatron-core writes MCoreMetadata, a sibling of torch's Metadata with the same fields.
     if not isinstance(getattr(metadata, "state_dict_metadata", None), dict):

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from megatron.core.transformer import TransformerConfig
 
-from ._errors import IncompatibleConfigError, UnsupportedCheckpointError
+from ._errors import IncompatibleConfigError, UnsupportedCheckpointError, summarize
 
 __all__ = ["GPTModelProvider", "LAYER_SPECS", "padded_vocab_size", "gpt_layer_spec"]
 
@@ -62,10 +62,20 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
     )
 
     if spec_name not in LAYER_SPECS:
-        raise UnsupportedCheckpointError(f"unknown transformer layer spec {spec_name!r}; known: {', '.join(LAYER_SPECS)}")
+        raise UnsupportedCheckpointError(f"unknown transformer layer spec {summarize(spec_name)}; known: {', '.join(LAYER_SPECS)}")
     if getattr(config, "multi_latent_attention", False):
         raise UnsupportedCheckpointError("multi-latent attention (MLA) models are not supported yet")
     wants_te = spec_name != "local_layer_spec"
+    if config.num_moe_experts and config.moe_grouped_gemm and not (wants_te and _transformer_engine_available()):
+        from megatron.core.transformer.moe.grouped_gemm_util import grouped_gemm_is_available
+
+        if not grouped_gemm_is_available():
+            raise IncompatibleConfigError(
+                "moe_grouped_gemm is true: grouped-GEMM experts need Transformer Engine or the grouped_gemm "
+                "kernels (a GPU host); this host has neither. Sequential experts (moe_grouped_gemm: false) "
+                "load on CPU",
+                field="moe_grouped_gemm",
+            )
     if wants_te and _transformer_engine_available():
         return get_gpt_layer_with_transformer_engine_spec(
             num_experts=config.num_moe_experts,
@@ -85,6 +95,10 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
 @dataclass
 class GPTModelProvider(TransformerConfig):
     """TransformerConfig plus the GPT-specific fields; :meth:`provide` builds the model."""
+
+    # Not a dataclass field (no annotation): the Bridge provider class a run config named, e.g.
+    # ``megatron.bridge.models.mistral.mistral_provider.MistralModelProvider`` (set when read).
+    source_target = "megatron.bridge.models.gpt_provider.GPTModelProvider"
 
     fp16_lm_cross_entropy: bool = False
     parallel_output: bool = True
@@ -134,7 +148,7 @@ class GPTModelProvider(TransformerConfig):
         spec = gpt_layer_spec(self, self.transformer_layer_spec)
         if self.position_embedding_type not in ("learned_absolute", "rope", "yarn", "none", "mrope"):
             raise IncompatibleConfigError(
-                f"unknown position_embedding_type {self.position_embedding_type!r}", field="position_embedding_type"
+                f"unknown position_embedding_type {summarize(self.position_embedding_type)}", field="position_embedding_type"
             )
         return GPTModel(
             config=self,

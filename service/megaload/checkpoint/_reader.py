@@ -12,14 +12,19 @@ tensors land where) and swap only the three places bytes become objects:
    release the GIL);
 3. :class:`_SafeLoadPlanner` loads byte items (``_extra_state``) with ``weights_only=True``.
 
-Call order inside ``megatron.core.dist_checkpointing.load(sd, dir, SafeTorchDistLoadStrategy(),
-SafeCommonLoadStrategy())``: ``load_common`` -> (optional) ``load_sharded_metadata`` ->
-``load`` (reader.read_metadata -> planner plans -> reader.read_data -> planner.load_bytes /
-tensor copies).
+Every file is opened through :mod:`._files` (inside the allowed roots when the caller
+confined reading, small files within their size limits). :func:`load_checkpoint` is
+megatron-core's ``dist_checkpointing.load`` with these strategies and one difference: it
+reads ``metadata.json`` itself (bounded, unknown keys ignored) where megatron-core opens it
+unchecked and fails with TypeError on a key it does not know. Call order: check
+``metadata.json`` against the strategies -> ``load_common`` -> (optional)
+``load_sharded_metadata`` -> ``load`` (reader.read_metadata -> planner plans ->
+reader.read_data -> planner.load_bytes / tensor copies).
 """
 
 from __future__ import annotations
 
+import contextvars
 import io
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -40,13 +45,15 @@ from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadSt
 from megatron.core.dist_checkpointing.dict_utils import nested_values
 
 from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
-from ._errors import CorruptCheckpointError, UnsupportedCheckpointError
-from ._layout import inspect_layout
-from ._pickle import load_common_state_dict, load_dcp_metadata, loads_weights_only
+from ._errors import CorruptCheckpointError, UnsupportedCheckpointError, summarize
+from ._files import check_allowed, open_checked
+from ._layout import DCP_METADATA_FILENAME, inspect_layout, read_checkpoint_metadata
+from ._pickle import load_common_state_dict, load_dcp_metadata, load_torch_file, loads_weights_only
 
 __all__ = [
     "SafeCommonLoadStrategy",
     "SafeTorchDistLoadStrategy",
+    "load_checkpoint",
     "TensorMetadata",
     "read_tensor_metadata",
     "estimate_model_bytes",
@@ -64,7 +71,7 @@ class SafeCommonLoadStrategy(TorchCommonLoadStrategy):
             path = Path(checkpoint_dir) / f"{sh_obj.unique_key}.pt"
             if not path.is_file():
                 raise CorruptCheckpointError(f"object shard {path} not found", path=path)
-            return loads_weights_only(str(path), what=str(path))
+            return load_torch_file(path, kind="an object shard")
 
         from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 
@@ -76,6 +83,8 @@ class _SafeFileSystemReader(FileSystemReader):
         super().__init__(path)
         self._metadata = None
         self.workers = read_workers() if workers is None else workers
+        self._seen_pickles: dict[bytes, torch.Tensor] = {}  # see open_tensor_record
+        self._checked_files: dict[str, Path] = {}
 
     def read_metadata(self, *args: Any, **kwargs: Any):
         if self._metadata is None:
@@ -101,6 +110,8 @@ class _SafeFileSystemReader(FileSystemReader):
         only dtype or device differ, else into a fresh buffer and then ``copy_``; then they are
         committed here. Items with storage transforms (compression extensions) take DCP's own path.
         """
+        for item in plan.items:
+            self._where(item)  # every data file checked before any is read
         if any(self.storage_data[item.storage_index].transform_descriptors for item in plan.items):
             return super().read_data(plan, planner)
         queued: list[tuple[Any, torch.Tensor]] = []
@@ -108,14 +119,14 @@ class _SafeFileSystemReader(FileSystemReader):
         for item in plan.items:
             if item.type == LoadItemType.BYTE_IO:
                 path, info = self._where(item)
-                with open(path, "rb", buffering=0) as raw:
+                with open_checked(path) as raw:
                     window = FileWindow(raw, info.offset, info.length)
                     planner.load_bytes(item, io.BytesIO(read_bytes(window, what=f"{path}@{info.offset}")))
                 continue
             target = planner.resolve_tensor(item).detach()
             if getattr(planner, "_intermediate_read_item_and_target", None) is not None:
                 path, info = self._where(item)
-                with open(path, "rb", buffering=0) as raw:
+                with open_checked(path) as raw:
                     self._read_tensor(raw, path, item, target, scratch)
                 planner.commit_tensor(item, target)
             else:
@@ -127,14 +138,29 @@ class _SafeFileSystemReader(FileSystemReader):
         done.set_result(None)
         return done
 
-    def _where(self, item):
+    def _data_file(self, relative_path: str) -> Path:
+        """The data file ``.metadata`` names: a plain name inside the checkpoint directory,
+        inside the allowed roots when reading is confined."""
+        name = os.fspath(relative_path)
+        if not name or os.path.isabs(name) or ".." in Path(name).parts:
+            where = Path(self.path) / DCP_METADATA_FILENAME
+            raise CorruptCheckpointError(f"{where} names data file {summarize(name)} outside the checkpoint", path=where)
+        path = Path(self.fs.concat_path(self.path, name))
+        check_allowed(path)
+        return path
+
+    def _where(self, item) -> tuple[Path, Any]:
+        """The checked data file of ``item`` (checked once per file) and its storage info."""
         info = self.storage_data[item.storage_index]
-        return self.fs.concat_path(self.path, info.relative_path), info
+        path = self._checked_files.get(info.relative_path)
+        if path is None:
+            path = self._checked_files[info.relative_path] = self._data_file(info.relative_path)
+        return path, info
 
     def _read_tensor(self, raw, path, item, target: torch.Tensor, scratch: torch.Tensor) -> None:
         info = self.storage_data[item.storage_index]
         what = f"{path}@{info.offset} ({item.storage_index.fqn})"
-        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what)
+        record = open_tensor_record(FileWindow(raw, info.offset, info.length), what=what, seen=self._seen_pickles)
         source = record.meta if record.loaded is None else record.loaded
         source = narrow_tensor_by_index(source, item.storage_offsets, item.lengths)
         if target.size() != source.size():
@@ -157,6 +183,17 @@ def read_workers() -> int:
     return max(1, min(8, cores))
 
 
+def staging_buffer(targets: list[torch.Tensor]) -> torch.Tensor:
+    """The scratch buffer a run of reads stages through where a target is not a plain CPU image
+    of its record (a cast, or another device): page-locked when a target lives on a GPU, so each
+    chunk's host-to-device copy is a DMA from it rather than through a bounce buffer of the
+    driver's; plain memory otherwise (left untouched unless a cast needs it)."""
+    scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
+    if any(t.device.type == "cuda" for t in targets) and torch.cuda.is_available():
+        scratch = scratch.pin_memory()
+    return scratch
+
+
 def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: int) -> None:
     """Read ``(item, target)`` pairs with up to ``workers`` threads. Items are sorted by file
     and offset and cut into runs of about equal bytes, one run per thread, each with its own
@@ -174,14 +211,14 @@ def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: 
         done_bytes += reader._where(item)[1].length
 
     def read_run(run: list) -> None:
-        scratch = torch.empty(CHUNK_BYTES, dtype=torch.uint8)  # untouched unless a cast needs it
+        scratch = staging_buffer([target for _, target in run])
         files: dict[str, Any] = {}
         try:
             for item, target in run:
                 path, _ = reader._where(item)
                 raw = files.get(path)
                 if raw is None:
-                    raw = files[path] = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+                    raw = files[path] = open_checked(path)
                 reader._read_tensor(raw, path, item, target, scratch)
         finally:
             for raw in files.values():
@@ -192,7 +229,8 @@ def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: 
         read_run(runs[0])
         return
     with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix="megaload-read") as pool:
-        futures = [pool.submit(read_run, run) for run in runs]
+        # each run in a copy of the caller's context: the roots reads are confined to go along
+        futures = [pool.submit(contextvars.copy_context().run, read_run, run) for run in runs]
     errors = [f.exception() for f in futures if f.exception() is not None]
     if errors:
         raise errors[0]
@@ -260,6 +298,58 @@ class SafeTorchDistLoadStrategy(_mcore_torch.TorchDistLoadShardedStrategy):
                 result[sh_obj.unique_key] = sh_obj
         result.update(self.load_tensors_metadata(checkpoint_dir, metadata))
         return result
+
+
+def load_checkpoint(sharded_state_dict, checkpoint_dir: str | Path, *, strict: str = "assume_ok_unexpected"):
+    """``megatron.core.dist_checkpointing.load`` of ``sharded_state_dict`` from
+    ``checkpoint_dir`` with :class:`SafeTorchDistLoadStrategy` and
+    :class:`SafeCommonLoadStrategy`, ``metadata.json`` read by
+    :func:`read_checkpoint_metadata` (see the module docstring). Returns the loaded state
+    dict (common state merged in)."""
+    from megatron.core.dist_checkpointing.dict_utils import extract_matching_values, merge
+    from megatron.core.dist_checkpointing.mapping import apply_factory_merges
+    from megatron.core.dist_checkpointing.state_dict_utils import load_preprocess
+    from megatron.core.dist_checkpointing.utils import extract_sharded_base, force_all_tensors_to_non_fp8
+    from megatron.core.dist_checkpointing.validation import (
+        StrictHandling,
+        determine_global_metadata,
+        parse_strict_flag,
+        validate_integrity_and_strict_load,
+        validate_sharded_objects_handling,
+    )
+
+    checkpoint_dir = str(checkpoint_dir)
+    sharded_strategy, common_strategy = SafeTorchDistLoadStrategy(), SafeCommonLoadStrategy()
+    saved = read_checkpoint_metadata(checkpoint_dir)
+    try:
+        sharded_strategy.check_backend_compatibility(saved["sharded_backend"])
+        sharded_strategy.check_version_compatibility(saved["sharded_backend_version"])
+        common_strategy.check_backend_compatibility(saved["common_backend"])
+        common_strategy.check_version_compatibility(saved["common_backend_version"])
+    except Exception as e:  # megatron-core raises CheckpointingException
+        raise UnsupportedCheckpointError(f"{checkpoint_dir}: {e}", path=checkpoint_dir) from e
+    force_all_tensors_to_non_fp8(sharded_state_dict)
+    common_state_dict = common_strategy.load_common(checkpoint_dir)
+    sharded_state_dict, nonpersistent, factories = load_preprocess(sharded_state_dict)
+    merge(common_state_dict, nonpersistent)
+    sharded_state_dict, _ = extract_sharded_base(sharded_state_dict)
+    strict = parse_strict_flag(strict)
+    ckpt_metadata = None
+    if StrictHandling.requires_explicit_ckpt_mismatch_check(strict):
+        ckpt_metadata = sharded_strategy.load_sharded_metadata(checkpoint_dir)
+    local_metadata, global_metadata = determine_global_metadata(sharded_state_dict)
+    sharded_state_dict, missing, unexpected = validate_integrity_and_strict_load(
+        sharded_state_dict, strict, True, local_metadata, global_metadata, ckpt_metadata
+    )
+    if not sharded_strategy.can_handle_sharded_objects:
+        validate_sharded_objects_handling(sharded_strategy, common_strategy)
+        objects, sharded_state_dict = extract_matching_values(sharded_state_dict, lambda v: isinstance(v, ShardedObject))
+        merge(common_state_dict, common_strategy.load_sharded_objects(objects, checkpoint_dir))
+    merge(common_state_dict, sharded_strategy.load(sharded_state_dict, checkpoint_dir))
+    apply_factory_merges(common_state_dict, factories)
+    if StrictHandling.requires_returning_mismatch_keys(strict):
+        return common_state_dict, missing, unexpected
+    return common_state_dict
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ._errors import CorruptCheckpointError, IncompatibleConfigError, UnsupportedCheckpointError
+from ._errors import CorruptCheckpointError, IncompatibleConfigError, UnsupportedCheckpointError, summarize
+from ._files import RUN_CONFIG_LIMIT, read_limited
 from ._provider import GPT_PROVIDER_FIELDS, LAYER_SPECS, GPTModelProvider
-from ._run_config_fields import check_field, summarize_value
+from ._run_config_fields import check_field
+from ._yaml import load_yaml
 
 __all__ = [
     "read_run_config",
@@ -39,7 +41,6 @@ logger = logging.getLogger(__name__)
 
 BRIDGE_GPT_PROVIDER_TARGET = "megatron.bridge.models.gpt_provider.GPTModelProvider"
 BRIDGE_LAYER_SPEC_MODULE = "megatron.bridge.models.gpt_provider"
-_MAX_RUN_CONFIG_BYTES = 16 * 1024 * 1024
 
 # Fields whose value decides how weights are laid out or computed: an undecodable value there
 # is refused instead of replaced by a default.
@@ -134,28 +135,23 @@ def _decode_marker(node: dict[str, Any]) -> Any:
         try:
             return enums[target](args[0])
         except ValueError as e:
-            raise _Undecodable(f"{target}({args[0]!r}) is not a member") from e
-    raise _Undecodable(f"unknown target {target!r}")
+            raise _Undecodable(f"{summarize(target)}({summarize(args[0])}) is not a member") from e
+    raise _Undecodable(f"unknown target {summarize(target)}")
 
 
 def read_run_config(path: str | Path) -> dict[str, Any]:
-    """Parse ``run_config.yaml`` with ``yaml.safe_load`` (no tags, no objects)."""
+    """Parse ``run_config.yaml`` as ``yaml.safe_load`` does (no tags, no objects), within the
+    size limit for a run config and the nesting and alias budgets of :mod:`._yaml`."""
     path = Path(path)
+    raw = read_limited(path, RUN_CONFIG_LIMIT, kind="a run config")
     try:
-        size = path.stat().st_size
-        if size > _MAX_RUN_CONFIG_BYTES:
-            raise CorruptCheckpointError(
-                f"{path} is {size} bytes, over the {_MAX_RUN_CONFIG_BYTES}-byte limit for a run config", path=path
-            )
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorruptCheckpointError(f"{path} is not UTF-8 text: {e}", path=path) from e
-    except OSError as e:
-        raise CorruptCheckpointError(f"cannot read {path}: {e.strerror}", path=path) from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise CorruptCheckpointError(f"{path} is not valid YAML: {e}", path=path) from e
+        raise CorruptCheckpointError(f"{path} is not a usable YAML document: {e}", path=path) from e
     if not isinstance(data, dict):
         raise CorruptCheckpointError(f"{path} should hold a mapping, found {type(data).__name__}", path=path)
     return data
@@ -196,7 +192,7 @@ def provider_from_run_config(run_config: dict[str, Any], *, path: str | Path) ->
                 logger.warning("%s: model.%s: %s; using the default", path, key, e)
                 continue
         elif key in _RUNTIME_FIELDS and value is not None:
-            logger.warning("%s: model.%s holds %s, which cannot be restored; using the default", path, key, summarize_value(value))
+            logger.warning("%s: model.%s holds %s, which cannot be restored; using the default", path, key, summarize(value))
             continue
         else:
             value = check_field(key, value, path)
@@ -206,9 +202,13 @@ def provider_from_run_config(run_config: dict[str, Any], *, path: str | Path) ->
     if kwargs.get("vocab_size") is None:
         raise IncompatibleConfigError(f"{path}: model.vocab_size is missing", path=path, field="vocab_size")
     try:
-        return GPTModelProvider(**kwargs)
+        provider = GPTModelProvider(**kwargs)
     except (TypeError, ValueError, AssertionError, AttributeError) as e:
         raise IncompatibleConfigError(f"{path}: model config cannot be built: {e}", path=path) from e
+    # Which of Bridge's GPT-family providers wrote it (e.g. MistralModelProvider): not a field,
+    # so a save still names our GPTModelProvider, whose fields upstream instantiates as they are.
+    provider.source_target = target or BRIDGE_GPT_PROVIDER_TARGET
+    return provider
 
 
 # ---------------------------------------------------------------------------------------------

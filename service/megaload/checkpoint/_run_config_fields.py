@@ -24,27 +24,13 @@ The rules, by kind (see :data:`FIELD_RULES`):
 from __future__ import annotations
 
 import math
-import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ._errors import IncompatibleConfigError
+from ._errors import IncompatibleConfigError, summarize
 
-__all__ = ["FIELD_RULES", "check_field", "summarize_value"]
-
-_REPR = reprlib.Repr()
-_REPR.maxstring = 60
-_REPR.maxother = 60
-_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 4
-_REPR.maxlevel = 2
-
-
-def summarize_value(value: Any) -> str:
-    """A bounded description of a config value for an error message: its type and a short repr
-    (nested containers and long strings are cut), never more than about 100 characters."""
-    return f"{type(value).__name__} {_REPR.repr(value)}"
-
+__all__ = ["FIELD_RULES", "check_field"]
 
 class _Refused(Exception):
     """A value that cannot be honoured; the message says what the field should be."""
@@ -140,5 +126,5 @@ def check_field(key: str, value: Any, path: str | Path) -> Any:
         return rule.check(value)
     except _Refused:
         raise IncompatibleConfigError(
-            f"{path}: model.{key} should be {rule.what}, got {summarize_value(value)}", path=path, field=key
+            f"{path}: model.{key} should be {rule.what}, got {type(value).__name__} {summarize(value)}", path=path, field=key
         ) from None

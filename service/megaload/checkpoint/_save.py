@@ -13,21 +13,17 @@
 
 Atomicity: everything is written into a fresh sibling directory ``.<name>.partial-<id>`` and
 moved to ``path`` by one rename (or an atomic exchange with the previous checkpoint when
-overwriting). A crash leaves at worst a ``.partial-`` sibling; ``path`` holds either what was
-there before or the complete new checkpoint.
+overwriting); see :mod:`._staging`. A crash leaves at worst a ``.partial-`` sibling with its
+owner file; ``path`` holds either what was there before or the complete new checkpoint.
+Before each save, what dead saves to the same ``path`` left is removed.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
-import errno
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 import torch
 import torch.distributed as dist
@@ -38,6 +34,7 @@ from ._layout import RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, TRACKER_FILENAME, i
 from ._model import SOURCE_ATTR, model_config
 from ._provider import GPT_PROVIDER_FIELDS, GPTModelProvider
 from ._run_config import run_config_for_provider
+from ._staging import Staging, remove_stale_saves
 from ._writer import SyncTorchDistSaveStrategy
 
 __all__ = ["save_megatron_model", "provider_for_model", "SOURCE_ATTR"]
@@ -47,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 3.0
 CONTENT_METADATA = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True}
-_PARTIAL_TAG = ".partial-"
-_OLD_TAG = ".replaced-"
 
 
 def _chunks(model) -> list:
@@ -151,58 +146,6 @@ def _check_destination(path: Path, overwrite: bool) -> None:
         raise CheckpointExistsError(f"a checkpoint already exists at {path}; pass overwrite=True to replace it", path=path)
 
 
-_RENAME_EXCHANGE = 2
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False when unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
-
-
-def _publish(staging: Path, path: Path) -> None:
-    """Move the finished ``staging`` directory to ``path``."""
-    if path.exists() and any(path.iterdir()):
-        if _exchange(staging, path):
-            shutil.rmtree(staging, ignore_errors=True)  # now holds the previous checkpoint
-            return
-        old = path.with_name(f".{path.name}{_OLD_TAG}{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-        os.rename(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    if path.exists():
-        path.rmdir()
-    os.rename(staging, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _tokenizer_section(chunks: list, iter_dir: Path, hf_tokenizer_path, hf_tokenizer_kwargs) -> dict | None:
     """Write tokenizer files under ``iter_dir/tokenizer`` and return the run-config section.
 
@@ -275,13 +218,12 @@ def save_megatron_model(
     ctx = temporary_distributed_context("gloo") if own_context else contextlib.nullcontext()
     with ctx:
         rank = dist.get_rank()
+        stage = None
         if rank == 0:
             _check_destination(path, overwrite)
-            staging = path.with_name(f".{path.name}{_PARTIAL_TAG}{uuid.uuid4().hex[:12]}")
-            staging.mkdir()
-        else:
-            staging = None
-        box = [str(staging) if staging else None]
+            remove_stale_saves(path.parent, name=path.name)
+            stage = Staging.create(path)
+        box = [str(stage.path) if stage else None]
         dist.broadcast_object_list(box, src=0)
         staging = Path(box[0])
         try:
@@ -306,11 +248,12 @@ def save_megatron_model(
                     yaml.safe_dump(run_config, sort_keys=False, default_flow_style=False), encoding="utf-8"
                 )
                 (staging / TRACKER_FILENAME).write_text("0", encoding="utf-8")
-                _publish(staging, path)
+                published, stage = stage, None
+                published.publish()
             dist.barrier()
         except BaseException:
-            if rank == 0 and staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            if stage is not None:
+                stage.discard()
             raise
     if low_memory_save:
         for chunk in chunks:

@@ -15,6 +15,11 @@ is absolute and exists here; otherwise the copy Bridge bundles in ``<iter_dir>/t
 Upstream fails in that last case. A recorded Hugging Face hub name is looked up in the local
 cache only when nothing is bundled. Nothing is downloaded, ever.
 
+When reading is confined (:func:`~megaload.checkpoint.confined_to`), every tokenizer file
+(and every file of a Hugging Face directory) must resolve inside the roots: a recorded path
+outside them counts as absent here (the bundled copy is used, if there is one), anything else
+outside them raises :class:`OutsideRootsError`.
+
 Types built: ``NullTokenizer``, ``GPT2BPETokenizer``, ``SentencePieceTokenizer``,
 ``GPTSentencePieceTokenizer``, ``Llama2Tokenizer``, ``HuggingFaceTokenizer``. The other
 Megatron types (BERT word-piece, TikToken, multimodal) raise
@@ -24,17 +29,24 @@ Megatron types (BERT word-piece, TikToken, multimodal) raise
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ._errors import IncompatibleConfigError, TokenizerError, UnsupportedCheckpointError
-from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, resolve_iteration_dir
+from ._errors import (
+    CheckpointError,
+    IncompatibleConfigError,
+    OutsideRootsError,
+    TokenizerError,
+    UnsupportedCheckpointError,
+    summarize,
+)
+from ._files import TOKENIZER_CONFIG_LIMIT, check_allowed, read_json
+from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME, resolve_iteration_dir
 from ._tokenizer_config import TokenizerConfig, apply_overrides, recorded_tokenizer_config
+from ._tokenizer_files import cached_snapshot, hf_source, locate_file
 from ._tokenizer_types import GPT2BPETokenizer, MegatronTokenizer, NullTokenizer
 
 __all__ = [
@@ -63,14 +75,12 @@ _BUNDLED_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     **{t: (("tokenizer_model", "tokenizer.model"),) for t in _SENTENCEPIECE_TYPES},
 }
 _SP_KWARGS = frozenset({"legacy", "ignore_extra_whitespaces", "trim_spm_separator_after_special_token", "spm_separator"})
-_HF_DIR_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "vocab.txt")
 # The files of a Hugging Face tokenizer directory, as save_pretrained names them.
 HF_TOKENIZER_FILENAMES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
     "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
     "chat_template.json",
 )
-_HUB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 
 
 def read_tokenizer_config(checkpoint_path: str | os.PathLike, **overrides: Any) -> TokenizerConfig:
@@ -146,19 +156,19 @@ def build_tokenizer(
         return NullTokenizer(config.vocab_size, legacy=config.legacy_tokenizer)
     if ttype in _UNSUPPORTED_TYPES:
         raise UnsupportedCheckpointError(
-            f"tokenizer type {ttype!r} of {where} is not supported; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            f"tokenizer type {summarize(ttype)} of {where} is not supported; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
             path=iter_dir,
         )
     if ttype not in _LIBRARY_OF_TYPE:
         raise TokenizerError(
-            f"unknown tokenizer type {ttype!r} for {where}; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
+            f"unknown tokenizer type {summarize(ttype)} for {where}; supported: {', '.join(SUPPORTED_TOKENIZER_TYPES)}",
             path=iter_dir,
         )
     if not config.legacy_tokenizer:
         _check_metadata(config, ttype, where)
     if ttype == "GPT2BPETokenizer":
-        vocab = _locate_file(config, "vocab_file", "vocab.json", iter_dir, given)
-        merges = _locate_file(config, "merge_file", "merges.txt", iter_dir, given)
+        vocab = locate_file(config, "vocab_file", "vocab.json", iter_dir, given)
+        merges = locate_file(config, "merge_file", "merges.txt", iter_dir, given)
         return GPT2BPETokenizer(vocab, merges, legacy=config.legacy_tokenizer)
     if ttype in _SENTENCEPIECE_TYPES:
         return _build_sentencepiece(config, ttype, special_tokens, iter_dir, given, where)
@@ -172,10 +182,12 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
     if not metadata:
         return
     if isinstance(metadata, str):
-        meta_file = Path(metadata)
+        meta_file = check_allowed(metadata, what=f"tokenizer metadata {metadata}")
         try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            metadata = read_json(meta_file, TOKENIZER_CONFIG_LIMIT, what=str(metadata), kind="tokenizer metadata")
+        except CheckpointError as e:
+            if isinstance(e, OutsideRootsError):
+                raise
             logger.warning("tokenizer metadata %s of %s cannot be read (%s); ignoring it", meta_file, where, e)
             return
     if not isinstance(metadata, dict):
@@ -190,42 +202,17 @@ def _check_metadata(config: TokenizerConfig, ttype: str, where: Path) -> None:
     library = metadata.get("library")
     if library is not None and library != _LIBRARY_OF_TYPE[ttype]:
         raise UnsupportedCheckpointError(
-            f"tokenizer metadata of {where} asks for library {library!r} with tokenizer type {ttype!r}; "
+            f"tokenizer metadata of {where} asks for library {summarize(library)} with tokenizer type {ttype!r}; "
             f"megaload builds {ttype} only with {_LIBRARY_OF_TYPE[ttype]!r}",
             path=where,
         )
-
-
-def _locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir: Path | None,
-                 given: frozenset[str]) -> Path:
-    value = getattr(config, field)
-    if field in given and value:
-        path = Path(value).expanduser()
-        if path.is_file():
-            return path
-        raise TokenizerError(f"{field}={value} passed to load_tokenizer is not a file", path=value)
-    if value and Path(value).is_absolute() and Path(value).is_file():
-        return Path(value)
-    bundled = iter_dir / TOKENIZER_DIRNAME / bundled_name if iter_dir is not None else None
-    if bundled is not None and bundled.is_file():
-        if value:
-            logger.warning("%s %s recorded in the checkpoint is not here; using %s bundled with the checkpoint",
-                           field, value, bundled)
-        return bundled
-    recorded = f"records {field}={value}, which does not exist here" if value else f"records no {field}"
-    raise TokenizerError(
-        f"a {config.tokenizer_type} needs {field}: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} is not there either; "
-        f"pass {field}=... to load_tokenizer",
-        path=bundled if bundled is not None else value,
-    )
 
 
 def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: Any, iter_dir: Path | None,
                          given: frozenset[str], where: Path) -> MegatronTokenizer:
     from ._tokenizer_sp import SentencePieceTokenizer
 
-    model = _locate_file(config, "tokenizer_model", "tokenizer.model", iter_dir, given)
+    model = locate_file(config, "tokenizer_model", "tokenizer.model", iter_dir, given)
     if config.legacy_tokenizer:
         return SentencePieceTokenizer(model, tokenizer_type=ttype, legacy=True,
                                       vocab_extra_ids=config.vocab_extra_ids)
@@ -239,7 +226,7 @@ def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: An
     sp_legacy = bool(kwargs.get("legacy", False))
     if special_tokens and not sp_legacy:
         raise IncompatibleConfigError(
-            f"special_tokens {special_tokens!r:.80} of {where} need sp_tokenizer_kwargs.legacy=true "
+            f"special_tokens {summarize(special_tokens)} of {where} need sp_tokenizer_kwargs.legacy=true "
             f"(a non-legacy SentencePiece model carries its special tokens itself)",
             path=where, field="special_tokens",
         )
@@ -257,45 +244,6 @@ def _build_sentencepiece(config: TokenizerConfig, ttype: str, special_tokens: An
     )
 
 
-def _hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[str]) -> str | Path:
-    value = config.tokenizer_model
-    if "tokenizer_model" in given and value:
-        path = Path(value).expanduser()
-        return path if path.exists() else value
-    if value and Path(value).is_absolute() and Path(value).exists():
-        return Path(value)
-    bundled = iter_dir / TOKENIZER_DIRNAME if iter_dir is not None else None
-    if bundled is not None and any((bundled / name).is_file() for name in _HF_DIR_MARKERS):
-        if value:
-            logger.warning("tokenizer_model %s recorded in the checkpoint is not here; using %s bundled with "
-                           "the checkpoint", value, bundled)
-        return bundled
-    if value and _HUB_NAME.match(value) and ".." not in value:
-        return value  # a hub name: the local cache is tried, offline
-    recorded = f"records tokenizer_model={value}, which does not exist here" if value else "records no tokenizer_model"
-    raise TokenizerError(
-        f"a HuggingFaceTokenizer needs tokenizer_model: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} holds no tokenizer files; "
-        f"pass tokenizer_model=... (a local directory) to load_tokenizer",
-        path=bundled if bundled is not None else value,
-    )
-
-
-def _cached_snapshot(repo_id: str) -> Path:
-    """The local cache's copy of a hub repository, found without any network access (some
-    transformers versions would otherwise ask the hub about a name even with local_files_only)."""
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception as e:  # huggingface_hub raises several types for "not cached" / "bad name"
-        raise TokenizerError(
-            f"tokenizer_model {repo_id!r} is neither a local directory nor in the local Hugging Face cache; "
-            f"megaload never downloads: pass tokenizer_model=... (a local directory) to load_tokenizer",
-            path=repo_id,
-        ) from e
-
-
 def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: Path | None, given: frozenset[str],
                        where: Path, trust_remote_code: bool) -> MegatronTokenizer:
     from ._tokenizer_hf import HuggingFaceTokenizer, check_hf_kwargs, needs_remote_code
@@ -305,13 +253,15 @@ def _build_huggingface(config: TokenizerConfig, special_tokens: Any, iter_dir: P
     if kwargs.get("trust_remote_code") is True and not trust_remote_code:
         logger.warning("the tokenizer settings of %s ask for trust_remote_code=True; not honoured unless the "
                        "caller passes trust_remote_code=True", where)
-    source = _hf_source(config, iter_dir, given)
+    source = hf_source(config, iter_dir, given)
     if isinstance(source, str):
-        source = _cached_snapshot(source)
+        source = cached_snapshot(source)
     if not config.legacy_tokenizer:
         vocab_file = kwargs.pop("vocab_file", None) or config.vocab_file
-        if vocab_file and Path(vocab_file).is_file():
-            kwargs["vocab_file"] = vocab_file
+        if vocab_file:
+            checked = check_allowed(vocab_file, what=f"vocab_file {vocab_file}")
+            if checked.is_file():
+                kwargs["vocab_file"] = str(checked)
     if isinstance(special_tokens, dict):
         special_tokens = list(special_tokens.values())
     try:
@@ -353,7 +303,7 @@ def bundle_tokenizer_files(config: TokenizerConfig, dest: Path, *, iter_dir: Pat
         build_tokenizer(config, iter_dir=iter_dir)  # raises the error naming the type
     written = []
     for field, name in _BUNDLED_NAMES[ttype]:
-        source = _locate_file(config, field, name, iter_dir, frozenset())
+        source = locate_file(config, field, name, iter_dir, frozenset())
         dest.mkdir(parents=True, exist_ok=True)
         if source.resolve() != (dest / name).resolve():
             shutil.copyfile(source, dest / name)
@@ -377,12 +327,12 @@ def tokenizer_files(checkpoint_path: str | os.PathLike) -> dict[str, Path]:
     if ttype == "NullTokenizer":
         return {}
     if ttype == "HuggingFaceTokenizer":
-        source = _hf_source(config, iter_dir, frozenset())
+        source = hf_source(config, iter_dir, frozenset())
         if isinstance(source, str):
-            source = _cached_snapshot(source)
+            source = cached_snapshot(source)
         if source.is_file():  # a tokenizer.json named directly
             return {source.name: source} if source.name in HF_TOKENIZER_FILENAMES else {}
         return {name: source / name for name in HF_TOKENIZER_FILENAMES if (source / name).is_file()}
     if ttype not in _BUNDLED_NAMES:
         build_tokenizer(config, iter_dir=iter_dir)  # raises the error naming the type
-    return {name: _locate_file(config, field, name, iter_dir, frozenset()) for field, name in _BUNDLED_NAMES[ttype]}
+    return {name: locate_file(config, field, name, iter_dir, frozenset()) for field, name in _BUNDLED_NAMES[ttype]}

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ._errors import CorruptCheckpointError, IncompatibleConfigError, TokenizerError
+from ._errors import CorruptCheckpointError, IncompatibleConfigError, TokenizerError, summarize
 from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME
 
 __all__ = [
@@ -117,7 +117,7 @@ def _coerce(name: str, value: Any, *, origin: str, path: str | os.PathLike | Non
 
     def bad(expected: str) -> IncompatibleConfigError:
         return IncompatibleConfigError(
-            f"tokenizer field {name!r} from {origin} should be {expected}, got {type(value).__name__} {value!r:.80}",
+            f"tokenizer field {name!r} from {origin} should be {expected}, got {type(value).__name__} {summarize(value)}",
             path=path,
             field=name,
         )
@@ -181,11 +181,11 @@ def config_from_bridge_section(section: Mapping[str, Any], *, path: Path) -> Tok
     values: dict[str, Any] = {}
     for key, value in section.items():
         if not isinstance(key, str):
-            raise CorruptCheckpointError(f"{path}: tokenizer section has a non-string key {key!r}", path=path)
+            raise CorruptCheckpointError(f"{path}: tokenizer section has a non-string key {summarize(key)}", path=path)
         if key.startswith("_"):
             continue
         if key not in FIELD_NAMES:
-            logger.warning("%s: ignoring unknown tokenizer field %r", path, key)
+            logger.warning("%s: ignoring unknown tokenizer field %s", path, summarize(key))
             continue
         values[key] = _coerce(key, value, origin=str(path), path=path)
     return TokenizerConfig(**values)
@@ -254,7 +254,7 @@ def apply_overrides(config: TokenizerConfig, overrides: Mapping[str, Any], *, pa
     unknown = sorted(set(overrides) - FIELD_NAMES)
     if unknown:
         raise IncompatibleConfigError(
-            f"unknown tokenizer field {unknown[0]!r} in overrides; known fields: {', '.join(sorted(FIELD_NAMES))}",
+            f"unknown tokenizer field {summarize(unknown[0])} in overrides; known fields: {', '.join(sorted(FIELD_NAMES))}",
             path=path,
             field=unknown[0],
         )

@@ -22,12 +22,12 @@ Two behaviours, chosen by the checkpoint's ``legacy_tokenizer`` field:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ._errors import IncompatibleConfigError, TokenizerError
+from ._errors import CheckpointError, IncompatibleConfigError, TokenizerError
+from ._files import TOKENIZER_CONFIG_LIMIT, read_json
 from ._tokenizer_types import MegatronTokenizer
 
 __all__ = ["HuggingFaceTokenizer", "HF_KWARGS"]
@@ -72,9 +72,11 @@ def needs_remote_code(directory: Path) -> str | None:
     """The file whose ``auto_map`` asks for custom tokenizer code, or None."""
     for name in ("tokenizer_config.json", "config.json"):
         candidate = directory / name
+        if not candidate.is_file():
+            continue
         try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            data = read_json(candidate, TOKENIZER_CONFIG_LIMIT, kind="a tokenizer config")
+        except CheckpointError:
             continue
         auto_map = data.get("auto_map") if isinstance(data, dict) else None
         if isinstance(auto_map, list) or (isinstance(auto_map, dict) and "AutoTokenizer" in auto_map):

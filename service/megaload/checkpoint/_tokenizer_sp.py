@@ -22,7 +22,8 @@ import re
 from pathlib import Path
 from typing import Sequence
 
-from ._errors import TokenizerError
+from ._errors import CorruptCheckpointError, TokenizerError
+from ._files import TOKENIZER_VOCAB_LIMIT, read_limited
 from ._tokenizer_types import MegatronTokenizer
 
 __all__ = ["SentencePieceTokenizer", "SENTENCEPIECE_TYPES"]
@@ -55,7 +56,11 @@ class SentencePieceTokenizer(MegatronTokenizer):
 
         self._sp = sentencepiece.SentencePieceProcessor()
         try:
-            self._sp.Load(str(model_file))
+            proto = read_limited(model_file, TOKENIZER_VOCAB_LIMIT, kind="a SentencePiece model")
+        except CorruptCheckpointError as e:
+            raise TokenizerError(f"cannot load SentencePiece model: {e}", path=model_file) from e
+        try:
+            self._sp.LoadFromSerializedProto(proto)
         except (OSError, RuntimeError) as e:
             raise TokenizerError(f"cannot load SentencePiece model {model_file}: {e}", path=model_file) from e
         self._pieces = self._sp.get_piece_size()

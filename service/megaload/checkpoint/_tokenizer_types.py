@@ -18,12 +18,12 @@ ones that exist. Each ``x`` also answers as ``x_id`` (NeMo spelling).
 
 from __future__ import annotations
 
-import json
 import operator
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ._errors import TokenizerError
+from ._errors import CorruptCheckpointError, TokenizerError, summarize
+from ._files import TOKENIZER_VOCAB_LIMIT, read_json, read_limited
 
 __all__ = ["MegatronTokenizer", "NullTokenizer", "GPT2BPETokenizer", "SPECIAL_TOKEN_NAMES"]
 
@@ -158,7 +158,7 @@ class NullTokenizer(MegatronTokenizer):
     def __init__(self, vocab_size: int, *, tokenizer_type: str = "NullTokenizer", legacy: bool = False) -> None:
         super().__init__(tokenizer_type=tokenizer_type, source=None, legacy=legacy)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"NullTokenizer needs a positive integer vocab_size, got {vocab_size!r}")
+            raise ValueError(f"NullTokenizer needs a positive integer vocab_size, got {summarize(vocab_size)}")
         self._vocab_size = vocab_size
         self._special["eod"] = vocab_size - 1
 
@@ -231,9 +231,9 @@ class GPT2BPETokenizer(MegatronTokenizer):
     @staticmethod
     def _read_vocab(path: Path) -> dict[str, int]:
         try:
-            encoder = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"cannot read GPT-2 vocab {path}: {e}", path=path) from e
+            encoder = read_json(path, TOKENIZER_VOCAB_LIMIT, kind="a tokenizer vocabulary")
+        except CorruptCheckpointError as e:
+            raise TokenizerError(f"cannot read GPT-2 vocab: {e}", path=path) from e
         if not isinstance(encoder, dict) or not all(
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in encoder.items()
         ):
@@ -243,9 +243,11 @@ class GPT2BPETokenizer(MegatronTokenizer):
     @staticmethod
     def _read_merges(path: Path) -> list[tuple[str, str]]:
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
+            text = read_limited(path, TOKENIZER_VOCAB_LIMIT, kind="a tokenizer merges file").decode("utf-8")
+        except UnicodeDecodeError as e:
             raise TokenizerError(f"cannot read GPT-2 merges {path}: {e}", path=path) from e
+        except CorruptCheckpointError as e:
+            raise TokenizerError(f"cannot read GPT-2 merges: {e}", path=path) from e
         # As Megatron reads it: the first line is the "#version" header, the piece after the
         # final newline is empty; a line that is not exactly two symbols can never match.
         merges = []

@@ -15,13 +15,28 @@ Hugging Face tensor to the Megatron tensor it comes from through a named transfo
 
 Supported: LlamaForCausalLM (Llama 2/3, ``llama3`` rope scaling), MistralForCausalLM,
 Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norm), Qwen3MoeForCausalLM (experts,
-router). :func:`export_hf` writes the directory ``save_pretrained`` would.
+router). :func:`export_hf` writes the directory ``save_pretrained`` would;
+``view.lazy_tensors(state)`` feeds :mod:`megaload.streaming` (what the Hub routes serve, with
+:func:`config_files`, :func:`index_json` and :func:`tokenizer_files`); ``view.mcore_plan`` /
+``view.import_tensors`` read the same tables the other way (HF -> Megatron).
+A Bridge import exports as the architecture it came from (:func:`provider_hint`).
 """
 
 from ..checkpoint import UnmappableModelError
 from ._architectures import ARCHITECTURES, Architecture, architecture_named
-from ._export import DEFAULT_MAX_SHARD_BYTES, TOKENIZER_FILE_NAMES, export_hf, index_json, tokenizer_files, write_hf_directory
+from ._export import (
+    DEFAULT_MAX_SHARD_BYTES,
+    TOKENIZER_FILE_NAMES,
+    config_files,
+    export_hf,
+    index_json,
+    json_file_bytes,
+    tokenizer_files,
+    write_hf_directory,
+)
 from ._facts import ModelFacts, model_facts
+from ._hints import architecture_of_provider, provider_hint
+from ._import import MegatronTensor
 from ._transforms import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, Transform
 from ._view import HFTensor, HFView, hf_view
 
@@ -29,11 +44,16 @@ __all__ = [
     "hf_view",
     "HFView",
     "HFTensor",
+    "MegatronTensor",
     "UnmappableModelError",
+    "architecture_of_provider",
+    "provider_hint",
     "export_hf",
     "write_hf_directory",
     "tokenizer_files",
     "index_json",
+    "config_files",
+    "json_file_bytes",
     "DEFAULT_MAX_SHARD_BYTES",
     "TOKENIZER_FILE_NAMES",
     "ARCHITECTURES",

@@ -276,10 +276,13 @@ def architecture_named(name: str) -> Architecture:
     )
 
 
-def choose_architecture(facts: ModelFacts, name: str | None = None) -> Architecture:
-    """The architecture named, else the one the model's features select; checked against the model."""
+def choose_architecture(facts: ModelFacts, name: str | None = None, *, hint: str | None = None) -> Architecture:
+    """The architecture named, else the ``hint`` when it can hold the model, else the one the
+    model's features select; checked against the model."""
     if name is not None:
         arch = architecture_named(name)
+    elif hint is not None and hint in ARCHITECTURES and _holds(ARCHITECTURES[hint], facts):
+        arch = ARCHITECTURES[hint]
     elif facts.is_moe:
         arch = QWEN3_MOE
     elif facts.qk_norm:
@@ -292,6 +295,14 @@ def choose_architecture(facts: ModelFacts, name: str | None = None) -> Architect
         arch = LLAMA
     arch.check(facts)
     return arch
+
+
+def _holds(arch: Architecture, facts: ModelFacts) -> bool:
+    try:
+        arch.check(facts)
+    except UnmappableModelError:
+        return False
+    return True
 
 
 def dtype_name(dtype: torch.dtype) -> str:

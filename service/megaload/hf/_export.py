@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from ..checkpoint import (
     model_state_dict,
 )
 from ..checkpoint._layout import TOKENIZER_DIRNAME
-from ..checkpoint._save import _fsync_dir, _publish
+from ..checkpoint._staging import Staging, fsync_dir, remove_stale_saves
 from ..streaming import ShardOptions, iter_shard_bytes, plan_shards
 from ._view import HFView, hf_view
 
@@ -43,6 +42,8 @@ __all__ = [
     "write_hf_directory",
     "tokenizer_files",
     "index_json",
+    "config_files",
+    "json_file_bytes",
     "DEFAULT_MAX_SHARD_BYTES",
     "TOKENIZER_FILE_NAMES",
 ]
@@ -67,7 +68,6 @@ TOKENIZER_FILE_NAMES = (
 )
 """The Hugging Face tokenizer files taken from a checkpoint's ``tokenizer/`` directory."""
 
-_PARTIAL_TAG = ".partial-"
 _CHUNK = 8 << 20
 
 
@@ -83,16 +83,25 @@ def tokenizer_files(checkpoint_path: str | os.PathLike) -> list[Path]:
     )
 
 
-def index_json(plan, total_parameters: int) -> dict[str, Any]:
-    """``model.safetensors.index.json`` as transformers writes it for a shard plan."""
+def index_json(plan) -> dict[str, Any]:
+    """``model.safetensors.index.json`` as transformers writes it, for a shard plan of the HF
+    tensors (``megaload.streaming.plan_shards``)."""
+    total_parameters = sum(_numel(entry.shape) for entry in plan.tensors.values())
     return {
         "metadata": {"total_parameters": total_parameters, "total_size": plan.total_size},
         "weight_map": plan.weight_map,
     }
 
 
-def _json_text(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+def json_file_bytes(data: dict[str, Any]) -> bytes:
+    """A JSON file as transformers writes its config files (sorted keys, indent 2, newline)."""
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def config_files(view: HFView) -> dict[str, bytes]:
+    """``config.json`` and ``generation_config.json`` of a view, as the bytes export writes."""
+    return {"config.json": json_file_bytes(view.config_json),
+            "generation_config.json": json_file_bytes(view.generation_config_json)}
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
@@ -128,8 +137,8 @@ def write_hf_directory(view: HFView, mcore_tensors, staging: Path, *, tokenizer_
     lazy = view.lazy_tensors(mcore_tensors)
     plan = plan_shards(lazy, ShardOptions(max_shard_bytes=max_shard_bytes))
     written = []
-    for name, data in (("config.json", view.config_json), ("generation_config.json", view.generation_config_json)):
-        _write_file(staging / name, [_json_text(data).encode("utf-8")])
+    for name, data in config_files(view).items():
+        _write_file(staging / name, [data])
         written.append(name)
     for source in tokenizer_sources:
         shutil.copyfile(source, staging / source.name)
@@ -137,8 +146,7 @@ def write_hf_directory(view: HFView, mcore_tensors, staging: Path, *, tokenizer_
     for shard in plan.shards:
         _write_file(staging / shard.filename, iter_shard_bytes(plan, shard.index, lazy, chunk_bytes=_CHUNK))
         written.append(shard.filename)
-    total_parameters = sum(_numel(spec.shape) for spec in lazy.specs.values())
-    _write_file(staging / "model.safetensors.index.json", [_json_text(index_json(plan, total_parameters)).encode()])
+    _write_file(staging / "model.safetensors.index.json", [json_file_bytes(index_json(plan))])
     written.append("model.safetensors.index.json")
     return written
 
@@ -161,7 +169,8 @@ def export_hf(
     """Write the Hugging Face form of a Megatron Bridge or Megatron-LM checkpoint to ``out_dir``.
 
     CPU only; needs neither a GPU nor Megatron Bridge. ``architecture`` names the target
-    (default: chosen from the config, see :func:`megaload.hf.hf_view`). Refuses an existing
+    (default: the one a Bridge import came from, else chosen from the config; see
+    :func:`megaload.hf.hf_view`). Refuses an existing
     non-empty ``out_dir`` (CheckpointExistsError) unless ``overwrite`` is true and it is a
     Hugging Face model directory. Raises UnmappableModelError before reading any weight when
     the model has no Hugging Face form. Returns the absolute path written.
@@ -178,15 +187,16 @@ def export_hf(
     model = load_megatron_model(checkpoint_path, use_cpu_init=True)
     state = model_state_dict(model)
     view.tensor_plan(state)  # refuse a state dict the config contradicts before creating anything
-    staging = out.with_name(f".{out.name}{_PARTIAL_TAG}{uuid.uuid4().hex[:12]}")
-    staging.mkdir()
+    # staged beside the destination and published as a save is (owner file, cleaned if we die)
+    remove_stale_saves(out.parent, name=out.name)
+    stage = Staging.create(out)
     try:
-        write_hf_directory(view, state, staging, tokenizer_sources=tokenizer_files(checkpoint_path),
+        write_hf_directory(view, state, stage.path, tokenizer_sources=tokenizer_files(checkpoint_path),
                            max_shard_bytes=max_shard_bytes)
-        _fsync_dir(staging)
-        _publish(staging, out)
+        fsync_dir(stage.path)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        stage.discard()
         raise
+    stage.publish()
     logger.info("exported %s as %s to %s", checkpoint_path, view.architecture, out)
     return out

@@ -7,6 +7,7 @@
     plan = view.tensor_plan({name: (shape, dtype), ...})               # HF name -> HFTensor, HF order
     tensor = plan[hf_name].build([mcore_state[s] for s in plan[hf_name].sources])
     for hf_name, tensor in view.export(mcore_state): ...                # the same, one at a time
+    for mcore_name, tensor in view.import_tensors(hf_state): ...        # the other way (same tables)
 
 The plan needs names, shapes and dtypes only; it checks every Megatron tensor against the
 config (shapes, nothing left over, nothing missing) before any tensor data is touched.
@@ -25,6 +26,7 @@ import torch
 from ..checkpoint import UnmappableModelError
 from ._architectures import Architecture, Source, choose_architecture
 from ._facts import ModelFacts, model_facts
+from ._hints import provider_hint
 from ._transforms import Dims, Transform
 
 __all__ = ["HFView", "HFTensor", "hf_view"]
@@ -181,6 +183,20 @@ class HFView:
         for name, spec in plan.items():
             yield name, spec.build([mcore_tensors[s] for s in spec.sources])
 
+    def mcore_plan(self, hf_specs: Mapping[str, Any], *, padded_vocab_size: int | None = None):
+        """The other way: Megatron name (``model.``-prefixed, local spec) -> ``MegatronTensor``
+        made of Hugging Face tensors described by ``hf_specs``; see :func:`._import.mcore_plan`."""
+        from ._import import mcore_plan
+
+        return mcore_plan(self, hf_specs, padded_vocab_size=padded_vocab_size)
+
+    def import_tensors(self, hf_tensors: Mapping[str, torch.Tensor], *,
+                       padded_vocab_size: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Megatron name, tensor) merged from Hugging Face tensors, one at a time."""
+        from ._import import import_tensors
+
+        return import_tensors(self, hf_tensors, padded_vocab_size=padded_vocab_size)
+
     def lazy_tensors(self, mcore_tensors: Mapping[str, torch.Tensor]):
         """The HF tensors as a :class:`megaload.streaming.LazyTensors` (specs now, data built
         per tensor when the writer reaches it), ready for ``plan_shards``/``iter_shard_bytes``."""
@@ -203,6 +219,7 @@ def hf_view(
     megatron_args: argparse.Namespace | None = None,
     tokenizer: Any = None,
     architecture: str | None = None,
+    hint: str | None = None,
 ) -> HFView:
     """The Hugging Face view of a model config (what ``load_model_config`` returns: our
     GPTModelProvider, or a Megatron-LM TransformerConfig with its args).
@@ -211,11 +228,13 @@ def hf_view(
     Megatron-LM checkpoints without ``args.vocab_size``, the vocabulary size. ``architecture``
     names the target (``"MistralForCausalLM"`` or ``"mistral"``); by default the model's
     features choose it: experts -> Qwen3-MoE, q/k norm -> Qwen3, q/k/v biases -> Qwen2, sliding
-    window -> Mistral, else Llama. Raises UnmappableModelError(field=...) when the model cannot
-    be that (or any) Hugging Face model.
+    window -> Mistral, else Llama. ``hint`` (default: the architecture a Bridge import came
+    from, by the provider class its run config records) is preferred to that choice when it can
+    hold the model. Raises UnmappableModelError(field=...) when the model cannot be that (or any)
+    Hugging Face model.
     """
     facts = model_facts(config, megatron_args=megatron_args, tokenizer=tokenizer)
-    arch = choose_architecture(facts, architecture)
+    arch = choose_architecture(facts, architecture, hint=hint if hint is not None else provider_hint(config))
     return HFView(
         architecture=arch.name,
         model_type=arch.model_type,

@@ -113,6 +113,30 @@ def test_snapshot_download_is_the_original_hf_model_bit_for_bit(hub, ids, tmp_pa
         assert config[key] == original[key], key
 
 
+HF_FIXTURES = sorted(p.parent.parent.name for p in FIXTURES_DIR.glob("hf_*/hf/model.safetensors"))
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_every_hf_import_downloads_as_its_original_model(hub, name, tmp_path):
+    """Each upstream AutoBridge import of a Hugging Face model (Llama 3, Mistral, Qwen2,
+    Qwen3, Qwen3-MoE) comes back through the Hub endpoint as the model it was imported from:
+    every tensor bit for bit, the architecture, and the tokenizer files it ships."""
+    loaded = hub.load(name)
+    if loaded.status_code == 422 and loaded.json().get("field", "").startswith("moe_"):
+        pytest.skip(f"{name} does not load on this host: {loaded.json()['detail']}")
+    assert loaded.status_code in (200, 201), loaded.text
+    model_id = loaded.json()["id"]
+    directory = Path(snapshot_download(f"megaload/{model_id}", endpoint=endpoint(hub), local_dir=tmp_path, token=TOKEN))
+    original = FIXTURES_DIR / name / "hf"
+    assert_bit_equal(tensors_of(directory), load_file(str(original / "model.safetensors")))
+    config, want = (json.loads((d / "config.json").read_text()) for d in (directory, original))
+    assert (config["architectures"], config["model_type"]) == (want["architectures"], want["model_type"])
+    bundled = next((FIXTURES_DIR / name / "checkpoint").glob("iter_*")) / "tokenizer"
+    for path in bundled.iterdir():
+        assert (directory / path.name).read_bytes() == path.read_bytes()
+    assert hub.client.delete(f"/v1/models/{model_id}").status_code == 204
+
+
 def test_an_interrupted_file_download_resumes_with_a_range_request(hub, ids, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -386,6 +410,39 @@ def test_from_pretrained_through_hf_endpoint_matches_the_original_model(hub, ids
     assert out["equal_to_original"]
     assert out["max_diff_reference"] < 0.05  # transformers 4.57 wrote the reference, in bf16
     assert out["ids"] == out["ids_original"] and out["eos"] == out["eos_original"]
+
+
+def test_from_pretrained_of_every_hf_import_computes_what_the_original_computes(hub, tmp_path):
+    repos = {}
+    for name in HF_FIXTURES:
+        loaded = hub.load(name)
+        if loaded.status_code in (200, 201):
+            repos[name] = f"megaload/{loaded.json()['id']}"
+    assert {"hf_qwen2", "hf_llama3"} <= set(repos)
+    out = run_fresh(
+        f"""
+        import json, torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        repos, fixtures = {repos!r}, {str(FIXTURES_DIR)!r}
+        ids = torch.tensor([[1, 5, 17, 42, 99, 3, 64, 8, 110, 2, 7, 77]])
+        report = {{}}
+        for name, repo in repos.items():
+            got = AutoModelForCausalLM.from_pretrained(repo)
+            want = AutoModelForCausalLM.from_pretrained(f"{{fixtures}}/{{name}}/hf")
+            with torch.no_grad():
+                same = torch.equal(got(ids).logits, want(ids).logits)
+            text = "Hello world, this is a test."
+            tokens = AutoTokenizer.from_pretrained(repo)(text).input_ids
+            tokens_want = AutoTokenizer.from_pretrained(f"{{fixtures}}/{{name}}/hf")(text).input_ids
+            report[name] = {{"class": type(got).__name__, "want": type(want).__name__, "same": same,
+                             "tokens": tokens == tokens_want}}
+        print(json.dumps(report))
+        """,
+        hub,
+        tmp_path,
+    )
+    for name, seen in out.items():
+        assert seen["class"] == seen["want"] and seen["same"] and seen["tokens"], (name, seen)
 
 
 def test_from_pretrained_of_a_megatron_lm_checkpoint_matches_megatron_core(hub, ids, tmp_path):

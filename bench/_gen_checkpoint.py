@@ -13,6 +13,10 @@ torch.distributed context or the model. The checkpoint is written to a temporary
 and renamed into place, so an interrupted run leaves nothing that looks complete; a later
 run reuses it. Peak memory of the generation is about twice the model (model plus the save's
 staging), well inside a 24 GiB machine.
+
+``bench_hf_service.py`` needs a model that has a Hugging Face form: :data:`LLAMA_MODEL` (same
+sizes, but RMSNorm, SwiGLU and 4 query groups: a Llama, about 1.0 GiB fp32), generated the
+same way by ``ensure_checkpoint(data_dir, name=LLAMA_CHECKPOINT_NAME, model=LLAMA_MODEL)``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,16 @@ import textwrap
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_DATA_DIR", "MODEL", "CHECKPOINT_NAME", "CHECKPOINT_NAMES", "ensure_checkpoint", "checkpoint_bytes"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "MODEL",
+    "CHECKPOINT_NAME",
+    "CHECKPOINT_NAMES",
+    "LLAMA_MODEL",
+    "LLAMA_CHECKPOINT_NAME",
+    "ensure_checkpoint",
+    "checkpoint_bytes",
+]
 
 DEFAULT_DATA_DIR = Path("/tmp/megaload-bench")
 CHECKPOINT_NAME = "gpt_1p1g_fp32"
@@ -41,6 +54,16 @@ MODEL = {
     "vocab_size": 40960,
     "seq_length": 2048,
 }
+LLAMA_CHECKPOINT_NAME = "llama_1p0g_fp32"
+LLAMA_MODEL = {
+    **MODEL,
+    "ffn_hidden_size": 4096,
+    "num_query_groups": 4,
+    "normalization": "RMSNorm",
+    "gated_linear_unit": True,
+    "activation_func": "silu",
+    "add_bias_linear": False,
+}
 SEED = 1234
 
 _GENERATE = textwrap.dedent(
@@ -52,6 +75,8 @@ _GENERATE = textwrap.dedent(
     )
 
     dest, model, seed, dtype = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    if model.get("activation_func") == "silu":
+        model["activation_func"] = torch.nn.functional.silu
     began = time.perf_counter()
     with temporary_distributed_context("gloo"):
         provider = GPTModelProvider(
@@ -79,19 +104,31 @@ def checkpoint_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def ensure_checkpoint(data_dir: Path, *, dtype: str = "fp32", python: str = sys.executable, log=print) -> Path:
-    """``data_dir/CHECKPOINT_NAMES[dtype]``, generated on first use (about 20 s on 2 cores)."""
-    name = CHECKPOINT_NAMES[dtype]
+def ensure_checkpoint(
+    data_dir: Path,
+    *,
+    dtype: str = "fp32",
+    name: str | None = None,
+    model: dict | None = None,
+    python: str = sys.executable,
+    log=print,
+) -> Path:
+    """``data_dir/CHECKPOINT_NAMES[dtype]``, generated on first use (about 20 s on 2 cores);
+    with ``model`` (and its ``name``), that model instead of :data:`MODEL`."""
+    if (model is None) != (name is None):
+        raise ValueError("pass model and name together")
+    model = MODEL if model is None else model
+    name = CHECKPOINT_NAMES[dtype] if name is None else name
     dest = Path(data_dir) / name
     if (dest / "latest_checkpointed_iteration.txt").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.parent / f".{name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    log(f"generating {dest} (megatron-core GPT {MODEL}, seed {SEED})...")
+    log(f"generating {dest} (megatron-core GPT {model}, {dtype}, seed {SEED})...")
     began = time.perf_counter()
     done = subprocess.run(
-        [python, "-c", _GENERATE, str(partial), json.dumps(MODEL), str(SEED), dtype],
+        [python, "-c", _GENERATE, str(partial), json.dumps(model), str(SEED), dtype],
         capture_output=True,
         text=True,
     )

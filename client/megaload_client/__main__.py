@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--dtype", help="cast tensors on the fly")
     download.add_argument("--keys", action="append", metavar="PREFIX_OR_REGEX", help="keep matching keys (repeatable)")
     download.add_argument("--max-shard-bytes", type=int, help="largest shard file the service should cut")
+    download.add_argument(
+        "--hf",
+        action="store_true",
+        help="the Hugging Face model (HF names and layouts, config.json, tokenizer files): a directory "
+        "from_pretrained reads",
+    )
     download.add_argument("--workers", type=int, default=4, help="shards fetched in parallel (default 4)")
     download.add_argument("--no-verify", action="store_true", help="skip per-tensor checksums")
     download.add_argument("--progress", action="store_true", help="show a progress bar (needs tqdm)")
@@ -201,7 +207,8 @@ def _run(args: argparse.Namespace, client: Client, out: _Out) -> int:
     elif command == "download":
         result = client.download(
             args.model_id, args.directory, dtype=args.dtype, keys=args.keys, max_shard_bytes=args.max_shard_bytes,
-            max_workers=args.workers, verify=not args.no_verify, progress=args.progress,
+            names="hf" if args.hf else "megatron", max_workers=args.workers, verify=not args.no_verify,
+            progress=args.progress,
         )
         verified = "sizes and checksums" if result.checksums_verified else "sizes only (install xxhash for checksums)"
         text = (
@@ -209,6 +216,8 @@ def _run(args: argparse.Namespace, client: Client, out: _Out) -> int:
             f"verified: {verified}; reused {len(result.reused)}, resumed {len(result.resumed)}\n"
             f"index: {result.index_file}"
         )
+        if result.files:
+            text += f"\nalso: {', '.join(p.name for p in result.files)}"
         if result.skipped:
             text += f"\nleft out (not tensors): {', '.join(result.skipped)}"
         document = {
@@ -216,6 +225,7 @@ def _run(args: argparse.Namespace, client: Client, out: _Out) -> int:
             "shard_files": [str(p) for p in result.shard_files], "total_bytes": result.total_bytes,
             "downloaded_bytes": result.downloaded_bytes, "reused": result.reused, "resumed": result.resumed,
             "checksums_verified": result.checksums_verified, "skipped": result.skipped,
+            "files": [str(p) for p in result.files],
         }
         out.emit(document, text)
     elif command == "save":

@@ -29,7 +29,7 @@ from ._base_client import (
 from ._checksums import TensorVerifier
 from ._destinations import Destinations, header_from_prefix, header_probe
 from ._direct_transport import direct_transport_for, receive_shard
-from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
+from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, hub_extra_files, write_file, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import AsyncJobHandle, AsyncModelHandle, load_request, merge_shards, save_request, worker_count
 from ._models import (
@@ -320,9 +320,15 @@ class AsyncClient(BaseClient):
     # ---- state dict ----------------------------------------------------------------
 
     async def state_dict_index(
-        self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None
+        self,
+        model_id: str,
+        dtype: str | None = None,
+        keys: Keys = None,
+        max_shard_bytes: int | None = None,
+        *,
+        names: str = "megatron",
     ) -> StateDictIndex:
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
         index = await self._request(routes.state_dict_index(model_id, params))
         check_index(index)
         return index
@@ -334,6 +340,7 @@ class AsyncClient(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
@@ -342,8 +349,8 @@ class AsyncClient(BaseClient):
     ) -> dict[str, torch.Tensor]:
         """As :meth:`Client.state_dict`, ``out=`` and ``strict`` included."""
         require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
         if out is not None:
             destinations = Destinations(out, index, strict=strict)
@@ -447,12 +454,13 @@ class AsyncClient(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         verify: bool = True,
     ) -> AsyncIterator[tuple[str, torch.Tensor]]:
         """``async for name, tensor in await client.iter_tensors(model_id)``: one at a time."""
         require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
 
         async def tensors() -> AsyncIterator[tuple[str, torch.Tensor]]:
@@ -483,13 +491,14 @@ class AsyncClient(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
     ) -> DownloadResult:
         """See :meth:`Client.download`. File writes are small and synchronous."""
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
@@ -538,4 +547,16 @@ class AsyncClient(BaseClient):
 
             await self._map(fetch, index.shards, max_workers)
         result.index_file = write_index(target, index)
+        if names == "hf":
+            result.files = await self._download_hub_files(model_id, target)
         return result
+
+    async def _download_hub_files(self, model_id: str, target: Path) -> list[Path]:
+        """See :meth:`Client._download_hub_files`."""
+        info = await self._request(routes.hub_model_info(model_id))
+        commit = str(info.get("sha") or "main")
+        written = []
+        for name in hub_extra_files(info):
+            data = await self._request(routes.hub_file(model_id, commit, name))
+            written.append(await asyncio.to_thread(write_file, target, name, data))
+        return written

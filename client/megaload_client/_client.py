@@ -24,7 +24,7 @@ from ._base_client import (
 from ._checksums import TensorVerifier
 from ._destinations import Destinations, header_from_prefix, header_probe
 from ._direct_transport import direct_transport_for, receive_shard
-from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, write_index
+from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, hub_extra_files, write_file, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import JobHandle, ModelHandle, load_request, merge_shards, save_request, worker_count
 from ._models import (
@@ -297,10 +297,16 @@ class Client(BaseClient):
     # ---- state dict ----------------------------------------------------------------
 
     def state_dict_index(
-        self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None
+        self,
+        model_id: str,
+        dtype: str | None = None,
+        keys: Keys = None,
+        max_shard_bytes: int | None = None,
+        *,
+        names: str = "megatron",
     ) -> StateDictIndex:
         """The shard index for these options (the same options must be used for the shards)."""
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
         index = self._request(routes.state_dict_index(model_id, params))
         check_index(index)
         return index
@@ -312,6 +318,7 @@ class Client(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
@@ -319,6 +326,11 @@ class Client(BaseClient):
         strict: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The model's state dict as CPU torch tensors, keyed as in the service's shards.
+
+        ``names="hf"``: the Hugging Face model's tensors instead (HF names, q/k/v and gate/up
+        split, no vocabulary padding), as ``save_pretrained`` would write them; ``dtype`` and
+        ``keys`` then apply to those. :class:`UnmappableModelError` when no supported Hugging
+        Face architecture expresses the model.
 
         Shards are fetched in parallel, each read straight into one buffer of its exact size;
         every tensor is a view of its shard's buffer (``torch.frombuffer``), so no byte is
@@ -334,8 +346,8 @@ class Client(BaseClient):
         :mod:`megaload_client._destinations`). A failure midway leaves ``out`` partly filled.
         """
         require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
         if out is not None:
             destinations = Destinations(out, index, strict=strict)
@@ -443,16 +455,18 @@ class Client(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         verify: bool = True,
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield ``(name, tensor)`` one at a time, streaming shard after shard.
 
         Memory stays bounded by the largest tensor. The index is fetched now (errors raise
-        here); the shards as you iterate. Stopping early closes the stream.
+        here); the shards as you iterate. Stopping early closes the stream. ``names="hf"``
+        yields the Hugging Face model's tensors (HF names), as for :meth:`state_dict`.
         """
         require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
 
         def tensors() -> Iterator[tuple[str, torch.Tensor]]:
@@ -478,18 +492,22 @@ class Client(BaseClient):
         keys: Keys = None,
         max_shard_bytes: int | None = None,
         *,
+        names: str = "megatron",
         max_workers: int = DEFAULT_MAX_WORKERS,
         verify: bool = True,
         progress: bool = False,
     ) -> DownloadResult:
         """Write the state dict as sharded safetensors plus ``model.safetensors.index.json``.
 
-        Resumable: run it again after an interruption and finished shards are kept (after
+        ``names="hf"`` writes the Hugging Face model the checkpoint corresponds to, ready for
+        ``from_pretrained(directory)``: HF tensors and names in the shards, and the model's
+        ``config.json``, ``generation_config.json`` and tokenizer files (``result.files``,
+        from the service's Hub endpoint). Resumable: run it again after an interruption and finished shards are kept (after
         checking them), partial ones continue from their ``.incomplete`` file with ``Range``.
         See :mod:`megaload_client._download` for the on-disk protocol.
         """
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes)
-        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes)
+        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
+        index = self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
         verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
@@ -544,4 +562,15 @@ class Client(BaseClient):
 
             self._map(fetch, index.shards, max_workers)
         result.index_file = write_index(target, index)
+        if names == "hf":
+            result.files = self._download_hub_files(model_id, target)
         return result
+
+    def _download_hub_files(self, model_id: str, target: Path) -> list[Path]:
+        """The files of the model's Hub repository besides its weights (config, tokenizer)."""
+        info = self._request(routes.hub_model_info(model_id))
+        commit = str(info.get("sha") or "main")
+        return [
+            write_file(target, name, self._request(routes.hub_file(model_id, commit, name)))
+            for name in hub_extra_files(info)
+        ]

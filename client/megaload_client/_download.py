@@ -12,6 +12,11 @@ what a resumed ``.incomplete`` file already held), so :meth:`ShardFiles.commit` 
 checks the size on disk; files found finished from an earlier run are read and verified in
 full. A file that failed a check is deleted, never resumed onto. The index file is written
 last, atomically.
+
+With ``names="hf"`` the directory is a Hugging Face model directory (``from_pretrained``
+reads it): the shards hold the Hugging Face tensors, and the service's Hub endpoint gives
+the other files of the model (``config.json``, ``generation_config.json``, tokenizer files),
+each written whole and atomically (:func:`hub_extra_files`, :func:`write_file`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,16 @@ from ._resume import FileSink
 from ._safetensors import SafetensorsError, SafetensorsHeader, header_length, parse_header
 from ._shards import check_shard_header
 
-__all__ = ["INDEX_FILENAME", "DownloadResult", "ShardFiles", "read_file_header", "verify_file", "write_index"]
+__all__ = [
+    "INDEX_FILENAME",
+    "DownloadResult",
+    "ShardFiles",
+    "read_file_header",
+    "verify_file",
+    "write_index",
+    "write_file",
+    "hub_extra_files",
+]
 
 INDEX_FILENAME = "model.safetensors.index.json"
 
@@ -52,6 +66,8 @@ class DownloadResult:
     resumed: list[str] = field(default_factory=list)
     checksums_verified: bool = False
     skipped: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    """``names="hf"``: the model's other files written beside the shards (config, tokenizer)."""
 
 
 def read_file_header(path: Path) -> SafetensorsHeader:
@@ -160,6 +176,32 @@ def write_index(directory: Path, index: StateDictIndex) -> Path:
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=2)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, target)
+    return target
+
+
+def hub_extra_files(info: dict) -> list[str]:
+    """The files of a Hub model info (``siblings``) that a download writes besides the shards
+    and the index: everything but ``*.safetensors`` and the index, at the top level only."""
+    names = []
+    for sibling in info.get("siblings") or []:
+        name = sibling.get("rfilename") if isinstance(sibling, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            continue
+        if name.endswith(".safetensors") or name == INDEX_FILENAME:
+            continue
+        names.append(name)
+    return names
+
+
+def write_file(directory: Path, name: str, data: bytes) -> Path:
+    """Write ``directory/name`` atomically (a temporary file beside it, then renamed)."""
+    target = directory / name
+    temporary = directory / f".{name}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, target)

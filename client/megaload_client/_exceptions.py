@@ -16,7 +16,10 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   ├── CheckpointNotFoundError          (also FileNotFoundError)
     │   │   ├── ModelNotFoundError
     │   │   ├── ShardNotFoundError
-    │   │   └── JobNotFoundError
+    │   │   ├── JobNotFoundError
+    │   │   ├── RepoNotFoundError                Hub endpoint: no repository megaload/<id>
+    │   │   ├── RevisionNotFoundError            Hub endpoint: not main nor the current commit
+    │   │   └── EntryNotFoundError               Hub endpoint: no such file in the repository
     │   ├── MethodNotAllowedError           405
     │   ├── ConflictError                   409
     │   │   ├── CheckpointExistsError            (also FileExistsError)
@@ -71,6 +74,9 @@ __all__ = [
     "ModelNotFoundError",
     "ShardNotFoundError",
     "JobNotFoundError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "EntryNotFoundError",
     "MethodNotAllowedError",
     "ConflictError",
     "CheckpointExistsError",
@@ -149,6 +155,9 @@ class CheckpointNotFoundError(NotFoundError, FileNotFoundError): ...
 class ModelNotFoundError(NotFoundError): ...
 class ShardNotFoundError(NotFoundError): ...
 class JobNotFoundError(NotFoundError): ...
+class RepoNotFoundError(NotFoundError): ...
+class RevisionNotFoundError(NotFoundError): ...
+class EntryNotFoundError(NotFoundError): ...
 class MethodNotAllowedError(APIStatusError): ...
 class ConflictError(APIStatusError): ...
 class CheckpointExistsError(ConflictError, FileExistsError): ...
@@ -204,6 +213,9 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.MODEL_NOT_FOUND: ModelNotFoundError,
     p.SHARD_NOT_FOUND: ShardNotFoundError,
     p.JOB_NOT_FOUND: JobNotFoundError,
+    p.REPO_NOT_FOUND: RepoNotFoundError,
+    p.REVISION_NOT_FOUND: RevisionNotFoundError,
+    p.ENTRY_NOT_FOUND: EntryNotFoundError,
     p.METHOD_NOT_ALLOWED: MethodNotAllowedError,
     p.CHECKPOINT_EXISTS: CheckpointExistsError,
     p.JOB_NOT_CANCELLABLE: JobNotCancellableError,

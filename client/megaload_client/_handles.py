@@ -66,7 +66,7 @@ class ModelHandle(_ModelBase):
     """A resident model. ``info`` is its state when last fetched (``refresh()`` updates it).
 
     The state-dict methods take the same options as the client's (``dtype``, ``keys``,
-    ``max_shard_bytes``, ...) and pass them through.
+    ``max_shard_bytes``, ``names="hf"`` for the Hugging Face model, ...) and pass them through.
     """
 
     def __init__(self, client: Client, info: ModelInfo) -> None:

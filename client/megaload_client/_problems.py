@@ -22,6 +22,9 @@ __all__ = [
     "MODEL_NOT_FOUND",
     "SHARD_NOT_FOUND",
     "JOB_NOT_FOUND",
+    "REPO_NOT_FOUND",
+    "REVISION_NOT_FOUND",
+    "ENTRY_NOT_FOUND",
     "METHOD_NOT_ALLOWED",
     "CHECKPOINT_EXISTS",
     "JOB_NOT_CANCELLABLE",
@@ -57,6 +60,10 @@ CHECKPOINT_NOT_FOUND = PROBLEM_TYPE_PREFIX + "checkpoint-not-found"
 MODEL_NOT_FOUND = PROBLEM_TYPE_PREFIX + "model-not-found"
 SHARD_NOT_FOUND = PROBLEM_TYPE_PREFIX + "shard-not-found"
 JOB_NOT_FOUND = PROBLEM_TYPE_PREFIX + "job-not-found"
+# 404 on the Hugging Face Hub endpoint (with the X-Error-Code huggingface_hub maps)
+REPO_NOT_FOUND = PROBLEM_TYPE_PREFIX + "repo-not-found"  # X-Error-Code: RepoNotFound
+REVISION_NOT_FOUND = PROBLEM_TYPE_PREFIX + "revision-not-found"  # X-Error-Code: RevisionNotFound
+ENTRY_NOT_FOUND = PROBLEM_TYPE_PREFIX + "entry-not-found"  # X-Error-Code: EntryNotFound
 # 405
 METHOD_NOT_ALLOWED = PROBLEM_TYPE_PREFIX + "method-not-allowed"
 # 409
@@ -91,6 +98,9 @@ PROBLEM_STATUS: dict[str, int] = {
     MODEL_NOT_FOUND: 404,
     SHARD_NOT_FOUND: 404,
     JOB_NOT_FOUND: 404,
+    REPO_NOT_FOUND: 404,
+    REVISION_NOT_FOUND: 404,
+    ENTRY_NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
     CHECKPOINT_EXISTS: 409,
     JOB_NOT_CANCELLABLE: 409,
@@ -120,6 +130,9 @@ PROBLEM_TITLES: dict[str, str] = {
     MODEL_NOT_FOUND: "Model not found",
     SHARD_NOT_FOUND: "Shard not found",
     JOB_NOT_FOUND: "Job not found",
+    REPO_NOT_FOUND: "Repository not found",
+    REVISION_NOT_FOUND: "Revision not found",
+    ENTRY_NOT_FOUND: "Entry not found",
     METHOD_NOT_ALLOWED: "Method not allowed",
     CHECKPOINT_EXISTS: "Checkpoint already exists",
     JOB_NOT_CANCELLABLE: "Job cannot be cancelled",

@@ -35,7 +35,7 @@ from ._models import (
 )
 from ._retry import is_idempotent
 
-__all__ = ["Call", "state_dict_params", "shard_path"]
+__all__ = ["Call", "state_dict_params", "shard_path", "NAMES", "HUB_NAMESPACE"]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -168,13 +168,24 @@ def save_model(model_id: str, request: SaveModelRequest) -> Call[Job]:
 # ------------------------------------------------------------------ state dict
 
 
+NAMES = ("megatron", "hf")
+"""What ``names=`` may say: the model's own tensors, or the Hugging Face model it corresponds to."""
+
+
 def state_dict_params(
     dtype: str | None = None,
     keys: str | Iterable[str] | None = None,
     max_shard_bytes: int | None = None,
+    names: str = "megatron",
 ) -> tuple[tuple[str, str], ...]:
-    """The query shared by the index and every shard (the service requires them equal)."""
+    """The query shared by the index and every shard (the service requires them equal).
+    ``names="hf"`` asks for the Hugging Face view (``ValueError`` for anything but
+    :data:`NAMES`); the default sends nothing, so older services understand the query."""
+    if names not in NAMES:
+        raise ValueError(f"names must be one of {', '.join(NAMES)}, got {names!r}")
     params: list[tuple[str, str]] = []
+    if names != "megatron":
+        params.append(("names", names))
     if max_shard_bytes is not None:
         params.append(("max_shard_bytes", str(int(max_shard_bytes))))
     if dtype is not None:
@@ -191,6 +202,27 @@ def state_dict_index(model_id: str, params: tuple[tuple[str, str], ...] = ()) ->
 
 def shard_path(model_id: str, index: int) -> str:
     return f"/v1/models/{_seg(model_id)}/state_dict/{int(index)}"
+
+
+# ------------------------------------------------------------------ the Hub endpoint
+
+HUB_NAMESPACE = "megaload"
+
+
+def _json(response: httpx.Response) -> Any:
+    return response.json()
+
+
+def hub_model_info(model_id: str) -> Call[dict[str, Any]]:
+    """The model info of repository ``megaload/<id>`` on the service's Hub endpoint (its
+    commit ``sha`` and files, ``siblings``)."""
+    return Call("GET", f"/hf/api/models/{HUB_NAMESPACE}/{_seg(model_id)}/revision/main", _json)
+
+
+def hub_file(model_id: str, commit: str, filename: str) -> Call[bytes]:
+    """One file of repository ``megaload/<id>`` at ``commit``, whole."""
+    path = f"/hf/{HUB_NAMESPACE}/{_seg(model_id)}/resolve/{_seg(commit)}/{quote(filename)}"
+    return Call("GET", path, lambda response: response.content)
 
 
 # ------------------------------------------------------------------ jobs

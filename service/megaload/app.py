@@ -21,7 +21,7 @@ from . import __version__
 from .api import problems
 from .api.auth import Authenticator, require_token
 from .api.middleware import RequestContextMiddleware
-from .api.routes import OPEN_ROUTERS, V1_ROUTERS
+from .api.routes import HUB_ROUTERS, OPEN_ROUTERS, V1_ROUTERS
 from .api.routes.pages import install_docs
 from .runtime import Runtime
 from .settings import Settings
@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 _DESCRIPTION = """\
 Load, inspect, serve and save Megatron (megatron-core `torch_dist`) checkpoints.
 
-Every `/v1` route takes `Authorization: Bearer <token>` when the service has a token. Every
+Every `/v1` route, and the Hugging Face Hub endpoint under `/hf` (resident models as Hub
+repositories `megaload/<model id>`, for `huggingface_hub`, `transformers` and inference engines
+through `HF_ENDPOINT={base}/hf`), takes `Authorization: Bearer <token>` when the service has a
+token. Every
 error is `application/problem+json` (RFC 9457) with a stable `type` URI
 (`urn:megaload:problem:*`).
 """
@@ -81,6 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_docs(app)
     for router in V1_ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+    for router in HUB_ROUTERS:
+        app.include_router(router, prefix=problems.HUB_PREFIX, dependencies=[Depends(require_token)])
     app.add_middleware(_MetricsBoundMiddleware, app_state=app.state)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

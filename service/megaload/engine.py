@@ -431,6 +431,30 @@ class Engine:
             "mlm_args": None if mlm_args is None else {k: to_jsonable(v) for k, v in object_fields(mlm_args).items()},
         }
 
+    def _op_hf_view(self, path: str, dtype: str | None) -> tuple[Any, dict[str, str]] | None:
+        """The Hugging Face view of the checkpoint at ``path`` (as loaded with ``dtype``) and
+        the tokenizer files it ships (name -> path). Rank 0 only: the others have nothing
+        to serve."""
+        if self.rank != 0:
+            return None
+        from megaload.checkpoint import TokenizerError, load_model_config, tokenizer_files
+        from megaload.hf import hf_view
+
+        config, mlm_args = load_model_config(path)
+        if dtype is not None:
+            config = _with_params_dtype(config, dtype)
+        try:
+            tokenizer = self._tokenizer(path)
+        except TokenizerError as e:
+            logger.info("no tokenizer for the Hugging Face view of %s: %s", path, e)
+            tokenizer = None
+        view = hf_view(config, megatron_args=mlm_args, tokenizer=tokenizer)
+        try:
+            files = {name: str(p) for name, p in tokenizer_files(path).items()}
+        except TokenizerError:
+            files = {}
+        return view, files
+
     def _op_tensor_metadata(self, path: str) -> list[dict[str, Any]]:
         from megaload.checkpoint import read_tensor_metadata
 
@@ -702,6 +726,20 @@ def _settle_heap() -> None:
 
     gc.collect()
     gc.freeze()
+
+
+def _with_params_dtype(config: Any, dtype: str) -> Any:
+    """A copy of ``config`` saying its weights are ``dtype`` (a load that cast them)."""
+    import copy
+
+    import torch
+
+    target = getattr(torch, dtype)
+    out = copy.copy(config)
+    out.params_dtype = target
+    out.bf16 = target is torch.bfloat16
+    out.fp16 = target is torch.float16
+    return out
 
 
 def _model_type_of(config: Any) -> str | None:

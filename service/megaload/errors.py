@@ -16,6 +16,11 @@ both, in one table (:mod:`megaload.api.problems`), to problem responses.
     ├── NotReadyError              the engine is not (or no longer) up
     │   ├── EngineStoppedError     the engine shut down before running a command
     │   └── MemoryWaitTimeoutError a load waited too long for memory that can become free
+    └── HubError                   (also LookupError) the Hub endpoint has no such thing;
+        │                          ``hub_code`` is the X-Error-Code huggingface_hub maps
+        ├── RepoNotFoundError          no repository megaload/<id> (no such resident model)
+        ├── RevisionNotFoundError      a revision other than main and the current commit
+        └── EntryNotFoundError         no such file or folder in the repository
 """
 
 from __future__ import annotations
@@ -33,6 +38,10 @@ __all__ = [
     "NotReadyError",
     "EngineStoppedError",
     "MemoryWaitTimeoutError",
+    "HubError",
+    "RepoNotFoundError",
+    "RevisionNotFoundError",
+    "EntryNotFoundError",
 ]
 
 
@@ -125,3 +134,32 @@ class EngineStoppedError(NotReadyError):
 class MemoryWaitTimeoutError(NotReadyError):
     """A load that would fit once other loads finish or models are evicted did not get its
     memory within the registry's wait (503 with Retry-After: try again later)."""
+
+
+class HubError(ServiceError, LookupError):
+    """A miss on the Hugging Face Hub endpoint. ``hub_code`` is the ``X-Error-Code`` value
+    ``huggingface_hub`` turns into its own error class; ``commit`` (when known) is sent as
+    ``X-Repo-Commit``, which it uses to remember that a file does not exist."""
+
+    hub_code = ""
+
+    def __init__(self, message: str, *, repo_id: str, commit: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.commit = commit
+
+
+class RepoNotFoundError(HubError):
+    hub_code = "RepoNotFound"
+
+
+class RevisionNotFoundError(HubError):
+    hub_code = "RevisionNotFound"
+
+
+class EntryNotFoundError(HubError):
+    hub_code = "EntryNotFound"
+
+    def __init__(self, message: str, *, repo_id: str, commit: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, repo_id=repo_id, commit=commit)
+        self.path = path

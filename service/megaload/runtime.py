@@ -55,6 +55,7 @@ from .checkpoint import (
 from .devices import device_memory_bytes
 from .engine import Engine, EngineState
 from .errors import BadRequestError
+from .hf_models import HFModels
 from .jobs import JobHandle, JobManager, JobRecord
 from .metrics import Metrics
 from .paths import PathPolicy
@@ -99,6 +100,7 @@ class Runtime:
         self.registry = Registry(
             self.engine, budget, metrics=self.metrics, memory_wait_seconds=settings.memory_wait_seconds
         )
+        self.hf_models = HFModels(self.engine, self.registry, self.paths)
         self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
         self.started_at = time.time()
 

@@ -140,6 +140,19 @@ def test_tp2_streams_the_tp1_tensors_bit_for_bit(tp2, name):
     assert_same(got, reference(name))
 
 
+def test_tp2_streams_the_hf_view_of_the_tp1_tensors(tp2):
+    """names=hf over a model split on two ranks: each HF tensor is built from gathered parts."""
+    from megaload.checkpoint import load_model_config, load_tokenizer
+    from megaload.hf import hf_view
+
+    config, args = load_model_config(tp2.root / "mlm_gpt")
+    view = hf_view(config, megatron_args=args, tokenizer=load_tokenizer(tp2.root / "mlm_gpt"))
+    want = {name: tensor.contiguous() for name, tensor in view.export(reference("mlm_gpt"))}
+    assert_same(tp2.tensors(tp2.load("mlm_gpt"), names="hf"), want)
+    hub = tp2.client.get(f"/hf/api/models/megaload/{tp2.load('mlm_gpt')}")
+    assert hub.status_code == 200 and hub.json()["config"]["architectures"] == ["LlamaForCausalLM"]
+
+
 def test_index_reports_full_shapes_without_gathering(tp2):
     model_id = tp2.load("mlm_gpt")
     index = tp2.client.get(f"/v1/models/{model_id}/state_dict").json()

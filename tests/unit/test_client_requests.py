@@ -80,6 +80,18 @@ def test_state_dict_query_repeats_keys_and_is_shared_by_index_and_shards(client)
     assert routes.state_dict_params() == ()
 
 
+def test_hf_names_go_to_index_and_shards_and_hub_paths_stay_in_their_segments(client):
+    params = routes.state_dict_params("bf16", None, None, "hf")
+    assert params == (("names", "hf"), ("dtype", "bf16"))
+    assert routes.state_dict_params(names="megatron") == ()  # the default: older services understand it
+    with pytest.raises(ValueError, match="names"):
+        routes.state_dict_params(names="HF")
+    info = _built(client, routes.hub_model_info("m/1"))
+    assert info.url.raw_path == b"/prefix/hf/api/models/megaload/m%2F1/revision/main"
+    file = _built(client, routes.hub_file("m1", "abc", "tokenizer config.json"))
+    assert file.url.raw_path == b"/prefix/hf/megaload/m1/resolve/abc/tokenizer%20config.json"
+
+
 def test_load_body_leaves_out_unset_fields_and_is_retryable(client):
     call = routes.load_model(load_request("/ckpt/a", None, "bf16", {"tensor_model_parallel_size": 1}, False, wait=True))
     body = json.loads(_built(client, call).content)

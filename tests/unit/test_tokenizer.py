@@ -536,3 +536,41 @@ def test_bundle_files_of_a_null_tokenizer_is_nothing(tmp_path):
 
     assert bundle_tokenizer_files(read_tokenizer_config(MLM), tmp_path / "tok", iter_dir=MLM / "iter_0000010") == []
     assert not (tmp_path / "tok").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizer_files: what a Hugging Face directory of the checkpoint would hold.
+
+
+def test_tokenizer_files_of_a_bundled_hf_tokenizer_are_its_tokenizer_files_only(tmp_path, assets):
+    from megaload.checkpoint import tokenizer_files
+
+    save_dir = bridge_copy(tmp_path, {"tokenizer_type": "HuggingFaceTokenizer", "tokenizer_model": GONE})
+    bundled = bundle(save_dir, assets["hf"])
+    (bundled / "model.safetensors").write_bytes(b"not a tokenizer file")
+    (bundled / "config.json").write_text("{}")
+    files = tokenizer_files(save_dir)
+    written = {p.name for p in assets["hf"].iterdir()}
+    assert set(files) == written and "tokenizer.json" in files
+    assert all(path == bundled / name for name, path in files.items())
+
+
+def test_tokenizer_files_of_bpe_and_sentencepiece_use_hf_names(tmp_path, assets):
+    from megaload.checkpoint import tokenizer_files
+
+    save_dir = bridge_copy(tmp_path, {"tokenizer_type": "GPT2BPETokenizer", "vocab_file": str(assets["vocab"]),
+                                      "merge_file": str(assets["merges"])})
+    assert tokenizer_files(save_dir) == {"vocab.json": assets["vocab"], "merges.txt": assets["merges"]}
+    sp_dir = tmp_path / "sp"
+    sp_dir.mkdir()
+    save_dir = bridge_copy(sp_dir, {"tokenizer_type": "SentencePieceTokenizer", "tokenizer_model": LOST_PATH})
+    bundled = bundle(save_dir, assets["sp"])
+    assert tokenizer_files(save_dir) == {"tokenizer.model": bundled / "tokenizer.model"}
+
+
+def test_tokenizer_files_of_null_and_missing_tokenizers():
+    from megaload.checkpoint import tokenizer_files
+
+    assert tokenizer_files(MLM) == {}
+    with pytest.raises(TokenizerError, match="records no tokenizer"):
+        tokenizer_files(BRIDGE)

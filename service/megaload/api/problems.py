@@ -7,6 +7,11 @@ detail says nothing about the server's insides (the traceback goes to the log).
 
 :func:`install` registers the handlers on an app: library and service errors, request
 validation (422 with each failed field), routing errors (404/405) and anything else (500).
+
+Under the Hugging Face Hub endpoint (:data:`HUB_PREFIX`) a problem also carries the headers
+``huggingface_hub`` reads to pick its error class and message: ``X-Error-Code``
+(``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``, from :class:`~megaload.errors.HubError`),
+``X-Repo-Commit`` where the commit is known, and ``X-Error-Message`` (the detail).
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ from ..checkpoint import (
 from ..errors import (
     BadRequestError,
     EngineStoppedError,
+    EntryNotFoundError,
     ForbiddenPathError,
+    HubError,
     InsufficientMemoryError,
     InsufficientScopeError,
     JobNotCancellableError,
@@ -48,6 +55,8 @@ from ..errors import (
     MemoryWaitTimeoutError,
     ModelNotFoundError,
     NotReadyError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
     ServiceError,
     UnauthorizedError,
 )
@@ -62,11 +71,24 @@ from ..streaming import (
     StreamingError,
 )
 
-__all__ = ["PROBLEM_TYPES", "PROBLEM_MEDIA_TYPE", "problem_for", "problem_response", "install", "error_responses"]
+__all__ = [
+    "PROBLEM_TYPES",
+    "PROBLEM_MEDIA_TYPE",
+    "HUB_PREFIX",
+    "problem_for",
+    "problem_response",
+    "install",
+    "error_responses",
+]
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+HUB_PREFIX = "/hf"
+"""Where the Hugging Face Hub endpoint is mounted (:mod:`megaload.api.routes.hub`)."""
+
+_MAX_ERROR_MESSAGE_CHARS = 1000
 
 PROBLEM_TYPES: dict[type[BaseException], str] = {
     # the library's CheckpointError tree
@@ -96,6 +118,10 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     NotReadyError: p.NOT_READY,
     EngineStoppedError: p.NOT_READY,
     MemoryWaitTimeoutError: p.NOT_READY,
+    HubError: p.NOT_FOUND,
+    RepoNotFoundError: p.REPO_NOT_FOUND,
+    RevisionNotFoundError: p.REVISION_NOT_FOUND,
+    EntryNotFoundError: p.ENTRY_NOT_FOUND,
     # the streaming library
     StreamingError: p.INTERNAL,
     InvalidShardOptionsError: p.VALIDATION,
@@ -165,6 +191,20 @@ def _headers_for(exc: BaseException | None, prob: ProblemDetail) -> dict[str, st
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{exc.size}"
+    if isinstance(exc, HubError):
+        headers["X-Error-Code"] = exc.hub_code
+        if exc.commit:
+            headers["X-Repo-Commit"] = exc.commit
+    return headers
+
+
+def _hub_headers(request: Request, prob: ProblemDetail, headers: dict[str, str]) -> dict[str, str]:
+    """``headers`` plus ``X-Error-Message`` when the request is for the Hub endpoint."""
+    path = request.scope.get("path", "")
+    if path == HUB_PREFIX or path.startswith(HUB_PREFIX + "/"):
+        message = prob.detail or prob.title
+        text = message.encode("ascii", "backslashreplace").decode("ascii")
+        headers["X-Error-Message"] = " ".join(text.split())[:_MAX_ERROR_MESSAGE_CHARS]
     return headers
 
 
@@ -177,15 +217,18 @@ def problem_response(prob: ProblemDetail, headers: dict[str, str] | None = None)
     )
 
 
-def exception_response(exc: BaseException) -> JSONResponse:
+def exception_response(exc: BaseException, request: Request | None = None) -> JSONResponse:
     prob = problem_for(exc)
     if prob.status >= 500 and prob.type == p.INTERNAL:
         logger.error("unhandled error: %s: %s", type(exc).__name__, exc, exc_info=exc)
-    return problem_response(prob, _headers_for(exc, prob))
+    headers = _headers_for(exc, prob)
+    if request is not None:
+        headers = _hub_headers(request, prob, headers)
+    return problem_response(prob, headers)
 
 
 async def _on_error(request: Request, exc: Exception) -> JSONResponse:
-    return exception_response(exc)
+    return exception_response(exc, request)
 
 
 async def _on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -200,7 +243,8 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
         detail = f"{where}: {first.msg}" + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
     else:
         detail = "the request does not match its schema"
-    return problem_response(problem(p.VALIDATION, detail, field=field, limit=_limit(exc.errors()), errors=items))
+    prob = problem(p.VALIDATION, detail, field=field, limit=_limit(exc.errors()), errors=items)
+    return problem_response(prob, _hub_headers(request, prob, {}))
 
 
 def _limit(errors: Any) -> int | None:
@@ -224,7 +268,7 @@ async def _on_http(request: Request, exc: StarletteHTTPException) -> JSONRespons
         headers["Allow"] = ", ".join(allowed)  # every route of the path, not only the first one found
         detail = f"method {request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
     prob = problem(type_, detail, status=exc.status_code)
-    return problem_response(prob, headers)
+    return problem_response(prob, _hub_headers(request, prob, headers))
 
 
 def install(app: FastAPI) -> None:

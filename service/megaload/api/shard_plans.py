@@ -6,8 +6,11 @@ lease on the model's registry entry::
     plan = await plans.plan(entry, options)          # sizes, headers, ETags: no tensor data read
     body = await plans.index_json(entry, options)    # the index with per-tensor checksums, JSON
 
-A cached plan is keyed by the model id, the time the entry was loaded and the options, so a
-model evicted and loaded again under the same id never meets the plans of its predecessor.
+Both take ``reshard`` (what one tensor-parallel rank holds) or ``hf`` (the model's Hugging
+Face tensors, :class:`~megaload.hf_models.HFTensors`) to plan another view of the model;
+:func:`tensor_view` gives the stream the same view. A cached plan is keyed by the model id,
+the time the entry was loaded, the options and the view, so a model evicted and loaded
+again under the same id never meets the plans of its predecessor.
 
 * Planning reads names, shapes and dtypes only. It runs in a worker thread under the caller's
   lease; two requests that miss at once both plan (cheap) and the first result is kept.
@@ -43,7 +46,7 @@ from ..streaming import LazyTensors, ShardOptions, ShardPlan, fill_checksums, pl
 if TYPE_CHECKING:
     from ..registry import ModelEntry, Registry
 
-__all__ = ["ShardPlans", "Reshard", "tensor_view", "DEFAULT_MAX_PLANS"]
+__all__ = ["ShardPlans", "Reshard", "tensor_view", "shard_identity", "DEFAULT_MAX_PLANS"]
 
 DEFAULT_MAX_PLANS = 32
 
@@ -58,7 +61,7 @@ class Reshard:
     tp_size: int
 
 
-_Key = tuple[str, datetime, ShardOptions, "Reshard | None"]
+_Key = tuple[str, datetime, ShardOptions, "Reshard | None", bool]
 
 
 @dataclass
@@ -81,34 +84,40 @@ class ShardPlans:
     def __len__(self) -> int:
         return len(self._slots)
 
-    async def plan(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None) -> ShardPlan:
+    async def plan(
+        self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None, hf: LazyTensors | None = None
+    ) -> ShardPlan:
         """The plan of ``entry``'s state dict under ``options``. The caller holds a lease."""
-        return await self._plan(self._slot(entry, options, reshard), entry, options, reshard)
+        return await self._plan(self._slot(entry, options, reshard, hf), entry, options, reshard, hf)
 
-    async def index_json(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None) -> bytes:
+    async def index_json(
+        self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None, hf: LazyTensors | None = None
+    ) -> bytes:
         """The state-dict index (``ShardPlan.to_dict()`` with checksums) as JSON bytes. The
         caller holds a lease."""
-        slot = self._slot(entry, options, reshard)
-        plan = await self._plan(slot, entry, options, reshard)
+        slot = self._slot(entry, options, reshard, hf)
+        plan = await self._plan(slot, entry, options, reshard, hf)
         if slot.index is not None:
             return slot.index
         if slot.indexing is None:
             slot.indexing = asyncio.create_task(
-                self._fill(entry, plan, slot, reshard), name=f"checksums-{entry.id}"
+                self._fill(entry, plan, slot, reshard, hf), name=f"checksums-{entry.id}"
             )
             slot.indexing.add_done_callback(_retrieve)
         return await asyncio.shield(slot.indexing)
 
     async def _plan(
-        self, slot: _Slot, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None
+        self, slot: _Slot, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None, hf: LazyTensors | None
     ) -> ShardPlan:
         if slot.plan is None:
-            plan = await anyio.to_thread.run_sync(_plan_entry, entry, options, reshard)
+            plan = await anyio.to_thread.run_sync(_plan_entry, entry, options, reshard, hf)
             if slot.plan is None:
                 slot.plan = plan
         return slot.plan
 
-    async def _fill(self, entry: ModelEntry, plan: ShardPlan, slot: _Slot, reshard: Reshard | None) -> bytes:
+    async def _fill(
+        self, entry: ModelEntry, plan: ShardPlan, slot: _Slot, reshard: Reshard | None, hf: LazyTensors | None
+    ) -> bytes:
         try:
             lease = self.registry.acquire(entry.id)
         except ModelNotFoundError:
@@ -117,7 +126,7 @@ class ShardPlans:
         try:
             if lease.entry is not entry:  # evicted and loaded again since the caller's lease
                 raise ModelNotFoundError(entry.id)
-            filled = await anyio.to_thread.run_sync(fill_checksums, plan, tensor_view(entry, reshard))
+            filled = await anyio.to_thread.run_sync(fill_checksums, plan, tensor_view(entry, reshard, hf))
             body = json.dumps(filled.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         except BaseException:
             slot.indexing = None
@@ -128,8 +137,8 @@ class ShardPlans:
         slot.indexing = None
         return body
 
-    def _slot(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None) -> _Slot:
-        key = (entry.id, entry.loaded_at, options, reshard)
+    def _slot(self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None, hf: LazyTensors | None) -> _Slot:
+        key = (entry.id, entry.loaded_at, options, reshard, hf is not None)
         slot = self._slots.get(key)
         if slot is not None:
             self._slots.move_to_end(key)
@@ -152,14 +161,19 @@ def _retrieve(task: asyncio.Task[bytes]) -> None:
         task.exception()
 
 
-def _plan_entry(entry: ModelEntry, options: ShardOptions, reshard: Reshard | None) -> ShardPlan:
-    return plan_shards(streamable_view(entry, reshard), options)
+def _plan_entry(
+    entry: ModelEntry, options: ShardOptions, reshard: Reshard | None, hf: LazyTensors | None
+) -> ShardPlan:
+    return plan_shards(hf if hf is not None else streamable_view(entry, reshard), options)
 
 
-def tensor_view(entry: ModelEntry, reshard: Reshard | None) -> Mapping[str, Any]:
+def tensor_view(entry: ModelEntry, reshard: Reshard | None, hf: LazyTensors | None = None) -> Mapping[str, Any]:
     """What the stream reads: ``entry.state_dict`` (full tensors; for a model split over
-    ranks a :class:`~megaload.streaming.LazyTensors` that gathers each when read), or with
-    ``reshard`` the slices one rank of that layout holds (worker thread: walks modules)."""
+    ranks a :class:`~megaload.streaming.LazyTensors` that gathers each when read), with
+    ``reshard`` the slices one rank of that layout holds (worker thread: walks modules), or
+    ``hf`` itself (the model's Hugging Face tensors, built when read)."""
+    if hf is not None:
+        return hf
     if reshard is None:
         return entry.state_dict
     from ..checkpoint import padded_vocab_rows, partition_rules
@@ -171,6 +185,17 @@ def tensor_view(entry: ModelEntry, reshard: Reshard | None) -> Mapping[str, Any]
     return SlicedTensors(
         entry.state_dict, rules, reshard.tp_rank, reshard.tp_size, padded_vocab_rows(loaded.model, reshard.tp_size)
     )
+
+
+def shard_identity(entry: ModelEntry, reshard: Reshard | None = None, hf: LazyTensors | None = None) -> str:
+    """What a shard's ETag knows of the model: its id, when this copy of it was loaded, and
+    the view streamed (a tensor-parallel rank's slices, or the Hugging Face tensors)."""
+    identity = f"{entry.id}@{entry.loaded_at.isoformat()}"
+    if reshard is not None:
+        identity += f"#tp{reshard.tp_rank}of{reshard.tp_size}"
+    if hf is not None:
+        identity += "#hf"
+    return identity
 
 
 def streamable_view(entry: ModelEntry, reshard: Reshard | None = None) -> Mapping[str, Any]:

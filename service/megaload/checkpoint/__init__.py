@@ -63,9 +63,11 @@ from ._staging import remove_stale_saves
 from ._tokenizer import (
     SUPPORTED_TOKENIZER_TYPES,
     build_tokenizer,
+    HF_TOKENIZER_FILENAMES,
     bundle_tokenizer_files,
     load_tokenizer,
     read_tokenizer_config,
+    tokenizer_files,
 )
 from ._tokenizer_config import TokenizerConfig
 from ._tokenizer_types import MegatronTokenizer
@@ -89,6 +91,8 @@ __all__ = [
     "build_tokenizer",
     "read_tokenizer_config",
     "bundle_tokenizer_files",
+    "tokenizer_files",
+    "HF_TOKENIZER_FILENAMES",
     "SUPPORTED_TOKENIZER_TYPES",
     "GPTModelProvider",
     "padded_vocab_size",

@@ -54,6 +54,8 @@ __all__ = [
     "build_tokenizer",
     "read_tokenizer_config",
     "bundle_tokenizer_files",
+    "tokenizer_files",
+    "HF_TOKENIZER_FILENAMES",
     "SUPPORTED_TOKENIZER_TYPES",
 ]
 
@@ -73,6 +75,12 @@ _BUNDLED_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
     **{t: (("tokenizer_model", "tokenizer.model"),) for t in _SENTENCEPIECE_TYPES},
 }
 _SP_KWARGS = frozenset({"legacy", "ignore_extra_whitespaces", "trim_spm_separator_after_special_token", "spm_separator"})
+# The files of a Hugging Face tokenizer directory, as save_pretrained names them.
+HF_TOKENIZER_FILENAMES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+    "merges.txt", "vocab.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def read_tokenizer_config(checkpoint_path: str | os.PathLike, **overrides: Any) -> TokenizerConfig:
@@ -301,3 +309,30 @@ def bundle_tokenizer_files(config: TokenizerConfig, dest: Path, *, iter_dir: Pat
             shutil.copyfile(source, dest / name)
         written.append(dest / name)
     return written
+
+
+def tokenizer_files(checkpoint_path: str | os.PathLike) -> dict[str, Path]:
+    """The files a checkpoint's tokenizer is read from, keyed by the name each has in a
+    Hugging Face model directory, found as :func:`load_tokenizer` finds them (a recorded
+    absolute path that exists, else the copy bundled in ``<iter_dir>/tokenizer/``); nothing
+    is built or read. A Hugging Face tokenizer gives the files of
+    :data:`HF_TOKENIZER_FILENAMES` its directory holds (never anything else there, which may be
+    model weights); GPT-2 BPE ``vocab.json`` and ``merges.txt``; SentencePiece
+    ``tokenizer.model``; a NullTokenizer none. Paths are as found (symlinks not followed): a
+    caller serving them checks where they lead. Raises :class:`TokenizerError` when the
+    checkpoint records no tokenizer or its files cannot be found locally."""
+    iter_dir = resolve_iteration_dir(checkpoint_path)
+    config = _effective_config(iter_dir, {})
+    ttype = config.tokenizer_type
+    if ttype == "NullTokenizer":
+        return {}
+    if ttype == "HuggingFaceTokenizer":
+        source = hf_source(config, iter_dir, frozenset())
+        if isinstance(source, str):
+            source = cached_snapshot(source)
+        if source.is_file():  # a tokenizer.json named directly
+            return {source.name: source} if source.name in HF_TOKENIZER_FILENAMES else {}
+        return {name: source / name for name in HF_TOKENIZER_FILENAMES if (source / name).is_file()}
+    if ttype not in _BUNDLED_NAMES:
+        build_tokenizer(config, iter_dir=iter_dir)  # raises the error naming the type
+    return {name: locate_file(config, field, name, iter_dir, frozenset()) for field, name in _BUNDLED_NAMES[ttype]}

@@ -1,7 +1,8 @@
 """The Hugging Face tensors of a view as :class:`megaload.streaming.LazyTensors`.
 
-The streaming writer asks for one tensor at a time and drops it once its bytes are out, so
-the q/k/v copies exist one at a time; everything else is a view of the Megatron tensors.
+The streaming writer asks for one tensor at a time (:meth:`HFLazyTensors.fetch_rows`): always a
+view of the Megatron tensors, q/k/v of several query groups as strided slices that it reads a
+bounded run at a time, so no HF tensor is copied whole.
 """
 
 from __future__ import annotations
@@ -31,3 +32,9 @@ class HFLazyTensors(LazyTensors):
     def fetch(self, name: str) -> torch.Tensor:
         spec = self.plan[name]
         return spec.build([self._mcore[s] for s in spec.sources])
+
+    def fetch_rows(self, name: str) -> torch.Tensor:
+        """What the writer streams: a view of the Megatron tensor, never a copy (q/k/v of
+        several query groups as their strided per-group slices, read a bounded run at a time)."""
+        spec = self.plan[name]
+        return spec.rows([self._mcore[s] for s in spec.sources])

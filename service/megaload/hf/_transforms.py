@@ -57,6 +57,12 @@ class Transform:
         """``part`` of the Megatron tensor, contiguous: a view when it can be one."""
         raise NotImplementedError
 
+    def part_rows(self, tensor: torch.Tensor, part: str, dims: Dims) -> torch.Tensor:
+        """``part``'s elements in row-major order as a view of the Megatron tensor, never a
+        copy; its shape may differ from :meth:`part_shape` (q/k/v of several query groups:
+        ``(ng, heads, head_dim, ...)``). What a writer streams in bounded runs."""
+        return self.part(tensor, part, dims)
+
     def merged_shape(self, shapes: Mapping[str, tuple[int, ...]], dims: Dims, rows: int | None = None) -> tuple[int, ...]:
         """Shape of the Megatron tensor made of parts of ``shapes`` (``rows``: padded vocabulary)."""
         raise NotImplementedError
@@ -118,19 +124,20 @@ class _QKV(Transform):
     def _grouped(self, tensor: torch.Tensor, dims: Dims) -> torch.Tensor:
         return tensor.view(dims.num_query_groups, dims.heads_per_group + 2, dims.head_dim, *tensor.shape[1:])
 
-    def part(self, tensor, part, dims):
+    def part_rows(self, tensor, part, dims):
         grouped = self._grouped(tensor, dims)
         r = dims.heads_per_group
         if part == "q":
-            piece = grouped[:, :r]
-        elif part == "k":
-            piece = grouped[:, r : r + 1]
-        elif part == "v":
-            piece = grouped[:, r + 1 : r + 2]
-        else:
-            raise KeyError(part)
+            return grouped[:, :r]
+        if part == "k":
+            return grouped[:, r : r + 1]
+        if part == "v":
+            return grouped[:, r + 1 : r + 2]
+        raise KeyError(part)
+
+    def part(self, tensor, part, dims):
         # reshape is a view when the groups are adjacent in memory (one group), else a copy.
-        return piece.reshape(self.part_shape(tuple(tensor.shape), part, dims))
+        return self.part_rows(tensor, part, dims).reshape(self.part_shape(tuple(tensor.shape), part, dims))
 
     def merged_shape(self, shapes, dims, rows=None):
         rest = shapes["q"][1:]

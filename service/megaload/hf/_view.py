@@ -16,6 +16,7 @@ config (shapes, nothing left over, nothing missing) before any tensor data is to
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,18 @@ class HFTensor:
         out = self.transform.part(source, self.part, self.dims)
         if tuple(out.shape) != self.shape:
             raise ValueError(f"{self.name}: built {tuple(out.shape)}, planned {self.shape} (source changed?)")
+        return out
+
+    def rows(self, tensors: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The tensor's elements in row-major order as a view of the source, never a copy
+        (see :meth:`Transform.part_rows`; its shape may differ from :attr:`shape`): what a
+        stream reads, in bounded runs, instead of the contiguous :meth:`build`."""
+        if len(tensors) != len(self.sources):
+            raise ValueError(f"{self.name} is built from {len(self.sources)} tensor(s), got {len(tensors)}")
+        (source,) = tensors
+        out = self.transform.part_rows(source, self.part, self.dims)
+        if out.numel() != math.prod(self.shape):
+            raise ValueError(f"{self.name}: {out.numel()} elements, planned {list(self.shape)} (source changed?)")
         return out
 
 

@@ -16,7 +16,7 @@ import xxhash
 from ._lazy import LazyTensors, check_spec
 from ._plan import ShardPlan
 from ._tensor_bytes import DeviceStaging, tensor_pieces
-from ._writer import DEFAULT_CHUNK_BYTES, _check_chunk_bytes, resolve_tensor
+from ._writer import DEFAULT_CHUNK_BYTES, _check_chunk_bytes, resolve_rows, resolve_tensor
 
 __all__ = ["compute_checksums", "fill_checksums"]
 
@@ -34,7 +34,7 @@ def compute_checksums(
         for entry in plan.tensors.values():
             check_spec(entry, tensors)
         sources: Any = (
-            (entry, resolve_tensor(entry, {entry.name: tensors.fetch(entry.name)})) for entry in plan.tensors.values()
+            (entry, resolve_rows(entry, tensors.fetch_rows(entry.name))) for entry in plan.tensors.values()
         )
     else:
         sources = [(entry, resolve_tensor(entry, tensors)) for entry in plan.tensors.values()]

@@ -5,8 +5,11 @@ tensor at a time. A :class:`LazyTensors` is a mapping name -> :class:`TensorSpec
 planner takes it as it is) plus :meth:`~LazyTensors.fetch`, which produces a tensor's data.
 :func:`~megaload.streaming.iter_shard_bytes` and :func:`~megaload.streaming.compute_checksums`
 check every planned spec before the first byte, then fetch each tensor when they reach it
-and drop it once its bytes are out, so at most one fetched tensor is alive per stream.
-A model split over several processes implements ``fetch`` by gathering the tensor's parts.
+(:meth:`~LazyTensors.fetch_rows`) and drop it once its bytes are out, so at most one fetched
+tensor is alive per stream. A model split over several processes implements ``fetch`` by
+gathering the tensor's parts; a view whose tensors are strided slices of others (q/k/v cut
+from a fused QKV) implements ``fetch_rows`` too, handing the writer the strided view itself,
+which it streams in bounded runs instead of a whole contiguous copy.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ class LazyTensors(Mapping[str, TensorSpec], abc.ABC):
     def fetch(self, name: str) -> torch.Tensor:
         """The data of ``name``, of the spec's shape and dtype. May block; called from the
         thread that iterates a stream, never from an event loop."""
+
+    def fetch_rows(self, name: str) -> torch.Tensor:
+        """The data of ``name`` as the stream reads it: its elements in row-major order, as a
+        tensor of the spec's dtype and number of elements whose shape may differ from the
+        spec's (a strided view where the spec's shape would need a copy). By default
+        :meth:`fetch`."""
+        return self.fetch(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.specs)

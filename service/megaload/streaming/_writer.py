@@ -15,6 +15,7 @@ a device error).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -25,7 +26,14 @@ from ._lazy import LazyTensors, check_spec
 from ._plan import ShardPlan, TensorEntry
 from ._tensor_bytes import DeviceStaging, tensor_pieces
 
-__all__ = ["iter_shard_bytes", "resolve_tensor", "DEFAULT_CHUNK_BYTES", "MIN_CHUNK_BYTES", "MAX_CHUNK_BYTES"]
+__all__ = [
+    "iter_shard_bytes",
+    "resolve_tensor",
+    "resolve_rows",
+    "DEFAULT_CHUNK_BYTES",
+    "MIN_CHUNK_BYTES",
+    "MAX_CHUNK_BYTES",
+]
 
 _KiB, _MiB = 1 << 10, 1 << 20
 DEFAULT_CHUNK_BYTES = 4 * _MiB
@@ -82,7 +90,7 @@ def _fetched(
         if hi <= start or lo >= end or entry.nbytes == 0:
             yield entry, None
             continue
-        yield entry, resolve_tensor(entry, {entry.name: tensors.fetch(entry.name)})
+        yield entry, resolve_rows(entry, tensors.fetch_rows(entry.name))
 
 
 def resolve_tensor(entry: TensorEntry, tensors: Mapping[str, Any]) -> torch.Tensor:
@@ -99,6 +107,27 @@ def resolve_tensor(entry: TensorEntry, tensors: Mapping[str, Any]) -> torch.Tens
     if tuple(value.shape) != entry.shape or value.dtype != entry.source_dtype:
         raise PlanMismatchError(
             f"tensor {entry.name!r} is {value.dtype} {list(value.shape)}, "
+            f"planned as {entry.source_dtype} {list(entry.shape)}",
+            name=entry.name,
+        )
+    if value.layout != torch.strided:
+        raise PlanMismatchError(f"tensor {entry.name!r} has layout {value.layout}", name=entry.name)
+    if value.device.type == "meta":
+        raise PlanMismatchError(f"tensor {entry.name!r} is a meta tensor: it has no data", name=entry.name)
+    return value.detach()
+
+
+def resolve_rows(entry: TensorEntry, value: Any) -> torch.Tensor:
+    """What :meth:`LazyTensors.fetch_rows` gave for ``entry``, detached: a tensor of the planned
+    dtype and number of elements (any shape: its row-major elements are streamed);
+    :class:`PlanMismatchError` otherwise."""
+    if not isinstance(value, torch.Tensor):
+        raise PlanMismatchError(
+            f"planned tensor {entry.name!r} was fetched as a {type(value).__name__}, not a tensor", name=entry.name
+        )
+    if value.numel() != math.prod(entry.shape) or value.dtype != entry.source_dtype:
+        raise PlanMismatchError(
+            f"tensor {entry.name!r} was fetched as {value.dtype} {list(value.shape)}, "
             f"planned as {entry.source_dtype} {list(entry.shape)}",
             name=entry.name,
         )

@@ -7,11 +7,14 @@ mounted under ``/v1`` behind the bearer-token dependency. The state-dict streami
 as one more router in :data:`V1_ROUTERS`: they take ``runtime.registry.acquire(model_id)``
 (a read lease, released in the ``finally`` of the streamed body) and add to
 ``runtime.metrics.stream_bytes``; errors they raise map through ``api.problems``.
+``hub`` (the Hugging Face Hub endpoint) is mounted under ``/hf`` (``problems.HUB_PREFIX``),
+behind the same bearer-token dependency.
 """
 
-from . import checkpoints, health, info, jobs, models, pages, state_dict
+from . import checkpoints, health, hub, info, jobs, models, pages, state_dict
 
 OPEN_ROUTERS = [health.router, pages.router]
 V1_ROUTERS = [info.router, checkpoints.router, models.router, state_dict.router, jobs.router]
+HUB_ROUTERS = [hub.router]
 
-__all__ = ["OPEN_ROUTERS", "V1_ROUTERS"]
+__all__ = ["OPEN_ROUTERS", "V1_ROUTERS", "HUB_ROUTERS"]

@@ -3,13 +3,16 @@
 ``GET .../state_dict`` answers the index (Hugging Face ``model.safetensors.index.json``
 keys plus the shards, per-tensor checksums and the entries left out); ``GET`` and ``HEAD
 .../state_dict/{n}`` answer shard ``n`` as a complete safetensors file. Both take the same
-query (``max_shard_bytes``, ``dtype``, repeatable ``keys``), so the index describes exactly
-the files the shard route serves under the same query.
+query (``max_shard_bytes``, ``dtype``, repeatable ``keys``, ``names``), so the index
+describes exactly the files the shard route serves under the same query. ``names=hf``
+serves the Hugging Face model the checkpoint corresponds to (HF names and layouts, see
+:mod:`megaload.hf`); ``dtype`` and ``keys`` then apply to the HF tensors and names.
 
 A shard request, in order (RFC 9110's precedence of conditional requests)::
 
     options from the query               422 (invalid-dtype, validation) / 400 (keys regex refused)
     lease on the model                   404 model-not-found
+    names=hf: the model's HF view        422 unmappable-model (naming the field)
     plan (cached per model and options)  404 shard-not-found
     If-None-Match matches the ETag       304, no body
     HEAD                                 200, headers only (Range applies to GET only)
@@ -25,7 +28,7 @@ header, so it changes when the model is reloaded or the options change.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import StringConstraints
@@ -42,18 +45,16 @@ from ...streaming import (
     MAX_KEY_PATTERNS,
     MAX_MAX_SHARD_BYTES,
     MIN_MAX_SHARD_BYTES,
+    LazyTensors,
     ShardOptions,
-    content_range,
     iter_shard_bytes,
-    matches_if_none_match,
-    matches_if_range,
-    parse_range,
     shard_etag,
 )
 from ..deps import RuntimeDep
+from ..file_answers import file_answer
 from ..problems import error_responses
 from ...errors import BadRequestError
-from ..shard_plans import Reshard, ShardPlans, tensor_view
+from ..shard_plans import Reshard, ShardPlans, shard_identity, tensor_view
 from ..streaming_body import LeasedStreamingResponse
 
 router = APIRouter(prefix="/models", tags=["state dict"])
@@ -131,6 +132,16 @@ def reshard_query(
 
 ReshardDep = Annotated["Reshard | None", Depends(reshard_query)]
 
+Names = Literal["megatron", "hf"]
+NamesQuery = Annotated[
+    Names,
+    Query(
+        description="megatron: the model's own tensors and names (default); hf: the Hugging Face model it "
+        "corresponds to (HF names, split q/k/v and gate/up, no vocabulary padding), or 422 unmappable-model "
+        "naming the field that no supported architecture expresses",
+    ),
+]
+
 
 def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
     """The app's plan cache, made on first use for the runtime of this lifespan."""
@@ -142,7 +153,18 @@ def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
 
 ShardPlansDep = Annotated[ShardPlans, Depends(get_shard_plans)]
 
-_OPTION_ERRORS = (p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND)
+_OPTION_ERRORS = (
+    p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND, p.UNMAPPABLE_MODEL
+)
+
+
+async def hf_tensors(runtime: Runtime, entry: ModelEntry, names: Names, reshard: Reshard | None) -> LazyTensors | None:
+    """The model's Hugging Face tensors for ``names=hf`` (``None`` for its own names)."""
+    if names != "hf":
+        return None
+    if reshard is not None:
+        raise BadRequestError("names=hf cannot be combined with tp_rank/tp_size", field="names")
+    return (await runtime.hf_models.get(entry)).tensors
 
 
 @router.get(
@@ -152,10 +174,16 @@ _OPTION_ERRORS = (p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, 
     responses=error_responses(*_OPTION_ERRORS),
 )
 async def state_dict_index(
-    model_id: ModelId, options: ShardOptionsDep, reshard: ReshardDep, runtime: RuntimeDep, plans: ShardPlansDep
+    model_id: ModelId,
+    options: ShardOptionsDep,
+    reshard: ReshardDep,
+    runtime: RuntimeDep,
+    plans: ShardPlansDep,
+    names: NamesQuery = "megatron",
 ) -> Response:
     async with runtime.registry.lease(model_id) as entry:
-        body = await plans.index_json(entry, options, reshard)
+        hf = await hf_tensors(runtime, entry, names, reshard)
+        body = await plans.index_json(entry, options, reshard, hf)
     return Response(body, media_type="application/json")
 
 
@@ -181,8 +209,9 @@ async def get_shard(
     reshard: ReshardDep,
     runtime: RuntimeDep,
     plans: ShardPlansDep,
+    names: NamesQuery = "megatron",
 ) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, reshard, request, head=False)
+    return await _shard_response(runtime, plans, model_id, n, options, reshard, names, request, head=False)
 
 
 @router.head(
@@ -199,8 +228,9 @@ async def head_shard(
     reshard: ReshardDep,
     runtime: RuntimeDep,
     plans: ShardPlansDep,
+    names: NamesQuery = "megatron",
 ) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, reshard, request, head=True)
+    return await _shard_response(runtime, plans, model_id, n, options, reshard, names, request, head=True)
 
 
 async def _shard_response(
@@ -210,6 +240,7 @@ async def _shard_response(
     n: int,
     options: ShardOptions,
     reshard: Reshard | None,
+    names: Names,
     request: Request,
     *,
     head: bool,
@@ -218,37 +249,22 @@ async def _shard_response(
     handed_over = False
     try:
         entry = lease.entry
-        plan = await plans.plan(entry, options, reshard)
+        hf = await hf_tensors(runtime, entry, names, reshard)
+        plan = await plans.plan(entry, options, reshard, hf)
         shard = plan.shard(n)
-        identity = model_identity(entry)
-        if reshard is not None:
-            identity += f"#tp{reshard.tp_rank}of{reshard.tp_size}"
-        etag = shard_etag(identity, plan, n)
-        headers = {
-            "ETag": etag,
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": f'attachment; filename="{shard.filename}"',
-        }
-        if matches_if_none_match(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers={"ETag": etag, "Accept-Ranges": "bytes"})
-        if head:
-            return Response(
-                status_code=200,
-                headers={**headers, "Content-Length": str(shard.size)},
-                media_type=SAFETENSORS_MEDIA_TYPE,
-            )
-        span = None
-        if matches_if_range(request.headers.get("if-range"), etag):
-            span = parse_range(request.headers.get("range"), shard.size)
-        start, end = span if span is not None else (0, shard.size)
-        headers["Content-Length"] = str(end - start)
-        if span is not None:
-            headers["Content-Range"] = content_range(start, end, shard.size)
-        pieces = iter_shard_bytes(plan, n, tensor_view(entry, reshard), start=start, end=end)
+        etag = shard_etag(shard_identity(entry, reshard, hf), plan, n)
+        answer = file_answer(request, etag=etag, size=shard.size, head=head)
+        if answer.not_modified:
+            return Response(status_code=304, headers=answer.headers)
+        headers = {**answer.headers, "Content-Disposition": f'attachment; filename="{shard.filename}"'}
+        if not answer.has_body:
+            return Response(status_code=200, headers=headers, media_type=SAFETENSORS_MEDIA_TYPE)
+        view = tensor_view(entry, reshard, hf)
+        pieces = iter_shard_bytes(plan, n, view, start=answer.start, end=answer.end)
         response = LeasedStreamingResponse(
             pieces,
             lease,
-            status_code=206 if span is not None else 200,
+            status_code=answer.status,
             headers=headers,
             media_type=SAFETENSORS_MEDIA_TYPE,
             on_bytes=runtime.metrics.stream_bytes.inc,
@@ -260,8 +276,3 @@ async def _shard_response(
     finally:
         if not handed_over:
             lease.release()
-
-
-def model_identity(entry: ModelEntry) -> str:
-    """What the ETag knows of the model: its id and when this copy of it was loaded."""
-    return f"{entry.id}@{entry.loaded_at.isoformat()}"

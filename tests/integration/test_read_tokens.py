@@ -90,9 +90,11 @@ def test_bearer_auth_is_declared_only_when_a_token_is_configured(start):
     assert guarded["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     for path, item in guarded["paths"].items():
         for method, op in item.items():
-            assert ("security" in op) == path.startswith("/v1/"), (method, path)
+            # the /v1 routes and the Hub endpoint (weights a reader pulls) take the token
+            assert ("security" in op) == path.startswith(("/v1/", "/hf/")), (method, path)
     assert guarded["paths"]["/v1/models"]["get"]["x-megaload-scope"] == "read"
     assert guarded["paths"]["/v1/models"]["post"]["x-megaload-scope"] == "operator"
     assert guarded["paths"]["/v1/checkpoints/tokenize"]["post"]["x-megaload-scope"] == "read"
+    assert guarded["paths"]["/hf/api/models/{namespace}/{name}"]["get"]["x-megaload-scope"] == "read"
 
 

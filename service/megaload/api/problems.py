@@ -17,6 +17,7 @@ Under the Hugging Face Hub endpoint (:data:`HUB_PREFIX`) a problem also carries 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -198,13 +199,18 @@ def _headers_for(exc: BaseException | None, prob: ProblemDetail) -> dict[str, st
     return headers
 
 
+_NOT_HEADER_TEXT = re.compile(r"[^\x20-\x7e]")
+
+
 def _hub_headers(request: Request, prob: ProblemDetail, headers: dict[str, str]) -> dict[str, str]:
     """``headers`` plus ``X-Error-Message`` when the request is for the Hub endpoint."""
     path = request.scope.get("path", "")
     if path == HUB_PREFIX or path.startswith(HUB_PREFIX + "/"):
-        message = prob.detail or prob.title
-        text = message.encode("ascii", "backslashreplace").decode("ascii")
-        headers["X-Error-Message"] = " ".join(text.split())[:_MAX_ERROR_MESSAGE_CHARS]
+        message = " ".join((prob.detail or prob.title).split())
+        # a header value holds printable ASCII only: anything else (a request's own control
+        # characters or non-ASCII text echoed in the detail) is written as an escape
+        text = _NOT_HEADER_TEXT.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), message)
+        headers["X-Error-Message"] = text[:_MAX_ERROR_MESSAGE_CHARS]
     return headers
 
 

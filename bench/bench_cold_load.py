@@ -46,6 +46,7 @@ from pathlib import Path
 from megaload_client import Client
 
 from _gen_checkpoint import CHECKPOINT_NAMES, DEFAULT_DATA_DIR, checkpoint_bytes, ensure_checkpoint
+from bench_load import warm_page_cache
 from _service import PeakRss, Service, machine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,14 +130,6 @@ _OURS = _MEASURE + textwrap.dedent(
     print(json.dumps(run))
     """
 )
-
-
-def warm_page_cache(path: Path) -> None:
-    for file in sorted(path.rglob("*")):
-        if file.is_file():
-            with open(file, "rb") as f:
-                while f.read(16 << 20):
-                    pass
 
 
 def floor(path: Path, warm: int) -> dict[str, float]:

@@ -132,9 +132,14 @@ def resolve_iteration_dir(checkpoint_path: str | os.PathLike) -> Path:
                 f"{path / TRACKER_FILENAME} names {name}, which does not exist in {path}", path=iter_dir
             )
         return iter_dir
+    hf_note = (
+        "; it has a config.json, but a Hugging Face model directory also needs model.safetensors or "
+        "model.safetensors.index.json (other weight formats are not read)"
+        if (path / "config.json").exists() else ""
+    )
     raise NotACheckpointError(
         f"{path} is neither an iteration directory (no {DCP_METADATA_FILENAME} or {COMMON_FILENAME}) "
-        f"nor a save directory (no {TRACKER_FILENAME})",
+        f"nor a save directory (no {TRACKER_FILENAME}){hf_note}",
         path=path,
     )
 

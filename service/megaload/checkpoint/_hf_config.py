@@ -180,7 +180,6 @@ def provider_from_hf_config(config: dict[str, Any], *, path: str | os.PathLike, 
     if kw["add_bias_linear"] or (arch in ("LlamaForCausalLM", "MistralForCausalLM") and kw.get("add_qkv_bias")):
         field = "mlp_bias" if kw["add_bias_linear"] else "attention_bias"
         raise _refuse(path, field, True, f"{arch} is mapped without linear biases", arch)
-    kw.pop("add_qkv_bias", None) if arch == "MistralForCausalLM" else None
     scaling = values.get("rope_scaling")
     if scaling is not None:
         rope_type = scaling.get("rope_type") or scaling.get("type") if isinstance(scaling, dict) else None
@@ -225,5 +224,5 @@ def provider_from_hf_config(config: dict[str, Any], *, path: str | os.PathLike, 
     except (TypeError, ValueError, AssertionError, AttributeError) as e:
         raise IncompatibleConfigError(f"{path}: the model config cannot be built: {e}", path=path) from e
     provider.source_target = PROVIDER_TARGETS.get(arch, _GPT_TARGET)
-    provider.hf_architecture = arch
+    provider.hf_architecture = arch  # not a field either: which table the weights are read through
     return provider

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ._errors import CheckpointError, CorruptCheckpointError, IncompatibleConfigError, UnmappableModelError
+from ._errors import IncompatibleConfigError, UnmappableModelError
 from ._hf_config import provider_from_hf_config
 from ._hf_dir import HF_CONFIG, HFWeights, hf_model_dir, read_hf_config
 from ._provider import GPTModelProvider
@@ -102,8 +102,5 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bool
     _check_destination(dest, overwrite)  # before the (long) load
     model = load_megatron_model(src, use_cpu_init=True)
     has_tokenizer = any((src / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
-    try:
-        save_megatron_model(model, dest, hf_tokenizer_path=src if has_tokenizer else None, overwrite=overwrite)
-    except CheckpointError:
-        raise
+    save_megatron_model(model, dest, hf_tokenizer_path=src if has_tokenizer else None, overwrite=overwrite)
     return dest

@@ -74,12 +74,31 @@ def fill_from_hf(model: list, hf_dir: Path, config: Any, *, return_state_dict: b
                     raise IncompatibleConfigError(
                         f"{hf_dir}: model.{name} is {list(target.shape)} in the model, {list(spec.shape)} from the files",
                         path=hf_dir, field=name)
-                target.copy_(spec.build([weights.tensor(s) for s in spec.sources]))
+                _fill(target, spec, [weights.tensor(s) for s in spec.sources])
     finally:
         weights.close()
     if return_state_dict:
         return {"model": {k: v.detach() for k, v in chunk.state_dict().items() if _EXTRA_STATE not in k}}
     return None
+
+
+def _fill(target: torch.Tensor, spec: Any, parts: list[torch.Tensor]) -> None:
+    """``target`` := the merge of ``parts``. A tensor that is one Hugging Face tensor as it is
+    (``copy``) or with zero rows appended (``vocab``) is copied straight into the parameter, so no
+    merged copy is made; q/k/v and gate/up are merged first (one tensor's worth)."""
+    kind = spec.transform.name
+    if kind in ("copy", "vocab"):
+        (part,) = parts
+        if tuple(part.shape[1:]) != tuple(target.shape[1:]) or part.shape[0] > target.shape[0]:
+            raise IncompatibleConfigError(f"{spec.sources[0]} is {list(part.shape)}, {spec.name} is "
+                                          f"{list(target.shape)}", field=spec.sources[0])
+        if kind == "copy" and part.shape[0] != target.shape[0]:
+            raise IncompatibleConfigError(f"{spec.sources[0]} is {list(part.shape)}, {spec.name} is "
+                                          f"{list(target.shape)}", field=spec.sources[0])
+        target[: part.shape[0]].copy_(part)
+        target[part.shape[0]:].zero_()
+        return
+    target.copy_(spec.build(parts))
 
 
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False) -> Path:

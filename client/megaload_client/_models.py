@@ -185,7 +185,7 @@ class Info(_Response):
 
 # --------------------------------------------------------------------------- checkpoints
 
-CheckpointFormatName = Literal["megatron_bridge", "megatron_lm"]
+CheckpointFormatName = Literal["megatron_bridge", "megatron_lm", "hugging_face"]
 
 
 class CheckpointConfig(_Response):

@@ -4,7 +4,8 @@ Every setting has a flag here and a ``MEGALOAD_*`` environment variable (see
 :class:`megaload.settings.Settings`); flags win over the environment.
 
 ``megaload export-hf CHECKPOINT OUT_DIR`` converts a checkpoint to a Hugging Face model
-directory offline, on CPU (:func:`megaload.hf.export_hf`).
+directory offline, on CPU (:func:`megaload.hf.export_hf`); ``megaload import-hf HF_DIR OUT``
+the other way (:func:`megaload.checkpoint.import_hf`).
 """
 
 from __future__ import annotations
@@ -103,7 +104,36 @@ def build_parser() -> argparse.ArgumentParser:
     e("--overwrite", action="store_true", help="replace OUT_DIR when it already holds a Hugging Face model")
     e("--max-shard-size", default="5GB", metavar="SIZE",
       help="largest safetensors shard, e.g. 5GB, 500MiB or bytes (default 5GB, as save_pretrained)")
+    imp = sub.add_parser(
+        "import-hf",
+        help="convert a Hugging Face model directory to a Megatron Bridge checkpoint (offline, CPU)",
+        description="Write HF_DIR (config.json, model.safetensors or model.safetensors.index.json with its "
+        "shards, tokenizer files) as the Megatron Bridge checkpoint upstream's AutoBridge import writes: "
+        "torch_dist, run_config.yaml, the tokenizer bundled. Architectures: LlamaForCausalLM, "
+        "MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM; a config.json asking "
+        "for remote code is refused. Tensors are read one at a time. Runs on CPU; needs neither a GPU nor "
+        "Megatron Bridge. Written beside OUT and renamed into place; nothing is left at OUT on error.",
+    )
+    i = imp.add_argument
+    i("hf_dir", metavar="HF_DIR", help="Hugging Face model directory (what save_pretrained writes)")
+    i("out", metavar="OUT", help="save directory to create (must not exist, or be empty)")
+    i("--overwrite", action="store_true", help="replace OUT when it already holds a checkpoint")
     return parser
+
+
+def _import_hf(args: argparse.Namespace) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .checkpoint import CheckpointError, import_hf
+
+    try:
+        out = import_hf(args.hf_dir, args.out, overwrite=args.overwrite)
+    except CheckpointError as e:
+        print(f"megaload import-hf: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
 
 
 def _parse_size(value: str) -> int:
@@ -155,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "export-hf":
         return _export_hf(args)
+    if args.command == "import-hf":
+        return _import_hf(args)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -316,11 +316,13 @@ class Runtime:
 
 def _fingerprint(iteration_dir: Path) -> tuple[int, ...]:
     """Identity of the checkpoint's files: a rewritten checkpoint gets a new model id."""
-    try:
-        st = (iteration_dir / ".metadata").stat()
-    except OSError:
-        return (0, 0, 0)
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    for name in (".metadata", "model.safetensors", "model.safetensors.index.json"):  # Hugging Face: its weights
+        try:
+            st = (iteration_dir / name).stat()
+        except OSError:
+            continue
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return (0, 0, 0)
 
 
 def _check_save_destination(dest: Path, overwrite: bool) -> None:

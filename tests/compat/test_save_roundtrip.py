@@ -98,7 +98,11 @@ def assert_bridge_layout(save_dir: Path) -> Path:
     common = torch.load(iter_dir / "common.pt", weights_only=True)  # plain data only
     assert common["checkpoint_version"] == 3.0 and common["iteration"] == 0
     run_config = yaml.safe_load((iter_dir / "run_config.yaml").read_text())
-    assert run_config["model"]["_target_"] == "megatron.bridge.models.gpt_provider.GPTModelProvider"
+    # our GPT provider's class, or the same-field Bridge class the source recorded (MistralModelProvider)
+    assert run_config["model"]["_target_"] in (
+        "megatron.bridge.models.gpt_provider.GPTModelProvider",
+        "megatron.bridge.models.mistral.mistral_provider.MistralModelProvider",
+    )
     assert run_config["checkpoint"]["save"] == str(save_dir)
     return iter_dir
 

@@ -63,3 +63,21 @@ def test_upstream_loads_what_we_save_bit_for_bit(oracle, tmp_path, name):
     save_megatron_model(model, tmp_path / "saved")
     summary = _oracle_load(oracle, tmp_path / "saved", name)
     assert "0 missing, 0 unexpected, 0 problems" in summary
+
+
+HF_FIXTURE_NAMES = tuple(name for name in FIXTURE_NAMES if (FIXTURES_DIR / name / "hf" / "config.json").is_file())
+
+
+@pytest.mark.parametrize("name", HF_FIXTURE_NAMES)
+def test_upstream_loads_our_hf_import_as_its_own(oracle, tmp_path, name):
+    """``import_hf`` of the original HF model loads in upstream Megatron Bridge to exactly the
+    tensors upstream's own ``AutoBridge`` import gives (the fixture's reference), and its
+    run_config names the provider class upstream's import names."""
+    from megaload.checkpoint import import_hf
+
+    out = import_hf(FIXTURES_DIR / name / "hf", tmp_path / "imported")
+    summary = _oracle_load(oracle, out, name)
+    assert "0 missing, 0 unexpected, 0 problems" in summary
+    ours = (out / "iter_0000000" / "run_config.yaml").read_text().split("\nmodel:\n  _target_: ", 1)[1].split("\n")[0]
+    theirs = (FIXTURES_DIR / name / "checkpoint" / "iter_0000000" / "run_config.yaml").read_text()
+    assert f"\nmodel:\n  _target_: {ours}\n" in theirs

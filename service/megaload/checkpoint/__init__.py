@@ -36,6 +36,8 @@ from ._errors import (
     UnsupportedCheckpointError,
 )
 from ._files import allowed_roots, confined_to
+from ._hf_dir import hf_model_dir
+from ._hf_load import hf_model_config, import_hf
 from ._layout import CheckpointFormat, CheckpointLayout, inspect_layout, resolve_iteration_dir
 from ._partition import (
     PartitionRule,
@@ -124,6 +126,9 @@ __all__ = [
     "confined_to",
     "allowed_roots",
     "remove_stale_saves",
+    "import_hf",
+    "hf_model_config",
+    "hf_model_dir",
     # errors
     "CheckpointError",
     "CheckpointNotFoundError",

@@ -86,9 +86,18 @@ def load_model_config(checkpoint_path: str | os.PathLike) -> tuple[TransformerCo
     """The model config saved in a checkpoint, and the Megatron-LM args when there are some.
 
     ``checkpoint_path`` is an iteration directory or a save directory (its
-    ``latest_checkpointed_iteration.txt`` is followed, ``release`` included). Returns a fresh
-    object on every call: callers may change it freely.
+    ``latest_checkpointed_iteration.txt`` is followed, ``release`` included), or a Hugging Face
+    model directory (``config.json`` with ``model.safetensors`` or its index: the provider
+    upstream's ``AutoBridge`` builds from it, no args). Returns a fresh object on every call:
+    callers may change it freely.
     """
+    from ._hf_dir import hf_model_dir
+
+    hf_dir = hf_model_dir(checkpoint_path)
+    if hf_dir is not None:
+        from ._hf_load import hf_model_config
+
+        return hf_model_config(hf_dir), None
     layout = inspect_layout(checkpoint_path)
     iter_dir = layout.iteration_dir
     if layout.format is CheckpointFormat.BRIDGE:

@@ -71,16 +71,17 @@ class CheckpointFormat(str, enum.Enum):
 
     BRIDGE = "megatron_bridge"
     MEGATRON_LM = "megatron_lm"
+    HUGGING_FACE = "hugging_face"  # a model directory: config.json + safetensors (see _hf_dir)
 
 
 @dataclass(frozen=True)
 class CheckpointLayout:
     """What :func:`inspect_layout` found in an iteration directory."""
 
-    iteration_dir: Path
+    iteration_dir: Path  # the model directory itself for a Hugging Face directory
     format: CheckpointFormat
-    iteration: int | None  # None for ``release``
-    sharded_backend: str
+    iteration: int | None  # None for ``release`` (and Hugging Face directories)
+    sharded_backend: str  # "safetensors" for a Hugging Face directory
 
 
 def iteration_dir_name(iteration: int | str) -> str:
@@ -131,9 +132,14 @@ def resolve_iteration_dir(checkpoint_path: str | os.PathLike) -> Path:
                 f"{path / TRACKER_FILENAME} names {name}, which does not exist in {path}", path=iter_dir
             )
         return iter_dir
+    hf_note = (
+        "; it has a config.json, but a Hugging Face model directory also needs model.safetensors or "
+        "model.safetensors.index.json (other weight formats are not read)"
+        if (path / "config.json").exists() else ""
+    )
     raise NotACheckpointError(
         f"{path} is neither an iteration directory (no {DCP_METADATA_FILENAME} or {COMMON_FILENAME}) "
-        f"nor a save directory (no {TRACKER_FILENAME})",
+        f"nor a save directory (no {TRACKER_FILENAME}){hf_note}",
         path=path,
     )
 
@@ -162,7 +168,14 @@ def read_checkpoint_metadata(iter_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def inspect_layout(checkpoint_path: str | os.PathLike) -> CheckpointLayout:
-    """Resolve the iteration directory and check the files a torch_dist load needs."""
+    """Resolve the iteration directory and check the files a torch_dist load needs. A Hugging
+    Face model directory is its own "iteration directory" (format HUGGING_FACE)."""
+    from ._hf_dir import hf_model_dir
+
+    hf_dir = hf_model_dir(checkpoint_path)
+    if hf_dir is not None:
+        return CheckpointLayout(iteration_dir=hf_dir, format=CheckpointFormat.HUGGING_FACE, iteration=None,
+                                sharded_backend="safetensors")
     iter_dir = resolve_iteration_dir(checkpoint_path)
     for required in (DCP_METADATA_FILENAME, COMMON_FILENAME):
         if not (iter_dir / required).is_file():

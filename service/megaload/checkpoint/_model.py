@@ -32,6 +32,8 @@ from ._errors import (
     IncompatibleConfigError,
     UnsupportedCheckpointError,
 )
+from ._hf_dir import hf_model_dir
+from ._hf_load import fill_from_hf
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
@@ -356,6 +358,8 @@ def build_and_load_model(
     (gloo with ``use_cpu_init``, nccl otherwise; gloo and CPU init when CUDA is unavailable).
     Returns the list of model chunks, or with ``return_state_dict`` the full state dict
     ``{"model": {...}, "checkpoint_version": ..., ...}`` without ``_extra_state`` entries.
+    ``checkpoint_path`` may be a Hugging Face model directory: its safetensors files are read
+    one tensor at a time into the built model (``{"model": {...}}`` with ``return_state_dict``).
     """
     if model_type not in (None, "gpt", "mamba"):
         raise IncompatibleConfigError(f"model_type must be 'gpt' or 'mamba', got {model_type!r}", field="model_type")
@@ -366,6 +370,7 @@ def build_and_load_model(
     if not use_cpu_init and not torch.cuda.is_available():
         logger.warning("CUDA is not available: initializing the model on CPU with the gloo backend")
         use_cpu_init = True
+    hf_dir = hf_model_dir(checkpoint_path)
     config = copy.copy(model_cfg)
     target = torch_dtype_from_mcore_config(config)
     if config.params_dtype != target:
@@ -383,8 +388,12 @@ def build_and_load_model(
         with init:
             model = _build_for(checkpoint_path, config, model_type, megatron_args)
         rehome_on_huge_pages(model)  # every large value is about to be read from the checkpoint
-        state = load_weights(model, checkpoint_path, return_state_dict=return_state_dict)
-        source = {"iteration_dir": inspect_layout(checkpoint_path).iteration_dir, "args": megatron_args}
+        if hf_dir is not None:
+            state = fill_from_hf(model, hf_dir, config, return_state_dict=return_state_dict)
+            source = {"iteration_dir": None, "hf_dir": hf_dir, "args": None}
+        else:
+            state = load_weights(model, checkpoint_path, return_state_dict=return_state_dict)
+            source = {"iteration_dir": inspect_layout(checkpoint_path).iteration_dir, "args": megatron_args}
         for chunk in model:
             setattr(chunk, SOURCE_ATTR, source)
         if return_state_dict:

@@ -47,7 +47,7 @@ from megatron.core.dist_checkpointing.dict_utils import nested_values
 from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
 from ._errors import CorruptCheckpointError, UnsupportedCheckpointError, summarize
 from ._files import check_allowed, open_checked
-from ._layout import DCP_METADATA_FILENAME, inspect_layout, read_checkpoint_metadata
+from ._layout import DCP_METADATA_FILENAME, CheckpointFormat, inspect_layout, read_checkpoint_metadata
 from ._pickle import load_common_state_dict, load_dcp_metadata, load_torch_file, loads_weights_only
 
 __all__ = [
@@ -373,12 +373,18 @@ class TensorMetadata:
 
 
 def read_tensor_metadata(checkpoint_path: str | os.PathLike) -> dict[str, TensorMetadata]:
-    """Names, global shapes and dtypes of every tensor in the checkpoint (no weights read).
+    """Names, global shapes and dtypes of every tensor in the checkpoint (no weights read);
+    for a Hugging Face directory, those of its safetensors headers (HF names).
 
     Names are the on-disk keys (layers stacked: ``decoder.layers.<param>`` with a leading layer
     axis). Byte entries (``_extra_state``, RNG state) are left out; optimizer state is left out.
     """
     layout = inspect_layout(checkpoint_path)
+    if layout.format is CheckpointFormat.HUGGING_FACE:  # the safetensors headers, under HF names
+        from ._hf_dir import HFWeights
+
+        specs = HFWeights(layout.iteration_dir).specs
+        return {name: TensorMetadata(name=name, shape=shape, dtype=dtype) for name, (shape, dtype) in sorted(specs.items())}
     metadata = load_dcp_metadata(layout.iteration_dir)
     out: dict[str, TensorMetadata] = {}
     for key, storage in sorted(metadata.state_dict_metadata.items()):
@@ -398,7 +404,8 @@ def read_tensor_metadata(checkpoint_path: str | os.PathLike) -> dict[str, Tensor
 
 
 def estimate_model_bytes(checkpoint_path: str | os.PathLike, dtype: torch.dtype | None = None) -> int:
-    """Bytes the model's tensors take once loaded (in ``dtype`` if given, else as stored)."""
+    """Bytes the model's tensors take once loaded (in ``dtype`` if given, else as stored); for a
+    Hugging Face directory, from its safetensors headers, before any weight is read."""
     total = 0
     for meta in read_tensor_metadata(checkpoint_path).values():
         itemsize = dtype.itemsize if dtype is not None else meta.dtype.itemsize

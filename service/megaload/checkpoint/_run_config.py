@@ -248,10 +248,19 @@ def encode_value(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+# Bridge provider classes that are GPTModelProvider with other defaults and no fields of their own:
+# a save names them as read (an export of the save then knows the architecture it came from).
+SAME_FIELD_PROVIDERS = frozenset({
+    BRIDGE_GPT_PROVIDER_TARGET,
+    "megatron.bridge.models.mistral.mistral_provider.MistralModelProvider",
+})
+
+
 def run_config_for_provider(provider: GPTModelProvider, tokenizer: dict[str, Any] | None, *, save_dir: str) -> dict[str, Any]:
     """The run config Bridge writes for a model-only save: the model section in full, the
     tokenizer section, and a checkpoint section describing the save."""
-    model: dict[str, Any] = {"_target_": BRIDGE_GPT_PROVIDER_TARGET}
+    target = getattr(provider, "source_target", BRIDGE_GPT_PROVIDER_TARGET)
+    model: dict[str, Any] = {"_target_": target if target in SAME_FIELD_PROVIDERS else BRIDGE_GPT_PROVIDER_TARGET}
     for f in dataclasses.fields(provider):
         if f.name.startswith("_"):
             continue

@@ -146,6 +146,9 @@ def _check_destination(path: Path, overwrite: bool) -> None:
         raise CheckpointExistsError(f"a checkpoint already exists at {path}; pass overwrite=True to replace it", path=path)
 
 
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 def _tokenizer_section(chunks: list, iter_dir: Path, hf_tokenizer_path, hf_tokenizer_kwargs) -> dict | None:
     """Write tokenizer files under ``iter_dir/tokenizer`` and return the run-config section.
 
@@ -163,6 +166,9 @@ def _tokenizer_section(chunks: list, iter_dir: Path, hf_tokenizer_path, hf_token
         )
     else:
         source = getattr(chunks[0], SOURCE_ATTR, None) or {}
+        hf_dir = source.get("hf_dir")
+        if hf_dir is not None and any((Path(hf_dir) / f).exists() for f in _HF_TOKENIZER_FILES):
+            return _tokenizer_section(chunks, iter_dir, hf_dir, hf_tokenizer_kwargs)  # loaded from an HF directory
         if source.get("iteration_dir") is None:
             return None
         src_dir = Path(source["iteration_dir"])

@@ -119,6 +119,17 @@ def load_tokenizer(
     ``hf_tokenizer_kwargs={"trust_remote_code": True}``) lets a Hugging Face tokenizer run
     custom code from its files; a checkpoint asking for it is not enough.
     """
+    from ._hf_dir import hf_model_dir
+
+    hf_dir = hf_model_dir(checkpoint_path)
+    if hf_dir is not None:  # a Hugging Face model directory: its own tokenizer files
+        config = apply_overrides(TokenizerConfig(tokenizer_type="HuggingFaceTokenizer", tokenizer_model=str(hf_dir)),
+                                 overrides, path=hf_dir)
+        allows = trust_remote_code or (
+            "hf_tokenizer_kwargs" in overrides and config.hf_tokenizer_kwargs.get("trust_remote_code") is True
+        )
+        return build_tokenizer(config, iter_dir=None, given=frozenset(overrides) | {"tokenizer_model"},
+                               trust_remote_code=allows)
     iter_dir = resolve_iteration_dir(checkpoint_path)
     config = _effective_config(iter_dir, overrides)
     caller_allows = trust_remote_code or (

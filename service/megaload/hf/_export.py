@@ -74,7 +74,10 @@ _CHUNK = 8 << 20
 def tokenizer_files(checkpoint_path: str | os.PathLike) -> list[Path]:
     """The tokenizer files bundled with a checkpoint (regular files named in
     :data:`TOKENIZER_FILE_NAMES` inside ``<iter_dir>/tokenizer/``), sorted by name."""
-    directory = inspect_layout(checkpoint_path).iteration_dir / TOKENIZER_DIRNAME
+    layout = inspect_layout(checkpoint_path)
+    directory = layout.iteration_dir
+    if layout.format.value != "hugging_face":  # a Hugging Face directory holds its files at the top
+        directory = directory / TOKENIZER_DIRNAME
     if not directory.is_dir():
         return []
     return sorted(

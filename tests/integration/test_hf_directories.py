@@ -93,3 +93,13 @@ def test_remote_code_is_a_422_naming_the_field(client, service, hf_dirs):
     assert r.status_code == 422, r.text
     assert "auto_map" in r.json()["detail"]
     assert service.client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("name", HF_FIXTURES)
+def test_an_hf_directory_streams_back_under_hf_names_as_it_is(client, hf_dirs, name):
+    """HF directory -> service -> state_dict(names="hf") is the directory's own tensors, key for
+    key, dtype for dtype, bit for bit (issue 14's round trip through the service)."""
+    model = client.load(f"hf_dirs/{name}")
+    got = model.state_dict(names="hf")
+    _bits_equal(got, load_file(str(hf_dirs / name / "model.safetensors")))
+    model.unload()

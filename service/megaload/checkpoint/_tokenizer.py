@@ -332,6 +332,11 @@ def tokenizer_files(checkpoint_path: str | os.PathLike) -> dict[str, Path]:
     ``tokenizer.model``; a NullTokenizer none. Paths are as found (symlinks not followed): a
     caller serving them checks where they lead. Raises :class:`TokenizerError` when the
     checkpoint records no tokenizer or its files cannot be found locally."""
+    from ._hf_dir import hf_model_dir
+
+    hf_dir = hf_model_dir(checkpoint_path)
+    if hf_dir is not None:  # a Hugging Face model directory: the tokenizer files it holds
+        return {name: hf_dir / name for name in HF_TOKENIZER_FILENAMES if (hf_dir / name).is_file()}
     iter_dir = resolve_iteration_dir(checkpoint_path)
     config = _effective_config(iter_dir, {})
     ttype = config.tokenizer_type

@@ -9,7 +9,10 @@ read cost as much as the read itself on a large model, and none changes a loaded
    CPU parameter and buffer memory of its own that asks for transparent huge pages
    (``MADV_HUGEPAGE``; one fault maps 2 MiB), before the read. Measured on the 2-core bench VM
    for 1.1 GiB read from the page cache: into ``torch.empty`` 1.39 s, into huge-page mappings
-   0.67 s (machine loaded; docs/benchmarks.md).
+   0.67 s (machine loaded). But the first load in a fresh process took 1.3 to 2.4 s for 0.55 GiB
+   with huge pages against 0.6 s without (the VM's host backs fresh huge pages slowly), so the
+   loader does not apply it; it stays here, tested, for the service to use where it pays
+   (docs/benchmarks.md, "Cold loads").
 2. **Zeroing.** Tensors marked ``allow_shape_mismatch`` (the word embeddings and output layer,
    whose padded vocabulary may differ from the checkpoint's) are zeroed before the read in case
    the checkpoint covers only part of them. :func:`prepare_sharded_state_dict` clears the mark

@@ -37,7 +37,7 @@ from ._hf_load import fill_from_hf
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
-from ._inplace import prepare_sharded_state_dict, rehome_on_huge_pages
+from ._inplace import prepare_sharded_state_dict
 from ._reader import load_checkpoint, read_tensor_metadata
 
 # Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
@@ -387,7 +387,8 @@ def build_and_load_model(
         init = megatron_cpu_init_context(config) if use_cpu_init else contextlib.nullcontext()
         with init:
             model = _build_for(checkpoint_path, config, model_type, megatron_args)
-        rehome_on_huge_pages(model)  # every large value is about to be read from the checkpoint
+        # (rehome_on_huge_pages is not applied: on the bench VM a fresh process's first touch of
+        # huge pages cost 1.3-2.4 s for 0.55 GiB against 0.6 s for ordinary pages; see issue 15's note)
         if hf_dir is not None:
             state = fill_from_hf(model, hf_dir, config, return_state_dict=return_state_dict)
             source = {"iteration_dir": None, "hf_dir": hf_dir, "args": None}

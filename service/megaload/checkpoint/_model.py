@@ -387,8 +387,6 @@ def build_and_load_model(
         init = megatron_cpu_init_context(config) if use_cpu_init else contextlib.nullcontext()
         with init:
             model = _build_for(checkpoint_path, config, model_type, megatron_args)
-        # (rehome_on_huge_pages is not applied: on the bench VM a fresh process's first touch of
-        # huge pages cost 1.3-2.4 s for 0.55 GiB against 0.6 s for ordinary pages; see issue 15's note)
         if hf_dir is not None:
             state = fill_from_hf(model, hf_dir, config, return_state_dict=return_state_dict)
             source = {"iteration_dir": None, "hf_dir": hf_dir, "args": None}

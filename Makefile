@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 RUN_STAMP := $(VENV)/.installed-run
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-run test test-browser test-mcore-oldest test-upstream oracle-venv run clean
+.PHONY: install install-run lint test test-browser test-mcore-oldest test-upstream oracle-venv run clean
 
 $(RUN_STAMP): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -90,3 +90,8 @@ run: $(RUN_STAMP)
 
 clean:
 	rm -rf $(VENV) $(OLDEST_VENV) $(ORACLE_VENV) build *.egg-info service/*.egg-info client/*.egg-info
+
+# Lint (CI runs it): ruff over the tree (rules and import order in pyproject.toml), mypy over the client.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy --config-file client/pyproject.toml client/megaload_client

@@ -43,11 +43,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from megaload_client import Client
-
 from _gen_checkpoint import CHECKPOINT_NAMES, DEFAULT_DATA_DIR, checkpoint_bytes, ensure_checkpoint
-from bench_load import warm_page_cache
 from _service import PeakRss, Service, machine
+from bench_load import warm_page_cache
+
+from megaload_client import Client
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE_DIR = REPO.parent / "shared" / "oracle"

@@ -45,12 +45,18 @@ import time
 from functools import partial
 from pathlib import Path
 
-from megaload_client import Client
-
 import bench_load
-from _gen_checkpoint import DEFAULT_DATA_DIR, LLAMA_CHECKPOINT_NAME, LLAMA_MODEL, checkpoint_bytes, ensure_checkpoint
+from _gen_checkpoint import (
+    DEFAULT_DATA_DIR,
+    LLAMA_CHECKPOINT_NAME,
+    LLAMA_MODEL,
+    checkpoint_bytes,
+    ensure_checkpoint,
+)
 from _service import Service, machine, proc_status_kib
 from bench_streaming import direct_fetch, fresh_dir, median, parallel, source_state, timed, versions
+
+from megaload_client import Client
 
 MiB = 1 << 20
 VIEWS = {"mg": "megatron", "hf": "hf"}

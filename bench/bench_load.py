@@ -28,10 +28,10 @@ import textwrap
 import time
 from pathlib import Path
 
-from megaload_client import Client
-
 from _gen_checkpoint import DEFAULT_DATA_DIR, ensure_checkpoint
 from _service import Service, machine
+
+from megaload_client import Client
 
 __all__ = ["library_load", "service_cold_load", "resident_loads", "warm_page_cache", "percentile"]
 

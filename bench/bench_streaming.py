@@ -85,15 +85,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+import bench_load
 import httpx
 import psutil
 import torch
-
-from megaload_client import Client, __version__ as client_version
-
 from _gen_checkpoint import CHECKPOINT_NAME, DEFAULT_DATA_DIR, MODEL, checkpoint_bytes, ensure_checkpoint
 from _service import PeakRss, Service, machine, proc_status_kib, wait_http
-import bench_load
+
+from megaload_client import Client
+from megaload_client import __version__ as client_version
 
 MiB = 1 << 20
 RAW_DISK_CHUNK = 4 * MiB

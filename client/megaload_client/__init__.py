@@ -52,13 +52,15 @@ from ._exceptions import (
     ServiceUnavailableError,
     ShardNotFoundError,
     TokenizerError,
+    UnmappableModelError,
     UnprocessableEntityError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
-    UnmappableModelError,
 )
 from ._handles import AsyncJobHandle, AsyncModelHandle, JobHandle, ModelHandle
-from ._models import (
+from ._retry import RetryPolicy
+from ._version import __version__
+from .types import (
     CheckpointConfig,
     CheckpointTensors,
     Health,
@@ -78,8 +80,6 @@ from ._models import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from ._retry import RetryPolicy
-from ._version import __version__
 
 __all__ = [
     "__version__",

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from ._client import Client
 from ._environment import DEFAULT_URL, TOKEN_ENV, URL_ENV, resolve_url
 from ._exceptions import APIStatusError, MegaloadError
-from ._models import Job, ModelInfo
+from .types import Job, ModelInfo
 
 __all__ = ["main", "build_parser"]
 

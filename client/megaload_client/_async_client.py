@@ -32,7 +32,12 @@ from ._direct_transport import direct_transport_for, receive_shard
 from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, hub_extra_files, write_file, write_index
 from ._exceptions import IntegrityError, make_status_error
 from ._handles import AsyncJobHandle, AsyncModelHandle, load_request, merge_shards, save_request, worker_count
-from ._models import (
+from ._progress import progress_bar
+from ._resume import BufferSink, ShardTransfer
+from ._routes import Call
+from ._safetensors import SafetensorsHeader, require_torch
+from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
+from .types import (
     CheckpointConfig,
     CheckpointTensors,
     Health,
@@ -47,11 +52,6 @@ from ._models import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from ._progress import progress_bar
-from ._resume import BufferSink, ShardTransfer
-from ._routes import Call
-from ._safetensors import SafetensorsHeader, require_torch
-from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
 
 if TYPE_CHECKING:
     import torch

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ._version import __version__
 from ._direct_transport import DirectTransport
 from ._environment import resolve_token
 from ._exceptions import connection_error, make_status_error
-from ._models import StateDictIndex
 from ._resume import ShardTransfer
 from ._retry import RetryPolicy
 from ._routes import Call
+from ._version import __version__
+from .types import StateDictIndex
 
 __all__ = ["BaseClient", "DEFAULT_TIMEOUT", "DEFAULT_MAX_RETRIES", "DEFAULT_LOAD_TIMEOUT", "RESET_RETRIES_AFTER"]
 

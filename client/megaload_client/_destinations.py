@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import IntegrityError
-from ._models import ShardInfo, StateDictIndex
 from ._safetensors import (
     SafetensorsError,
     SafetensorsHeader,
@@ -32,6 +31,7 @@ from ._safetensors import (
     torch_dtype,
 )
 from ._shards import check_shard_header
+from .types import ShardInfo, StateDictIndex
 
 if TYPE_CHECKING:
     import torch

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from ._checksums import TensorVerifier
 from ._exceptions import IntegrityError
-from ._models import ShardInfo, StateDictIndex
 from ._resume import FileSink
 from ._safetensors import SafetensorsError, SafetensorsHeader, header_length, parse_header
 from ._shards import check_shard_header
+from .types import ShardInfo, StateDictIndex
 
 __all__ = [
     "INDEX_FILENAME",

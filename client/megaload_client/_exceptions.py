@@ -55,11 +55,11 @@ from typing import TYPE_CHECKING
 import httpx
 from pydantic import ValidationError
 
-from . import _problems as p
-from ._models import ProblemDetail
+from . import problems as p
+from .types import ProblemDetail
 
 if TYPE_CHECKING:
-    from ._models import Job
+    from .types import Job
 
 __all__ = [
     "MegaloadError",

@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import IntegrityError, JobCancelledError, JobFailedError, JobTimeoutError
-from ._models import (
+from ._progress import ProgressBar, progress_bar
+from .types import (
     Job,
     JobKind,
     JobResult,
@@ -24,7 +25,6 @@ from ._models import (
     SaveModelRequest,
     StateDictIndex,
 )
-from ._progress import ProgressBar, progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -160,7 +160,7 @@ class _JobBase:
 
     @classmethod
     def _resident_job(cls, info: ModelInfo) -> Job:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         result = JobResult(model=info, model_id=info.id, created=False)
         return Job(
             id="", kind=JobKind.LOAD, state=JobState.SUCCEEDED, progress=1.0, model_id=info.id,

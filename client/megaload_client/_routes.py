@@ -15,7 +15,8 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from ._models import (
+from ._retry import is_idempotent
+from .types import (
     CheckpointConfig,
     CheckpointTensors,
     Health,
@@ -33,7 +34,6 @@ from ._models import (
     TokenizeResponse,
     TokenizerInfo,
 )
-from ._retry import is_idempotent
 
 __all__ = ["Call", "state_dict_params", "shard_path", "NAMES", "HUB_NAMESPACE"]
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._checksums import TensorVerifier
 from ._exceptions import IntegrityError
-from ._models import ShardInfo, StateDictIndex
 from ._safetensors import (
     SafetensorsError,
     SafetensorsHeader,
@@ -24,6 +23,7 @@ from ._safetensors import (
     parse_header,
     tensor_from_buffer,
 )
+from .types import ShardInfo, StateDictIndex
 
 if TYPE_CHECKING:
     import torch

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from megaload_client._models import ProblemDetail
+from megaload_client.types import ProblemDetail
 
 from . import __version__
 from .api import problems

@@ -18,10 +18,10 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from megaload_client._models import Job, JobKind, JobResult, JobState, ProblemDetail
+from megaload_client.types import Job, JobKind, JobResult, JobState, ProblemDetail
 
 from .errors import EngineStoppedError, JobNotCancellableError, JobNotFoundError
 
@@ -36,7 +36,7 @@ _FINISHED = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

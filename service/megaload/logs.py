@@ -28,7 +28,7 @@ import logging
 import re
 import sys
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 __all__ = [
     "configure_logging",
@@ -109,7 +109,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
-            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),

@@ -129,7 +129,7 @@ class Directory:
     vocab_rows: int | None
 
     @classmethod
-    def build(cls, outcomes: list[RankParts], vocab_rows: int | None) -> "Directory":
+    def build(cls, outcomes: list[RankParts], vocab_rows: int | None) -> Directory:
         rules: dict[str, PartitionRule] = {}
         owners: dict[str, list[tuple[int, Owner]]] = {}
         dtypes: dict[str, torch.dtype] = {}

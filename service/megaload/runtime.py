@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+
 import anyio
 
-from megaload_client._models import (
+from megaload_client.types import (
     CheckpointConfig,
     CheckpointTensors,
     Info,
@@ -49,8 +50,8 @@ from .checkpoint import (
     CheckpointNotFoundError,
     confined_to,
     inspect_layout,
-    remove_stale_saves,
     parse_dtype,
+    remove_stale_saves,
 )
 from .devices import device_memory_bytes
 from .engine import Engine, EngineState

@@ -42,7 +42,7 @@ except (ImportError, AttributeError):
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from megaload_client import _problems as p
+from megaload_client import problems as p
 
 __all__ = ["CONNECTION_EXTENSION", "HEAD_EXTENSION", "Connection", "HTTP_PROTOCOL", "uvicorn_config"]
 

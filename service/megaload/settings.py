@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _security(self) -> "Settings":
+    def _security(self) -> Settings:
         if self.token is not None and self.token_file is not None:
             raise ValueError("give either a token or a token file, not both")
         if self.token_file is not None:

@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
+from upstream_fixtures import FIXTURES_DIR
 
 
 class References:

@@ -14,6 +14,7 @@ import types
 import pytest
 import torch
 from megatron.core.transformer import TransformerConfig
+from upstream_fixtures import FIXTURE_NAMES
 
 from megaload.checkpoint import (
     CorruptCheckpointError,
@@ -23,7 +24,6 @@ from megaload.checkpoint import (
     transformer_config_from_args,
 )
 
-from upstream_fixtures import FIXTURE_NAMES
 MISSING = "<missing>"
 # Bridge's provider class lives in megatron.bridge; ours carries the same name and fields.
 NOT_COMPARED = {"config_type_module"}

@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+from upstream_fixtures import FIXTURE_NAMES
 
 from megaload.checkpoint import (
     IncompatibleConfigError,
@@ -24,8 +25,6 @@ from megaload.checkpoint import (
     read_tensor_metadata,
     temporary_distributed_context,
 )
-
-from upstream_fixtures import FIXTURE_NAMES
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from mcore_cpu_forward import megatron_logits
+from transformers4 import needs_transformers4, transformers4_logits
 
 from megaload.checkpoint import GPTModelProvider, model_state_dict, temporary_distributed_context
 from megaload.hf import hf_view, write_hf_directory
-from mcore_cpu_forward import megatron_logits
-from transformers4 import needs_transformers4, transformers4_logits
 
 
 def _mcore_version() -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 from megaload.checkpoint import (
     CorruptCheckpointError,
@@ -41,7 +42,6 @@ from megaload.checkpoint import (
 )
 from megaload.checkpoint._run_config import provider_from_run_config, read_run_config
 from megaload.hf import export_hf
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 HF_FIXTURES = tuple(name for name in FIXTURE_NAMES if (FIXTURES_DIR / name / "hf" / "config.json").is_file())
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers4 import needs_transformers4, transformers4_logits
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 from megaload.checkpoint import (
     CheckpointExistsError,
@@ -36,8 +38,6 @@ from megaload.checkpoint import (
     model_state_dict,
 )
 from megaload.hf import export_hf, hf_view
-from transformers4 import needs_transformers4, transformers4_logits
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 HF_FIXTURES = tuple(name for name in FIXTURE_NAMES if (FIXTURES_DIR / name / "hf" / "config.json").is_file())
 MLM_IDS = torch.tensor([[1, 5, 17, 42, 99, 3, 64, 8, 110, 2, 7, 77]])  # fixtures/README.md

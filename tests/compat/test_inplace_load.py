@@ -46,8 +46,8 @@ def test_large_gated_model_round_trips_bit_for_bit(tmp_path, assert_bitwise_equa
 def test_gated_halves_are_read_into_the_parameter_itself(tmp_path):
     """The returned fc1 is the model's parameter (its two halves read in place), not a
     concatenated copy of them."""
-    from megaload.checkpoint._model import build_model, load_weights, _single_rank_config
     from megaload.checkpoint import load_model_config
+    from megaload.checkpoint._model import _single_rank_config, build_model, load_weights
 
     _saved_gated_model(tmp_path / "ckpt")
     config, _ = load_model_config(tmp_path / "ckpt")

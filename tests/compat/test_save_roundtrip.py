@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from megatron.core.transformer import TransformerConfig
+from upstream_fixtures import FIXTURE_NAMES
 
 from megaload.checkpoint import (
     CheckpointError,
@@ -38,7 +39,6 @@ from megaload.checkpoint import (
 )
 from megaload.checkpoint._pickle import load_dcp_metadata
 
-from upstream_fixtures import FIXTURE_NAMES
 SMALL = dict(
     num_layers=2,
     hidden_size=32,

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from _dockerfile import parse
 
 from megaload.settings import Settings

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from _dockerfile import context_files, parse
 
 from megaload.app import create_app

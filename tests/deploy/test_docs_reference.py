@@ -37,9 +37,9 @@ def test_committed_page_is_up_to_date(pages, name):
 def test_pages_cover_every_setting_route_and_client_method(pages):
     from pydantic import SecretStr
 
+    import megaload_client
     from megaload.app import create_app
     from megaload.settings import Settings
-    import megaload_client
 
     for field in Settings.model_fields:
         assert f"| `{field}` |" in pages["settings.md"]

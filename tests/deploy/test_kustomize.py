@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from _dockerfile import parse
 from _kustomize import PatchError, apply_json6902, render
 

@@ -21,12 +21,12 @@ import httpx
 import pytest
 import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 from megaload.app import create_app
 from megaload.server import uvicorn_config
 from megaload.settings import Settings
 
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 TOKEN = "test-token-0123456789abcdef"
 
 

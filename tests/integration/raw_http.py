@@ -101,7 +101,7 @@ class PeakRss:
         self.start = 0
         self.peak = 0
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.start = self.peak = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self._thread.start()

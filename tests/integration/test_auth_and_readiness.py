@@ -7,7 +7,7 @@ import time
 import httpx
 
 from megaload.checkpoint import initialize_distributed, shutdown_distributed
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 TOKEN = "s3cret-token-for-tests-0123456789"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 BRIDGE = "bridge_gpt_tied_rope_fp32"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 

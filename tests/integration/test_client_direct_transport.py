@@ -13,12 +13,12 @@ import asyncio
 import httpx
 import pytest
 import torch
+from test_client_transport import _assert_equal, behaviour, server, shards, url  # noqa: F401 - fixtures
 
 import megaload_client as mc
 from megaload_client._direct_transport import direct_transport_for, receive_shard
 from megaload_client._resume import BufferSink, ShardTransfer
 from megaload_client._routes import Call
-from test_client_transport import _assert_equal, behaviour, server, shards, url  # noqa: F401 - fixtures
 
 
 def _ports(behaviour, path_end: str) -> set[int]:

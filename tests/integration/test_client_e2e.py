@@ -17,11 +17,10 @@ import httpx
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import megaload_client as mc
-
 from upstream_fixtures import FIXTURE_NAMES as FIXTURES
 from upstream_fixtures import FIXTURES_DIR
+
+import megaload_client as mc
 
 
 def _reference(name: str) -> dict[str, torch.Tensor]:

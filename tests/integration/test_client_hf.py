@@ -17,10 +17,9 @@ import textwrap
 import pytest
 import torch
 from safetensors.torch import load_file
+from upstream_fixtures import FIXTURES_DIR
 
 import megaload_client as mc
-
-from upstream_fixtures import FIXTURES_DIR
 
 QWEN2 = FIXTURES_DIR / "hf_qwen2"
 BUNDLED = QWEN2 / "checkpoint" / "iter_0000000" / "tokenizer"

@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from megaload_client import _problems as problems
-
 from serve_process import start_serve
+
+from megaload_client import problems
 
 BRIDGE = "bridge_gpt_tied_rope_fp32"
 MAX_PROBLEM_BYTES = 8192  # a problem response with a bounded detail fits in this

@@ -15,10 +15,9 @@ import shutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 import megaload_client as mc
-
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 HF_FIXTURES = tuple(name for name in FIXTURE_NAMES if (FIXTURES_DIR / name / "hf" / "config.json").is_file())
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from conftest import FIXTURES_DIR, start_service
+from cutting_proxy import CuttingProxy
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -30,9 +32,6 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils._pagination import paginate
 from safetensors import safe_open
 from safetensors.torch import load, load_file
-
-from conftest import FIXTURES_DIR, start_service
-from cutting_proxy import CuttingProxy
 
 TOKEN = "hub-test-token-0123456789abcdef"
 QWEN2 = FIXTURES_DIR / "hf_qwen2"
@@ -213,7 +212,7 @@ def test_misses_answer_the_error_codes_huggingface_hub_maps(hub, ids):
         hf_hub_download("gpt2", "config.json", endpoint=endpoint(hub), token=TOKEN)
     commit = api.model_info(repo).sha
     checks = [
-        (f"/hf/api/models/megaload/nope/revision/main", "RepoNotFound", "urn:megaload:problem:repo-not-found"),
+        ("/hf/api/models/megaload/nope/revision/main", "RepoNotFound", "urn:megaload:problem:repo-not-found"),
         (f"/hf/api/models/{repo}/revision/v1.0", "RevisionNotFound", "urn:megaload:problem:revision-not-found"),
         (f"/hf/{repo}/resolve/main/nope.json", "EntryNotFound", "urn:megaload:problem:entry-not-found"),
         (f"/hf/api/models/{repo}/tree/main/additional_chat_templates", "EntryNotFound",

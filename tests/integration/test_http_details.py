@@ -20,12 +20,11 @@ from types import SimpleNamespace
 import httpx
 import pytest
 import uvicorn
+from raw_http import connect, read_response
 
 from megaload.checkpoint._dtypes import DTYPE_SPELLINGS
 from megaload.server import ProblemH11Protocol, uvicorn_config
-from megaload_client import _problems as problems
-
-from raw_http import connect, read_response
+from megaload_client import problems
 
 MiB = 1 << 20
 

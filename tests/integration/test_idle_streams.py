@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 import pytest
-
 from library_models import GENERATED_NAME, generate_gpt_checkpoint
 from raw_http import connect, readable
 

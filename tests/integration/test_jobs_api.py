@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 
 def _complete_checkpoint(path) -> bool:

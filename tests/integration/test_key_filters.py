@@ -22,7 +22,7 @@ import time
 import httpx
 import pytest
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 _PROBE = """
 import json, sys, time, httpx

@@ -17,8 +17,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from raw_http import connect, read_response
 
 FORGED = "2026-01-01 00:00:00,000 INFO    megaload.access [-] forged"

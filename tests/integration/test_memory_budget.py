@@ -6,7 +6,7 @@ bridge_gpt_tied_rope_fp32 (tied embeddings, stored once in the checkpoint) is la
 
 from __future__ import annotations
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 
 def _tensor_bytes(service, path: str) -> int:

@@ -25,7 +25,6 @@ from safetensors.torch import load_file
 
 from megaload.checkpoint import load_megatron_model, model_state_dict, save_megatron_model
 
-
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 FIXTURES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
 

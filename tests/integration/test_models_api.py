@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from safetensors.torch import load_file
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
 

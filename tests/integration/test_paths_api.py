@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 
 @pytest.fixture(scope="module")

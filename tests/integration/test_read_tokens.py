@@ -11,7 +11,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from megaload_client import _problems as problems
+from megaload_client import problems
 
 OPERATOR = "operator-token-0123456789abcdef"
 READER = "reader-token-0123456789abcdef"

@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from megaload_client import _problems as problems
-
 from raw_http import MiB, PeakRss, connect, read_response, readable, send_chunked
+
+from megaload_client import problems
 
 BODY_LIMIT = 8 * MiB
 # A bound for the server's memory while it refuses a body (not a performance figure): the

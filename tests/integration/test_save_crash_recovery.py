@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from serve_process import start_serve
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

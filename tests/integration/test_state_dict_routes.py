@@ -15,13 +15,12 @@ import httpx
 import pytest
 import torch
 import xxhash
-from safetensors.torch import load, load_file
-
-from megaload_client import _problems as problems
-from megaload_client._models import StateDictIndex
-
 from library_models import GENERATED_NAME, generate_gpt_checkpoint, library_state_dicts
+from safetensors.torch import load_file
 from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
+
+from megaload_client import problems
+from megaload_client.types import StateDictIndex
 
 FIXTURES = ("mlm_gpt", "bridge_gpt_tied_rope_fp32")
 MiB = 1 << 20

@@ -16,11 +16,10 @@ from collections.abc import Callable
 import pytest
 import torch
 import xxhash
+from library_models import GENERATED_NAME, generate_gpt_checkpoint
 from safetensors.torch import load
 
-from megaload_client import _problems as problems
-
-from library_models import GENERATED_NAME, generate_gpt_checkpoint
+from megaload_client import problems
 
 WAIT_S = 60.0  # a bound for things that must happen, not a performance figure
 

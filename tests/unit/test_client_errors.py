@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 import megaload_client as mc
-from megaload_client import _problems as p
+from megaload_client import problems as p
 from megaload_client._exceptions import connection_error, make_status_error
 
 

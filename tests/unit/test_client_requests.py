@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -13,7 +13,7 @@ import megaload_client as mc
 from megaload_client import _routes as routes
 from megaload_client._environment import DEFAULT_URL, resolve_token, resolve_url
 from megaload_client._handles import job_outcome, load_request, merge_shards, worker_count
-from megaload_client._models import Job, JobState
+from megaload_client.types import Job, JobState
 
 
 def _built(client: mc.Client, call: routes.Call) -> httpx.Request:
@@ -104,8 +104,8 @@ def test_which_calls_are_retryable():
     assert routes.info().retryable
     assert routes.unload_model("m").retryable
     assert routes.cancel_job("j").retryable
-    assert routes.tokenize(mc._models.TokenizeRequest(path="/p", text="hi")).retryable
-    save = routes.save_model("m", mc._models.SaveModelRequest(path="/out"))
+    assert routes.tokenize(mc.types.TokenizeRequest(path="/p", text="hi")).retryable
+    save = routes.save_model("m", mc.types.SaveModelRequest(path="/out"))
     assert save.method == "POST" and not save.retryable
 
 
@@ -157,7 +157,7 @@ def test_error_statuses_raise_typed_errors_and_transient_ones_wait(client):
     busy = httpx.Response(503, headers={"retry-after": "1"}, request=httpx.Request("GET", "http://x/"))
     assert client._delay_after_status(routes.info(), busy, 0) == 1.0
     assert client._delay_after_status(routes.info(), busy, client.max_retries) is None
-    save = routes.save_model("m", mc._models.SaveModelRequest(path="/o"))
+    save = routes.save_model("m", mc.types.SaveModelRequest(path="/o"))
     assert client._delay_after_status(save, busy, 0) is None
 
 
@@ -176,8 +176,8 @@ def test_job_outcome():
 def test_resident_job_handle_is_already_done(client):
     info = mc.ModelInfo(
         id="m1", checkpoint_path="/c", iteration_dir="/c/iter_1", iteration=1, format="megatron_lm", dtype="bf16",
-        parameter_count=1, size_bytes=2, pinned=False, loaded_at=datetime.now(timezone.utc),
-        last_used_at=datetime.now(timezone.utc), load_seconds=0.0,
+        parameter_count=1, size_bytes=2, pinned=False, loaded_at=datetime.now(UTC),
+        last_used_at=datetime.now(UTC), load_seconds=0.0,
     )
     handle = mc.JobHandle.resident(client, info)
     assert handle.done and handle.wait(timeout=0).result.model_id == "m1"

@@ -8,7 +8,8 @@ import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file, save as save_bytes, save_file
+from safetensors.torch import load_file, save_file
+from safetensors.torch import save as save_bytes
 
 from megaload_client._safetensors import (
     SafetensorsError,

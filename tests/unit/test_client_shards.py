@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 import xxhash
-from safetensors.torch import load_file, save as save_bytes
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from megaload_client import INDEX_FILENAME, IntegrityError, StateDictIndex
 from megaload_client._checksums import TensorVerifier, checksums_available

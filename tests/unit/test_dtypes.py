@@ -187,6 +187,6 @@ def test_torch_dtype_from_mcore_config_plain_objects():
 
 def test_the_wire_schema_lists_exactly_the_spellings_the_service_accepts():
     from megaload.checkpoint._dtypes import DTYPE_SPELLINGS
-    from megaload_client._models import DTYPE_NAMES
+    from megaload_client.types import DTYPE_NAMES
 
     assert sorted(DTYPE_NAMES) == sorted(DTYPE_SPELLINGS) and len(set(DTYPE_NAMES)) == len(DTYPE_NAMES)

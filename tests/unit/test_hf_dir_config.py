@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from upstream_fixtures import FIXTURES_DIR
 
 from megaload.checkpoint import (
     CheckpointFormat,
@@ -24,7 +25,6 @@ from megaload.checkpoint import (
     load_model_config,
 )
 from megaload.checkpoint._hf_config import provider_from_hf_config
-from upstream_fixtures import FIXTURES_DIR
 
 ORIGINAL = json.loads((FIXTURES_DIR / "hf_llama3" / "hf" / "config.json").read_text())
 MOE = json.loads((FIXTURES_DIR / "hf_qwen3_moe" / "hf" / "config.json").read_text())

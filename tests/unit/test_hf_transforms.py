@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megaload.hf import COPY, GLU, QKV, VOCAB, Dims, HFTensor, TRANSFORMS
+from megaload.hf import COPY, GLU, QKV, TRANSFORMS, VOCAB, Dims, HFTensor
 
 
 def _labelled_rows(rows: int, cols: int | None) -> torch.Tensor:

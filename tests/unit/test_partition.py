@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from megaload.checkpoint import IncompatibleConfigError, PartitionRule, assemble_full, tp_slice, tp_slice_shape
+from megaload.checkpoint import (
+    IncompatibleConfigError,
+    PartitionRule,
+    assemble_full,
+    tp_slice,
+    tp_slice_shape,
+)
 
 
 def test_glu_parts_hold_a_slice_of_each_half_and_assemble_back():

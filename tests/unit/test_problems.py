@@ -9,7 +9,7 @@ import megaload.checkpoint as library
 import megaload.errors as service_errors
 import megaload.streaming as streaming
 from megaload.api.problems import PROBLEM_TYPES, exception_response, problem_for
-from megaload_client import _problems as p
+from megaload_client import problems as p
 
 
 def _error_classes(module):

@@ -63,7 +63,7 @@ def test_fill_checksums_returns_a_new_plan_and_the_index_lists_them():
     assert body["checksum_algorithm"] == CHECKSUM_ALGORITHM == "xxh3_64"
     assert body["checksums"] == filled.checksums
     assert [sh.header for sh in filled.shards] == [sh.header for sh in plan.shards]
-    models = pytest.importorskip("megaload_client._models")
+    models = pytest.importorskip("megaload_client.types")
     assert models.StateDictIndex.model_validate(body).checksums == filled.checksums
 
 

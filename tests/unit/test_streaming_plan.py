@@ -311,7 +311,7 @@ def test_index_dict_is_json_and_hf_shaped():
 
 
 def test_index_dict_parses_as_the_client_wire_model():
-    models = pytest.importorskip("megaload_client._models")
+    models = pytest.importorskip("megaload_client.types")
     plan = plan_shards(small_state(), ShardOptions(max_shard_bytes=1 * MiB))
     index = models.StateDictIndex.model_validate(plan.to_dict())
     assert index.total_size == plan.total_size

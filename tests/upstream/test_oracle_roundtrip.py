@@ -17,9 +17,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 from megaload.checkpoint import load_megatron_model, save_megatron_model
-from upstream_fixtures import FIXTURE_NAMES, FIXTURES_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 ORACLE_DIR = REPO.parent / "shared" / "oracle"

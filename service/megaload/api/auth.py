@@ -54,7 +54,7 @@ class Authenticator:
         self._readers = tuple(t.encode("utf-8") for t in read_tokens)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "Authenticator":
+    def from_settings(cls, settings: Any) -> Authenticator:
         return cls(settings.token_value, settings.read_token_values)
 
     @property

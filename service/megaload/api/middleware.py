@@ -26,7 +26,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from megaload_client import _problems as p
+from megaload_client import problems as p
 
 from ..logs import request_id_var
 from ..server import HEAD_EXTENSION

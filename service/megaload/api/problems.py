@@ -1,7 +1,7 @@
 """The one mapping from errors to RFC 9457 problem responses (``application/problem+json``).
 
 :data:`PROBLEM_TYPES` pairs every error class the core raises with a stable problem type from
-:mod:`megaload_client._problems`; the most specific class in an exception's MRO wins. The
+:mod:`megaload_client.problems`; the most specific class in an exception's MRO wins. The
 status and title come with the type. Everything unknown is a 500 ``internal`` problem whose
 detail says nothing about the server's insides (the traceback goes to the log).
 
@@ -25,8 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from megaload_client import _problems as p
-from megaload_client._models import ProblemDetail, ValidationErrorItem
+from megaload_client import problems as p
+from megaload_client.types import ProblemDetail, ValidationErrorItem
 
 from ..checkpoint import (
     CheckpointError,
@@ -62,7 +62,6 @@ from ..errors import (
     UnauthorizedError,
 )
 from ..logs import current_request_id
-from .methods import allowed_methods
 from ..streaming import (
     InvalidKeyPatternError,
     InvalidShardOptionsError,
@@ -71,6 +70,7 @@ from ..streaming import (
     ShardNotFoundError,
     StreamingError,
 )
+from .methods import allowed_methods
 
 __all__ = [
     "PROBLEM_TYPES",

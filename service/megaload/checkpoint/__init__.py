@@ -39,6 +39,15 @@ from ._files import allowed_roots, confined_to
 from ._hf_dir import hf_model_dir
 from ._hf_load import hf_model_config, import_hf
 from ._layout import CheckpointFormat, CheckpointLayout, inspect_layout, resolve_iteration_dir
+from ._model import (
+    MP_OVERRIDE_FIELDS,
+    build_and_load_model,
+    build_model,
+    load_megatron_model,
+    load_weights,
+    model_config,
+    model_state_dict,
+)
 from ._partition import (
     PartitionRule,
     assemble_full,
@@ -49,23 +58,14 @@ from ._partition import (
     tp_slice,
     tp_slice_shape,
 )
-from ._model import (
-    MP_OVERRIDE_FIELDS,
-    build_and_load_model,
-    build_model,
-    load_megatron_model,
-    load_weights,
-    model_config,
-    model_state_dict,
-)
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
 from ._staging import remove_stale_saves
 from ._tokenizer import (
+    HF_TOKENIZER_FILENAMES,
     SUPPORTED_TOKENIZER_TYPES,
     build_tokenizer,
-    HF_TOKENIZER_FILENAMES,
     bundle_tokenizer_files,
     load_tokenizer,
     read_tokenizer_config,

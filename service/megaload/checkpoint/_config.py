@@ -16,7 +16,12 @@ from typing import Any
 import torch.nn.functional as F
 from megatron.core.transformer import TransformerConfig
 
-from ._errors import CorruptCheckpointError, IncompatibleConfigError, NotACheckpointError, UnsupportedCheckpointError
+from ._errors import (
+    CorruptCheckpointError,
+    IncompatibleConfigError,
+    NotACheckpointError,
+    UnsupportedCheckpointError,
+)
 from ._layout import RUN_CONFIG_FILENAME, CheckpointFormat, inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider

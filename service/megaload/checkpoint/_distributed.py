@@ -84,8 +84,7 @@ def initialize_model_parallel(
     seed: int = 0,
 ) -> None:
     """Set up megatron-core's model-parallel state (and CUDA RNG tracker when on GPU)."""
-    from megatron.core import parallel_state
-    from megatron.core import tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel
 
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=tensor_model_parallel_size,

@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 
 from ._dtypes import parse_dtype
-from ._errors import CorruptCheckpointError, IncompatibleConfigError, InvalidDtypeError, UnmappableModelError, summarize
+from ._errors import (
+    CorruptCheckpointError,
+    IncompatibleConfigError,
+    InvalidDtypeError,
+    UnmappableModelError,
+    summarize,
+)
 from ._provider import GPTModelProvider
 
 __all__ = ["provider_from_hf_config", "HF_ARCHITECTURES", "PROVIDER_TARGETS"]

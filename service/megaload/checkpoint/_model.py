@@ -18,7 +18,8 @@ import contextlib
 import copy
 import logging
 import os
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -34,10 +35,10 @@ from ._errors import (
 )
 from ._hf_dir import hf_model_dir
 from ._hf_load import fill_from_hf
+from ._inplace import prepare_sharded_state_dict
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
-from ._inplace import prepare_sharded_state_dict
 from ._reader import load_checkpoint, read_tensor_metadata
 
 # Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
@@ -205,8 +206,7 @@ def _build_mlm_mamba(config: Any, args: argparse.Namespace, pre_process: bool, p
 
 def build_model(config: Any, *, model_type: ModelType | None = None, megatron_args: argparse.Namespace | None = None) -> list:
     """Instantiate the model chunks for this rank (no weights loaded)."""
-    from megatron.core import parallel_state
-    from megatron.core import tensor_parallel
+    from megatron.core import parallel_state, tensor_parallel
 
     vp = config.virtual_pipeline_model_parallel_size if parallel_state.get_pipeline_model_parallel_world_size() > 1 else None
     stages = list(range(vp)) if vp else [None]

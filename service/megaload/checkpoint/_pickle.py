@@ -17,7 +17,6 @@ any object of the file's choosing is built.
 
 from __future__ import annotations
 
-import argparse
 import enum
 import importlib
 import io

@@ -33,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed._shard._utils import narrow_tensor_by_index
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
-from torch.distributed.checkpoint.planner import LoadItemType
-from torch.futures import Future
-
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.mapping import ShardedObject, ShardedTensor
 from megatron.core.dist_checkpointing.strategies import torch as _mcore_torch
 from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
-from megatron.core.dist_checkpointing.dict_utils import nested_values
+from torch.distributed._shard._utils import narrow_tensor_by_index
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.planner import LoadItemType
+from torch.futures import Future
 
 from ._distcp import CHUNK_BYTES, FileWindow, open_tensor_record, read_bytes
 from ._errors import CorruptCheckpointError, UnsupportedCheckpointError, summarize

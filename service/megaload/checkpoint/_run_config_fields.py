@@ -24,9 +24,10 @@ The rules, by kind (see :data:`FIELD_RULES`):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import IncompatibleConfigError, summarize
 

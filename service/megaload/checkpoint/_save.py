@@ -25,11 +25,17 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+
 import torch
 import torch.distributed as dist
 import yaml
 
-from ._errors import CheckpointExistsError, CheckpointError, IncompatibleConfigError, TokenizerError, UnsupportedCheckpointError
+from ._errors import (
+    CheckpointError,
+    CheckpointExistsError,
+    IncompatibleConfigError,
+    UnsupportedCheckpointError,
+)
 from ._layout import RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, TRACKER_FILENAME, iteration_dir_name
 from ._model import SOURCE_ATTR, model_config
 from ._provider import GPT_PROVIDER_FIELDS, GPTModelProvider

@@ -26,9 +26,10 @@ import copy
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ._errors import CorruptCheckpointError, IncompatibleConfigError, TokenizerError, summarize
 from ._layout import COMMON_FILENAME, RUN_CONFIG_FILENAME

@@ -23,8 +23,9 @@ Two behaviours, chosen by the checkpoint's ``legacy_tokenizer`` field:
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ._errors import CheckpointError, IncompatibleConfigError, TokenizerError
 from ._files import TOKENIZER_CONFIG_LIMIT, read_json

@@ -19,8 +19,8 @@ Two behaviours, chosen by the checkpoint's ``legacy_tokenizer`` field:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ._errors import CorruptCheckpointError, TokenizerError
 from ._files import TOKENIZER_VOCAB_LIMIT, read_limited

@@ -19,8 +19,9 @@ ones that exist. Each ``x`` also answers as ``x_id`` (NeMo spelling).
 from __future__ import annotations
 
 import operator
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from ._errors import CorruptCheckpointError, TokenizerError, summarize
 from ._files import TOKENIZER_VOCAB_LIMIT, read_json, read_limited

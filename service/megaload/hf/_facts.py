@@ -21,7 +21,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import GPTModelProvider, IncompatibleConfigError, UnmappableModelError, torch_dtype_from_mcore_config
+from ..checkpoint import (
+    GPTModelProvider,
+    IncompatibleConfigError,
+    UnmappableModelError,
+    torch_dtype_from_mcore_config,
+)
 
 __all__ = ["ModelFacts", "model_facts", "LLAMA3_ROPE_DEFAULTS"]
 

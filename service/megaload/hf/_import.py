@@ -57,7 +57,7 @@ def _spec(value: Any) -> tuple[tuple[int, ...], torch.dtype]:
     return _spec_of(value)
 
 
-def mcore_plan(view: "HFView", hf_specs: Mapping[str, Any], *, padded_vocab_size: int | None = None) -> dict[str, MegatronTensor]:
+def mcore_plan(view: HFView, hf_specs: Mapping[str, Any], *, padded_vocab_size: int | None = None) -> dict[str, MegatronTensor]:
     """Megatron name -> :class:`MegatronTensor` for a Hugging Face state dict described by
     ``hf_specs`` (name -> tensor, ``(shape, dtype)`` or TensorSpec). ``padded_vocab_size`` is
     the embedding's row count in the Megatron model (default: the true vocabulary).
@@ -128,7 +128,7 @@ def mcore_plan(view: "HFView", hf_specs: Mapping[str, Any], *, padded_vocab_size
     return plan
 
 
-def import_tensors(view: "HFView", hf_tensors: Mapping[str, torch.Tensor], *,
+def import_tensors(view: HFView, hf_tensors: Mapping[str, torch.Tensor], *,
                    padded_vocab_size: int | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(Megatron name, tensor), each merged when reached."""
     plan = mcore_plan(view, hf_tensors, padded_vocab_size=padded_vocab_size)

@@ -149,7 +149,7 @@ class ShardPlan:
             return None
         return {name: e.checksum for name, e in self.tensors.items()}  # type: ignore[misc]
 
-    def with_checksums(self, checksums: Mapping[str, str]) -> "ShardPlan":
+    def with_checksums(self, checksums: Mapping[str, str]) -> ShardPlan:
         """A copy of the plan with ``checksums`` (name -> hex) recorded on its entries."""
         missing = [n for n in self.tensors if n not in checksums]
         if missing:

@@ -7,8 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from megaload_client import _problems as p
-from megaload_client._models import (
+from megaload_client import problems as p
+from megaload_client.types import (
     MAX_PATH_CHARS,
     PATH_PATTERN,
     CheckpointConfig,

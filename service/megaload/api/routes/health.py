@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from megaload_client import _problems as p
-from megaload_client._models import Health, Readiness
+from megaload_client import problems as p
+from megaload_client.types import Health, Readiness
 
 from ...errors import NotReadyError
+from ...metrics import CONTENT_TYPE_LATEST
 from ..deps import RuntimeDep
 from ..problems import error_responses
-from ...metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["service"])
 

@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from megaload_client import _problems as p
+from megaload_client import problems as p
 
 from ...errors import BadRequestError, RepoNotFoundError
 from ...runtime import Runtime

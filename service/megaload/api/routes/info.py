@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from megaload_client import _problems as p
-from megaload_client._models import Info
+from megaload_client import problems as p
+from megaload_client.types import Info
 
 from ..deps import RuntimeDep
 from ..problems import error_responses

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from megaload_client import _problems as p
-from megaload_client._models import Job, JobList
+from megaload_client import problems as p
+from megaload_client.types import Job, JobList
 
 from ..deps import RuntimeDep
 from ..problems import error_responses

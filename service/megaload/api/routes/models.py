@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response
 from fastapi.responses import JSONResponse
 
-from megaload_client import _problems as p
-from megaload_client._models import Job, LoadModelRequest, ModelInfo, ModelList, SaveModelRequest
+from megaload_client import problems as p
+from megaload_client.types import Job, LoadModelRequest, ModelInfo, ModelList, SaveModelRequest
 
 from ..deps import RuntimeDep
 from ..problems import error_responses

@@ -33,10 +33,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import StringConstraints
 
-from megaload_client import _problems as p
-from megaload_client._models import DtypeName, StateDictIndex
+from megaload_client import problems as p
+from megaload_client.types import DtypeName, StateDictIndex
 
 from ...checkpoint import parse_dtype
+from ...errors import BadRequestError
 from ...registry import ModelEntry
 from ...runtime import Runtime
 from ...streaming import (
@@ -53,7 +54,6 @@ from ...streaming import (
 from ..deps import RuntimeDep
 from ..file_answers import file_answer
 from ..problems import error_responses
-from ...errors import BadRequestError
 from ..shard_plans import Reshard, ShardPlans, shard_identity, tensor_view
 from ..streaming_body import LeasedStreamingResponse
 

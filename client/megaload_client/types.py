@@ -118,7 +118,7 @@ class ValidationErrorItem(_Response):
 class ProblemDetail(BaseModel):
     """An RFC 9457 problem: every error the service answers has this body.
 
-    ``type`` is one of the URIs in :mod:`megaload_client._problems`. Extension members name
+    ``type`` is one of the URIs in :mod:`megaload_client.problems`. Extension members name
     what was wrong where it applies (``path``, ``field``, ``limit``, memory figures).
     """
 

@@ -4,6 +4,7 @@ round-trips bit for bit against the weights it was saved from."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from megaload.checkpoint import (
@@ -34,7 +35,10 @@ def _saved_gated_model(path):
     return weights
 
 
-def test_large_gated_model_round_trips_bit_for_bit(tmp_path, assert_bitwise_equal):
+@pytest.mark.parametrize("huge_pages", ["on", "off"])
+def test_large_gated_model_round_trips_bit_for_bit(tmp_path, assert_bitwise_equal, monkeypatch, huge_pages):
+    """With and without huge pages advised for the parameters before the read (MEGALOAD_HUGE_PAGES)."""
+    monkeypatch.setenv("MEGALOAD_HUGE_PAGES", huge_pages)
     weights = _saved_gated_model(tmp_path / "ckpt")
     assert weights["model.decoder.layers.0.mlp.linear_fc1.weight"].nbytes >= 2 << 20
     state = load_megatron_model(tmp_path / "ckpt", return_state_dict=True, use_cpu_init=True)

@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._hf_dir import hf_model_dir
 from ._hf_load import fill_from_hf
+from ._huge_pages import advise_huge_pages, huge_pages_enabled
 from ._inplace import prepare_sharded_state_dict
 from ._layout import inspect_layout
 from ._pickle import load_common_state_dict
@@ -279,6 +280,8 @@ def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_stat
     else:
         sharded = {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(model)}
     prepare_sharded_state_dict(sharded, {name: meta.shape for name, meta in read_tensor_metadata(iter_dir).items()})
+    if huge_pages_enabled():
+        advise_huge_pages(p for chunk in model for p in chunk.parameters())
     try:
         state = load_checkpoint(sharded, str(iter_dir), strict="assume_ok_unexpected")
     except CheckpointError:

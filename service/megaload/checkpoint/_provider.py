@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
+# GPTModel and its layer specs come with the library, not with the first load (about 0.1 s of
+# imports, torch.compile decorators among them, that a load would otherwise pay once)
+from megatron.core.models.gpt import GPTModel, gpt_layer_specs
 from megatron.core.transformer import TransformerConfig
 
 from ._errors import IncompatibleConfigError, UnsupportedCheckpointError, summarize
@@ -42,12 +45,7 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel_size: 
 
 
 def _transformer_engine_available() -> bool:
-    try:
-        from megatron.core.models.gpt import gpt_layer_specs
-
-        return bool(getattr(gpt_layer_specs, "HAVE_TE", False))
-    except ImportError:  # pragma: no cover - megatron-core always has this module
-        return False
+    return bool(getattr(gpt_layer_specs, "HAVE_TE", False))
 
 
 def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: str | None = None):
@@ -56,10 +54,8 @@ def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: 
     Transformer Engine specs are used when TE is installed; otherwise the local spec, which reads
     and writes the same checkpoint keys.
     """
-    from megatron.core.models.gpt.gpt_layer_specs import (
-        get_gpt_layer_local_spec,
-        get_gpt_layer_with_transformer_engine_spec,
-    )
+    get_gpt_layer_local_spec = gpt_layer_specs.get_gpt_layer_local_spec
+    get_gpt_layer_with_transformer_engine_spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec
 
     if spec_name not in LAYER_SPECS:
         raise UnsupportedCheckpointError(f"unknown transformer layer spec {summarize(spec_name)}; known: {', '.join(LAYER_SPECS)}")
@@ -137,7 +133,6 @@ class GPTModelProvider(TransformerConfig):
     def provide(self, pre_process: bool | None = None, post_process: bool | None = None, vp_stage: int | None = None):
         """Build the megatron-core ``GPTModel`` for this rank's pipeline stage."""
         from megatron.core import parallel_state
-        from megatron.core.models.gpt import GPTModel
 
         if getattr(self, "mtp_num_layers", None):
             raise UnsupportedCheckpointError("multi-token-prediction (mtp_num_layers) models are not supported yet")

@@ -70,6 +70,10 @@ ERROR_TYPES = {
 _REQUEST_MODELS = {"LoadModelRequest", "SaveModelRequest", "TokenizeRequest", "ModelParallelOverrides"}
 # What the service's messages call its request fields, as this command line spells them.
 _HINTS = ((re.compile(r"\bpass overwrite=true\b", re.I), "pass --overwrite"),)
+# A request model's refusals in this command line's words (others keep the model's message).
+_REASONS = {
+    "extra_forbidden": "unknown setting",
+}
 _EXIT_USAGE, _EXIT_INTERRUPTED, _EXIT_BROKEN_PIPE = 2, 130, 141
 
 
@@ -201,19 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     path_help = "checkpoint: a save directory or iteration directory, relative to the first checkpoint root or " \
         "absolute inside one"
     config = command("config", "a checkpoint's model config, read without loading it")
-    config.add_argument("path", type=_path_arg, help=path_help)
+    config.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
     listing = command("tensors", "a checkpoint's tensor names, shapes and dtypes, from its metadata (no weights read)")
-    listing.add_argument("path", type=_path_arg, help=path_help)
+    listing.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
     tokenizer = command("tokenizer", "a checkpoint's tokenizer: type, vocabulary size, special tokens")
-    tokenizer.add_argument("path", type=_path_arg, help=path_help)
+    tokenizer.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
     tokenize = command("tokenize", "tokenize text with a checkpoint's tokenizer")
-    tokenize.add_argument("path", type=_path_arg, help=path_help)
-    tokenize.add_argument("text", help="text to tokenize ('-' reads standard input)")
+    tokenize.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
+    tokenize.add_argument("text", metavar="TEXT", help="text to tokenize ('-' reads standard input)")
     tokenize.add_argument("--no-detokenize", action="store_true", help="do not decode the ids back")
 
     load = command("load", "load a checkpoint (or find it resident); shows the load's phase and elapsed time",
                    progress)
-    load.add_argument("path", type=_path_arg, help=path_help)
+    load.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
     load.add_argument("--model-type", choices=["gpt", "mamba"], help="needed for Megatron-LM checkpoints")
     load.add_argument("--dtype", help="cast parameters after loading (bf16, fp16, fp32, ...)")
     load.add_argument("--pin", action="store_true", help="never evict this model to make room")
@@ -251,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     save = command("save", "save a resident model as a Megatron checkpoint", progress)
     save.add_argument("model_id", metavar="MODEL_ID", type=_id_arg, help=model_help)
-    save.add_argument("path", type=_path_arg,
+    save.add_argument("path", metavar="PATH", type=_path_arg,
                       help="destination save directory, relative to the first save root or absolute inside one")
     save.add_argument("--overwrite", action="store_true", help="replace a checkpoint already there")
     save.add_argument("--hf-tokenizer-path", metavar="DIR", help="tokenizer directory to bundle")
@@ -565,12 +569,13 @@ def _error(error: BaseException) -> tuple[int, dict[str, Any]]:
         return 1, doc("internal", str(error), title="error")
     if isinstance(error, ValidationError):
         reasons = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in error.errors(include_url=False)
+            f"{'.'.join(map(str, e['loc'])) or 'value'}: {_REASONS.get(e['type'], e['msg'])}"
+            for e in error.errors(include_url=False)
         )
         if error.title in _REQUEST_MODELS:
             return _EXIT_USAGE, doc("invalid-argument", reasons, title="invalid argument")
-        return 1, doc("bad-response", f"the service's answer is not a valid {error.title}",
-                      title="the service's answer could not be read")
+        return 1, doc("bad-response", f"it is not a valid {error.title} (is --url a megaload service, of a "
+                      "compatible version?)", title="the service's answer could not be read")
     if isinstance(error, ValueError):  # arguments the SDK refuses before sending
         return _EXIT_USAGE, doc("invalid-argument", str(error), title="invalid argument")
     if isinstance(error, OSError):  # e.g. the download directory cannot be written
@@ -589,8 +594,8 @@ def _error_text(body: dict[str, Any]) -> str:
         text = f"error: {body['status']} {body['title']}"
     elif body["type"] in ("invalid-argument",):
         text = "invalid argument"
-    elif body["type"] in ERROR_TYPES and body["type"] != "internal":
-        text = "error"
+    elif body["type"] in ("connection", "timeout", "integrity", "os-error", "job-cancelled", "job-timeout"):
+        text = "error"  # the detail says it all
     else:
         text = f"error: {body['title']}"
     if body.get("job"):

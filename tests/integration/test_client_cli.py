@@ -361,7 +361,12 @@ def test_progress_is_on_on_a_terminal_and_off_on_pipes(service, model_id, tmp_pa
     assert forced.returncode == 0 and "100%|" in forced.stderr, forced.stderr
 
 
-def test_the_parser_documents_the_error_shape():
-    text = build_parser().format_help()
-    assert '{"error"' in " ".join(text.split()) and "141" in text
-    assert Path(mc.__file__).parent.joinpath("sizes.py").is_file()
+def test_help_and_the_client_readme_document_the_error_shape_and_types():
+    from megaload_client.__main__ import ERROR_TYPES
+
+    text = " ".join(build_parser().format_help().split())
+    assert '{"error": {"type", "status", "title", "detail"}}' in text and "141" in text
+    readme = " ".join((Path(__file__).resolve().parents[2] / "client" / "README.md").read_text().split())
+    assert '{"error": {"type": ..., "status": ..., "title": ..., "detail": ...}}' in readme
+    for kind in ERROR_TYPES:
+        assert f"`{kind}`" in readme, kind

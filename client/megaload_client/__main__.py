@@ -246,8 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "partial ones resumed)")
     download.add_argument(
         "--hf", dest="names", action="store_const", const="hf", default="megatron",
-        help="the Hugging Face model (--names hf, plus config.json and tokenizer files): a directory "
-        "from_pretrained reads",
+        help="short for --names hf: the Hugging Face model, with its config.json and tokenizer files, a "
+        "directory from_pretrained reads",
     )
     download.add_argument("--workers", type=_positive_int, default=4, metavar="N",
                           help="shards fetched in parallel (default 4)")

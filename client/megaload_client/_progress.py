@@ -1,10 +1,17 @@
-"""Optional progress bars: tqdm when the caller asks for one and tqdm is installed."""
+"""Optional progress bars: tqdm when the caller asks for one and tqdm is installed.
+
+Byte bars count in binary units (``4.2 MiB/4.2 MiB [00:01, 3.9 MiB/s]``, as
+:func:`~megaload_client.sizes.format_size` prints sizes); percent bars (jobs) show the
+percentage, the elapsed time and the job's phase, and no rate.
+"""
 
 from __future__ import annotations
 
 import threading
 import warnings
 from typing import Any
+
+from .sizes import format_size
 
 __all__ = ["ProgressBar", "progress_bar"]
 
@@ -30,7 +37,7 @@ class ProgressBar:
             return
         with self._lock:
             if description is not None:
-                self._bar.set_description_str(description, refresh=False)
+                self._bar.set_postfix_str(description, refresh=False)
             self._bar.update(value - self._bar.n)
 
     def close(self) -> None:
@@ -60,7 +67,28 @@ def progress_bar(enabled: bool, *, total: float | None, desc: str, unit: str = "
             stacklevel=3,
         )
         return ProgressBar()
-    scale = unit == "B"
-    return ProgressBar(
-        tqdm(total=total, desc=desc, unit=unit, unit_scale=scale, unit_divisor=1024 if scale else 1000)
-    )
+    if unit == "B":
+        return ProgressBar(_byte_bar_class(tqdm)(total=total, desc=desc, unit="B", bar_format=_BYTE_FORMAT))
+    if unit == "%":
+        return ProgressBar(tqdm(total=total, desc=desc, unit="%", bar_format=_PERCENT_FORMAT))
+    return ProgressBar(tqdm(total=total, desc=desc, unit=unit))
+
+
+_BYTE_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}{postfix}]"
+_PERCENT_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| [{elapsed}{postfix}]"
+
+
+def _byte_bar_class(tqdm: type) -> type:
+    """``tqdm`` whose bar formats bytes as :func:`format_size` does (binary units)."""
+
+    class ByteBar(tqdm):
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            d: dict[str, Any] = super().format_dict
+            rate = d.get("rate") or (d["n"] / d["elapsed"] if d.get("elapsed") else None)
+            d["n_iec"] = format_size(d["n"])
+            d["total_iec"] = format_size(d["total"]) if d.get("total") is not None else "?"
+            d["rate_iec"] = f"{format_size(rate)}/s" if rate else "?/s"
+            return d
+
+    return ByteBar

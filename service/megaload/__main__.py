@@ -31,7 +31,11 @@ Flags take precedence. Under torchrun, WORLD_SIZE/RANK/LOCAL_RANK are read; rank
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="megaload", description="Megatron checkpoint loading service.")
+    parser.add_argument("--version", action="version", version=f"megaload {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser(
         "serve",
@@ -57,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="directory checkpoints may be saved to; repeatable (default: none, saves refused)",
     )
-    a("--memory-budget", help="bytes resident models may use: '64GiB', '500MB', '80%%' or bytes "
+    a("--memory-budget", metavar="SIZE", help="bytes resident models may use: a size ('64GiB', '500MB', '1.5 TiB', "
+      "a byte count; KB/MB/GB x1000, KiB/MiB/GiB x1024) or a share of memory ('80%%') "
       "(default: 50%% of RAM, or of the container's memory limit, on CPU; 80%% of GPU memory on CUDA)")
     a("--backend", choices=["auto", "gloo", "nccl"], help="torch.distributed backend (default auto: nccl on CUDA, else gloo)")
     a("--device", choices=["auto", "cpu", "cuda"], help="where models live (default auto: cuda if available)")
@@ -103,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
       "sliding window -> MistralForCausalLM, else LlamaForCausalLM)")
     e("--overwrite", action="store_true", help="replace OUT_DIR when it already holds a Hugging Face model")
     e("--max-shard-size", default="5GB", metavar="SIZE",
-      help="largest safetensors shard, e.g. 5GB, 500MiB or bytes (default 5GB, as save_pretrained)")
+      help="largest safetensors shard: a byte count or a number with a unit, B, KB, MB, GB, TB (x1000) or "
+      "KiB, MiB, GiB, TiB (x1024), e.g. 5GB or 500MiB (default 5GB, as save_pretrained)")
     imp = sub.add_parser(
         "import-hf",
         help="convert a Hugging Face model directory to a Megatron Bridge checkpoint (offline, CPU)",
@@ -129,21 +135,25 @@ def _import_hf(args: argparse.Namespace) -> int:
 
     try:
         out = import_hf(args.hf_dir, args.out, overwrite=args.overwrite)
-    except CheckpointError as e:
-        print(f"megaload import-hf: {type(e).__name__}: {e}", file=sys.stderr)
+    except (CheckpointError, OSError) as e:  # OSError: OUT or its parent cannot be written
+        print(f"megaload import-hf: {type(e).__name__}: {_cli_hint(str(e))}", file=sys.stderr)
         return 1
     print(out)
     return 0
 
 
 def _parse_size(value: str) -> int:
-    from .settings import _BUDGET_RE, _UNITS
+    from megaload_client.sizes import parse_size
 
-    m = _BUDGET_RE.match(value)
-    unit = m.group(2).lower() if m else None
-    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
-        raise SystemExit(f"megaload export-hf: --max-shard-size {value!r} is not a size such as 5GB, 500MiB or bytes")
-    return int(float(m.group(1)) * _UNITS[unit])
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise SystemExit(f"megaload export-hf: --max-shard-size: {e}") from None
+
+
+def _cli_hint(message: str) -> str:
+    """An error of the library as this command line says it: the flag, not the keyword."""
+    return message.replace("pass overwrite=True", "pass --overwrite")
 
 
 def _export_hf(args: argparse.Namespace) -> int:
@@ -157,8 +167,8 @@ def _export_hf(args: argparse.Namespace) -> int:
     try:
         out = export_hf(args.checkpoint, args.out_dir, architecture=args.architecture, overwrite=args.overwrite,
                         max_shard_bytes=max_shard_bytes)
-    except CheckpointError as e:
-        print(f"megaload export-hf: {type(e).__name__}: {e}", file=sys.stderr)
+    except (CheckpointError, OSError) as e:  # OSError: OUT_DIR or its parent cannot be written
+        print(f"megaload export-hf: {type(e).__name__}: {_cli_hint(str(e))}", file=sys.stderr)
         return 1
     print(out)
     return 0

@@ -232,10 +232,10 @@ def next_steps(url: str, checkpoint: str | None, *, token: bool = False) -> str:
         "  1. curl: load the checkpoint\n"
         f"     curl -s{auth} -X POST {url}/v1/models -H 'Content-Type: application/json' "
         f"-d '{{\"checkpoint_path\": \"{ckpt}\"}}'\n"
-        "  2. the client CLI: load it, then download its state dict as safetensors\n"
+        "  2. the client CLI: load it, then download its state dict as safetensors (into a new temporary directory)\n"
         f"     .venv/bin/megaload-client --url {url} load {ckpt}\n"
         f"     .venv/bin/megaload-client --url {url} ls\n"
-        f"     .venv/bin/megaload-client --url {url} download MODEL_ID out/\n"
+        f'     .venv/bin/megaload-client --url {url} download MODEL_ID "$(mktemp -d)"\n'
         "  3. Python: stream the state dict into tensors\n"
         f'     .venv/bin/python -c "{python}"\n'
     )

@@ -21,6 +21,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from megaload_client.sizes import parse_size
+
 __all__ = ["Settings", "MemoryBudget", "parse_memory_budget", "is_loopback_host", "MIN_TOKEN_CHARS"]
 
 MIN_TOKEN_CHARS = 16
@@ -28,23 +30,7 @@ MAX_READ_TOKENS = 64
 _MAX_TOKEN_FILE_BYTES = 4096
 _MAX_READ_TOKEN_FILE_BYTES = 64 * 1024
 _TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what fits in an Authorization header
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_BUDGET_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*|%)\s*$")
+_PERCENT_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
 class MemoryBudget:
@@ -81,20 +67,16 @@ def parse_memory_budget(value: str | int | float | MemoryBudget) -> MemoryBudget
         if value <= 0:
             raise ValueError(f"memory budget must be positive, got {value}")
         return MemoryBudget(bytes=int(value))
-    m = _BUDGET_RE.match(str(value))
-    if not m:
-        raise ValueError(f"memory budget {value!r} is not a size such as '64GiB', '500MB', '80%' or a byte count")
-    number, unit = float(m.group(1)), m.group(2).lower()
-    if unit == "%":
+    m = _PERCENT_RE.match(str(value))
+    if m:
+        number = float(m.group(1))
         if not 0 < number <= 100:
             raise ValueError(f"memory budget percentage must be in (0, 100], got {m.group(1)}%")
         return MemoryBudget(fraction=number / 100)
-    if unit not in _UNITS:
-        raise ValueError(f"memory budget {value!r}: unknown unit {m.group(2)!r} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB or %)")
-    size = int(number * _UNITS[unit])
-    if size <= 0:
-        raise ValueError(f"memory budget must be positive, got {value!r}")
-    return MemoryBudget(bytes=size)
+    try:
+        return MemoryBudget(bytes=parse_size(str(value)))  # the one size syntax of every command line
+    except ValueError as e:
+        raise ValueError(f"memory budget: {e}, or a percentage such as '80%'") from None
 
 
 def is_loopback_host(host: str) -> bool:

@@ -100,3 +100,35 @@ def test_serve_json_logs_and_sigterm(ckpt_root):
     assert any(r["logger"] == "megaload.access" and r.get("status") == 201 for r in access), access
     assert any("distributed context torn down" in r["message"] for r in records)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_version():
+    import megaload
+
+    r = _megaload("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"megaload {megaload.__version__}"
+
+
+def test_tensor_parallel_help_says_it_is_derived():
+    r = _megaload("serve", "--help")
+    help_text = " ".join(r.stdout.split())
+    assert "--tensor-parallel T tensor-parallel size of loaded models (default: world size / P" in help_text
+
+
+@pytest.mark.parametrize("budget", ["1GiB", "1.5 GiB", "2000MB", "1073741824"])
+def test_memory_budget_takes_the_shared_size_syntax(budget, tmp_path):
+    from megaload_client.sizes import parse_size
+
+    r = _megaload("serve", "--memory-budget", budget, "--port", "70000")  # refused for the port, not the budget
+    assert r.returncode != 0 and "port" in r.stderr and "memory_budget" not in r.stderr, r.stderr
+    assert parse_size(budget) > 0
+
+
+def test_export_hf_names_the_overwrite_flag(ckpt_root, tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "model.safetensors").write_bytes(b"")
+    r = _megaload("export-hf", str(ckpt_root / "hf_qwen2"), str(out), "--max-shard-size", "1MiB")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--overwrite" in r.stderr and "overwrite=True" not in r.stderr, r.stderr

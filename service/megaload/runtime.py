@@ -58,6 +58,7 @@ from .engine import Engine, EngineState
 from .errors import BadRequestError
 from .hf_models import HFModels
 from .jobs import JobHandle, JobManager, JobRecord
+from .load_options import effective_load_options
 from .metrics import Metrics
 from .paths import PathPolicy
 from .registry import LoadSpec, ModelEntry, Registry
@@ -195,13 +196,20 @@ class Runtime:
         layout = await self.resolve_checkpoint(req.checkpoint_path, field="checkpoint_path")
         dtype = None if req.dtype is None else str(parse_dtype(req.dtype)).removeprefix("torch.")
         overrides = req.mp_overrides.model_dump(exclude_none=True) if req.mp_overrides is not None else {}
+        fingerprint = await anyio.to_thread.run_sync(_fingerprint, layout.iteration_dir)
+        model_type, dtype, overrides = await anyio.to_thread.run_sync(functools.partial(
+            effective_load_options, layout.iteration_dir, fingerprint, req.model_type, dtype, overrides,
+            tensor_model_parallel_size=self.engine.tensor_model_parallel_size,
+            pipeline_model_parallel_size=self.engine.pipeline_model_parallel_size,
+            checkpoint_roots=self.paths.checkpoint_roots,
+        ))  # the id follows the options the load applies: spelt-out defaults change nothing
         return LoadSpec(
             checkpoint_path=req.checkpoint_path,
             iteration_dir=str(layout.iteration_dir),
             iteration=layout.iteration,
             format=layout.format.value,
-            fingerprint=await anyio.to_thread.run_sync(_fingerprint, layout.iteration_dir),
-            model_type=req.model_type,
+            fingerprint=fingerprint,
+            model_type=model_type,
             dtype=dtype,
             mp_overrides=tuple(sorted(overrides.items())),
         )

@@ -16,6 +16,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   ├── CheckpointNotFoundError          (also FileNotFoundError)
     │   │   ├── ModelNotFoundError
     │   │   ├── ShardNotFoundError
+    │   │   ├── KeysNotFoundError                a ``keys`` filter matching no tensor (``problem.key_prefixes``)
     │   │   ├── JobNotFoundError
     │   │   ├── RepoNotFoundError                Hub endpoint: no repository megaload/<id>
     │   │   ├── RevisionNotFoundError            Hub endpoint: not main nor the current commit
@@ -73,6 +74,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ModelNotFoundError",
     "ShardNotFoundError",
+    "KeysNotFoundError",
     "JobNotFoundError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
@@ -154,6 +156,7 @@ class NotFoundError(APIStatusError, LookupError): ...
 class CheckpointNotFoundError(NotFoundError, FileNotFoundError): ...
 class ModelNotFoundError(NotFoundError): ...
 class ShardNotFoundError(NotFoundError): ...
+class KeysNotFoundError(NotFoundError): ...
 class JobNotFoundError(NotFoundError): ...
 class RepoNotFoundError(NotFoundError): ...
 class RevisionNotFoundError(NotFoundError): ...
@@ -212,6 +215,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.CHECKPOINT_NOT_FOUND: CheckpointNotFoundError,
     p.MODEL_NOT_FOUND: ModelNotFoundError,
     p.SHARD_NOT_FOUND: ShardNotFoundError,
+    p.KEYS_NOT_FOUND: KeysNotFoundError,
     p.JOB_NOT_FOUND: JobNotFoundError,
     p.REPO_NOT_FOUND: RepoNotFoundError,
     p.REVISION_NOT_FOUND: RevisionNotFoundError,

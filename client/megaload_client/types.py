@@ -136,6 +136,9 @@ class ProblemDetail(BaseModel):
     bytes_needed: int | None = Field(default=None, description="507: bytes the model needs")
     bytes_available: int | None = Field(default=None, description="507: bytes the budget can free")
     scope: str | None = Field(default=None, description="403 insufficient-scope: the scope the request needs")
+    key_prefixes: list[str] | None = Field(
+        default=None, description="404 keys-not-found: the distinct first two dotted components of the model's keys"
+    )
     errors: list[ValidationErrorItem] | None = Field(default=None, description="422 validation: each failure")
 
 

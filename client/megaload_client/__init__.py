@@ -1,4 +1,4 @@
-"""Client SDK for the megaload service. Installs with httpx and pydantic only.
+"""Client SDK for the megaload service. Installs with httpx, pydantic and xxhash only.
 
     from megaload_client import Client
 
@@ -23,6 +23,7 @@ from ._exceptions import (
     BadRequestError,
     CheckpointExistsError,
     CheckpointNotFoundError,
+    ChecksumUnavailableError,
     ConflictError,
     CorruptCheckpointError,
     EntryNotFoundError,
@@ -155,6 +156,7 @@ __all__ = [
     "ServiceUnavailableError",
     "InsufficientMemoryError",
     "IntegrityError",
+    "ChecksumUnavailableError",
     "JobError",
     "JobFailedError",
     "JobCancelledError",

@@ -210,7 +210,7 @@ def _run(args: argparse.Namespace, client: Client, out: _Out) -> int:
             names="hf" if args.hf else "megatron", max_workers=args.workers, verify=not args.no_verify,
             progress=args.progress,
         )
-        verified = "sizes and checksums" if result.checksums_verified else "sizes only (install xxhash for checksums)"
+        verified = "sizes and checksums" if result.checksums_verified else "sizes only (no checksums this client can verify)"
         text = (
             f"{len(result.shard_files)} shard(s), {_size(result.total_bytes)} in {result.directory}\n"
             f"verified: {verified}; reused {len(result.reused)}, resumed {len(result.resumed)}\n"

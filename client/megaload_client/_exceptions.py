@@ -42,6 +42,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │       ├── ServiceUnavailableError     503  not ready yet
     │       └── InsufficientMemoryError     507  the model cannot fit the memory budget
     ├── IntegrityError              (also ValueError) received bytes contradict the index
+    ├── ChecksumUnavailableError    (also ImportError) verify=True but xxhash does not import here
     └── JobError                    a job did not succeed; ``.job`` holds its last state
         ├── JobFailedError
         ├── JobCancelledError
@@ -100,6 +101,7 @@ __all__ = [
     "ServiceUnavailableError",
     "InsufficientMemoryError",
     "IntegrityError",
+    "ChecksumUnavailableError",
     "JobError",
     "JobFailedError",
     "JobCancelledError",
@@ -185,6 +187,11 @@ class InsufficientMemoryError(ServerError): ...
 
 class IntegrityError(MegaloadError, ValueError):
     """Bytes received from the service do not match its index (size, checksum or format)."""
+
+
+class ChecksumUnavailableError(MegaloadError, ImportError):
+    """Checksums are to be verified but xxhash, the client's dependency that computes them,
+    does not import in this interpreter (reinstall the client, or pass ``verify=False``)."""
 
 
 class JobError(MegaloadError):

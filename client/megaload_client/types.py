@@ -205,10 +205,16 @@ class CheckpointConfig(_Response):
 
 
 class TensorInfo(_Response):
-    name: str
+    name: str = Field(description="the name stored in the checkpoint (see CheckpointTensors.naming)")
     shape: list[int]
     dtype: str = Field(description="torch dtype name without 'torch.', e.g. 'float32'")
     size_bytes: int
+    stream_key: str | None = Field(
+        default=None,
+        description="the keys this tensor streams as once loaded (GET /v1/models/{id}/state_dict): a template "
+        "whose '{layer}' and '{expert}' index the leading dimensions of a stacked tensor, e.g. "
+        "'model.decoder.layers.{layer}.pre_mlp_layernorm.weight'; null where they do not follow from the name",
+    )
 
 
 class CheckpointTensors(_Response):
@@ -216,6 +222,9 @@ class CheckpointTensors(_Response):
 
     path: str
     iteration_dir: str
+    naming: str = Field(
+        default="", description="how the stored names and shapes relate to the keys a loaded model streams"
+    )
     tensors: list[TensorInfo]
     tensor_count: int
     total_bytes: int

@@ -52,6 +52,7 @@ from .checkpoint import (
     inspect_layout,
     parse_dtype,
     remove_stale_saves,
+    with_stream_keys,
 )
 from .devices import device_memory_bytes
 from .engine import Engine, EngineState
@@ -148,6 +149,11 @@ class Runtime:
             )
         return layout
 
+    def _with_stream_keys(self, iteration_dir: Path, listed: list) -> tuple[str, list]:
+        """:func:`with_stream_keys` (worker thread), confined to the checkpoint roots."""
+        with confined_to(self.paths.checkpoint_roots):
+            return with_stream_keys(iteration_dir, listed)
+
     def _inspect_layout(self, path: Path) -> CheckpointLayout:
         """:func:`inspect_layout` (worker thread), its reads (tracker, metadata.json) confined
         to the checkpoint roots."""
@@ -169,10 +175,13 @@ class Runtime:
 
     async def checkpoint_tensors(self, raw: str) -> CheckpointTensors:
         layout = await self.resolve_checkpoint(raw)
-        tensors = [TensorInfo(**t) for t in await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))]
+        listed = await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))
+        naming, listed = await anyio.to_thread.run_sync(self._with_stream_keys, layout.iteration_dir, listed)
+        tensors = [TensorInfo(**t) for t in listed]
         return CheckpointTensors(
             path=raw,
             iteration_dir=str(layout.iteration_dir),
+            naming=naming,
             tensors=tensors,
             tensor_count=len(tensors),
             total_bytes=sum(t.size_bytes for t in tensors),

@@ -63,6 +63,7 @@ from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
 from ._staging import remove_stale_saves
+from ._stream_names import stream_key, with_stream_keys
 from ._tokenizer import (
     HF_TOKENIZER_FILENAMES,
     SUPPORTED_TOKENIZER_TYPES,
@@ -102,6 +103,8 @@ __all__ = [
     "transformer_config_from_args",
     "build_model",
     "effective_model_type",
+    "stream_key",
+    "with_stream_keys",
     "load_weights",
     "model_state_dict",
     "PartitionRule",

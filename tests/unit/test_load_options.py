@@ -24,6 +24,8 @@ def test_provider_checkpoints_ignore_model_type():
     assert _effective("bridge_gpt_tied_rope_fp32", "gpt", "float32") == (None, None, {})
     assert _effective("hf_llama3", "gpt", "bfloat16") == (None, None, {})  # saved bf16
     assert _effective("hf_llama3", None, "float32") == (None, "float32", {})
+    hf_dir = FIXTURES_DIR / "hf_qwen3" / "hf"  # a Hugging Face directory: config.json's dtype
+    assert _effective("", "gpt", "bfloat16", path=hf_dir) == (None, None, {})
 
 
 def test_overrides_equal_to_the_layout_are_dropped_others_kept_for_the_engine_to_refuse():

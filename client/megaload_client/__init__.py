@@ -1,4 +1,4 @@
-"""Client SDK for the megaload service. Installs with httpx and pydantic only.
+"""Client SDK for the megaload service. Installs with httpx, pydantic and xxhash only.
 
     from megaload_client import Client
 
@@ -23,6 +23,7 @@ from ._exceptions import (
     BadRequestError,
     CheckpointExistsError,
     CheckpointNotFoundError,
+    ChecksumUnavailableError,
     ConflictError,
     CorruptCheckpointError,
     EntryNotFoundError,
@@ -37,6 +38,7 @@ from ._exceptions import (
     JobNotCancellableError,
     JobNotFoundError,
     JobTimeoutError,
+    KeysNotFoundError,
     MegaloadError,
     MethodNotAllowedError,
     ModelNotFoundError,
@@ -128,6 +130,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ModelNotFoundError",
     "ShardNotFoundError",
+    "KeysNotFoundError",
     "JobNotFoundError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
@@ -153,6 +156,7 @@ __all__ = [
     "ServiceUnavailableError",
     "InsufficientMemoryError",
     "IntegrityError",
+    "ChecksumUnavailableError",
     "JobError",
     "JobFailedError",
     "JobCancelledError",

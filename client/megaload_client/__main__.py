@@ -476,7 +476,7 @@ def _run(args: argparse.Namespace, client: Client, out: _Out) -> int:
             args.model_id, args.directory, max_workers=args.workers, verify=not args.no_verify,
             progress=_progress_wanted(args), **options,
         )
-        verified = "sizes and checksums" if result.checksums_verified else "sizes only (install xxhash for checksums)"
+        verified = "sizes and checksums" if result.checksums_verified else "sizes only (no checksums this client can verify)"
         text = (
             f"{len(result.shard_files)} shard(s), {format_size(result.total_bytes)} in {result.directory}\n"
             f"verified: {verified}; reused {len(result.reused)}, resumed {len(result.resumed)}\n"

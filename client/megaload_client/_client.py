@@ -334,8 +334,8 @@ class Client(BaseClient):
 
         Shards are fetched in parallel, each read straight into one buffer of its exact size;
         every tensor is a view of its shard's buffer (``torch.frombuffer``), so no byte is
-        copied after it arrives. ``verify`` checks each tensor's xxh3_64 checksum (when
-        xxhash is installed) as its bytes arrive.
+        copied after it arrives. ``verify`` checks each tensor's xxh3_64 checksum as its
+        bytes arrive.
 
         ``out`` (name -> contiguous CPU tensor) makes it fill tensors you already have and
         return ``out`` itself: each tensor's bytes are read straight into its memory. Every

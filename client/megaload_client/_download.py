@@ -5,8 +5,8 @@ service's index plus ``model.safetensors.index.json`` (``metadata.total_size`` a
 ``weight_map``). While a shard is in flight it lives in ``<file>.<tag>.incomplete`` where
 ``tag`` is derived from the shard's ETag, so bytes of a different version of the shard are
 never resumed onto; stale ``.incomplete`` files of the same shard are removed. A shard is
-renamed to its final name only once its size and header (and, when xxhash is importable,
-every tensor's checksum) match the index. The clients check header and checksums while the
+renamed to its final name only once its size and header (and, with ``verify``, every
+tensor's checksum) match the index. The clients check header and checksums while the
 bytes are written (a :class:`~._shards.ShardChecker` fed by the transfer, after replaying
 what a resumed ``.incomplete`` file already held), so :meth:`ShardFiles.commit` then only
 checks the size on disk; files found finished from an earlier run are read and verified in
@@ -53,8 +53,9 @@ INDEX_FILENAME = "model.safetensors.index.json"
 class DownloadResult:
     """What :meth:`Client.download` did.
 
-    ``checksums_verified`` is False when tensors were checked by size only: xxhash is not
-    installed, ``verify=False`` was passed, or the service listed no checksums.
+    ``checksums_verified`` is False when tensors were checked by size only: ``verify=False``
+    was passed, the service listed no checksums, or it listed them in an algorithm this
+    client does not know (warned about).
     """
 
     directory: Path

@@ -16,6 +16,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │   │   ├── CheckpointNotFoundError          (also FileNotFoundError)
     │   │   ├── ModelNotFoundError
     │   │   ├── ShardNotFoundError
+    │   │   ├── KeysNotFoundError                a ``keys`` filter matching no tensor (``problem.key_prefixes``)
     │   │   ├── JobNotFoundError
     │   │   ├── RepoNotFoundError                Hub endpoint: no repository megaload/<id>
     │   │   ├── RevisionNotFoundError            Hub endpoint: not main nor the current commit
@@ -41,6 +42,7 @@ built-in that fits, so ``except LookupError`` or ``except FileExistsError`` work
     │       ├── ServiceUnavailableError     503  not ready yet
     │       └── InsufficientMemoryError     507  the model cannot fit the memory budget
     ├── IntegrityError              (also ValueError) received bytes contradict the index
+    ├── ChecksumUnavailableError    (also ImportError) verify=True but xxhash does not import here
     └── JobError                    a job did not succeed; ``.job`` holds its last state
         ├── JobFailedError
         ├── JobCancelledError
@@ -73,6 +75,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ModelNotFoundError",
     "ShardNotFoundError",
+    "KeysNotFoundError",
     "JobNotFoundError",
     "RepoNotFoundError",
     "RevisionNotFoundError",
@@ -98,6 +101,7 @@ __all__ = [
     "ServiceUnavailableError",
     "InsufficientMemoryError",
     "IntegrityError",
+    "ChecksumUnavailableError",
     "JobError",
     "JobFailedError",
     "JobCancelledError",
@@ -154,6 +158,7 @@ class NotFoundError(APIStatusError, LookupError): ...
 class CheckpointNotFoundError(NotFoundError, FileNotFoundError): ...
 class ModelNotFoundError(NotFoundError): ...
 class ShardNotFoundError(NotFoundError): ...
+class KeysNotFoundError(NotFoundError): ...
 class JobNotFoundError(NotFoundError): ...
 class RepoNotFoundError(NotFoundError): ...
 class RevisionNotFoundError(NotFoundError): ...
@@ -184,6 +189,11 @@ class IntegrityError(MegaloadError, ValueError):
     """Bytes received from the service do not match its index (size, checksum or format)."""
 
 
+class ChecksumUnavailableError(MegaloadError, ImportError):
+    """Checksums are to be verified but xxhash, the client's dependency that computes them,
+    does not import in this interpreter (reinstall the client, or pass ``verify=False``)."""
+
+
 class JobError(MegaloadError):
     """A job ended (or was waited for) without succeeding; ``job`` is its last known state."""
 
@@ -212,6 +222,7 @@ _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.CHECKPOINT_NOT_FOUND: CheckpointNotFoundError,
     p.MODEL_NOT_FOUND: ModelNotFoundError,
     p.SHARD_NOT_FOUND: ShardNotFoundError,
+    p.KEYS_NOT_FOUND: KeysNotFoundError,
     p.JOB_NOT_FOUND: JobNotFoundError,
     p.REPO_NOT_FOUND: RepoNotFoundError,
     p.REVISION_NOT_FOUND: RevisionNotFoundError,

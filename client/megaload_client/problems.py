@@ -21,6 +21,7 @@ __all__ = [
     "CHECKPOINT_NOT_FOUND",
     "MODEL_NOT_FOUND",
     "SHARD_NOT_FOUND",
+    "KEYS_NOT_FOUND",
     "JOB_NOT_FOUND",
     "REPO_NOT_FOUND",
     "REVISION_NOT_FOUND",
@@ -59,6 +60,7 @@ NOT_FOUND = PROBLEM_TYPE_PREFIX + "not-found"  # no such route
 CHECKPOINT_NOT_FOUND = PROBLEM_TYPE_PREFIX + "checkpoint-not-found"
 MODEL_NOT_FOUND = PROBLEM_TYPE_PREFIX + "model-not-found"
 SHARD_NOT_FOUND = PROBLEM_TYPE_PREFIX + "shard-not-found"
+KEYS_NOT_FOUND = PROBLEM_TYPE_PREFIX + "keys-not-found"  # a ``keys`` filter matching no tensor; ``key_prefixes``
 JOB_NOT_FOUND = PROBLEM_TYPE_PREFIX + "job-not-found"
 # 404 on the Hugging Face Hub endpoint (with the X-Error-Code huggingface_hub maps)
 REPO_NOT_FOUND = PROBLEM_TYPE_PREFIX + "repo-not-found"  # X-Error-Code: RepoNotFound
@@ -97,6 +99,7 @@ PROBLEM_STATUS: dict[str, int] = {
     CHECKPOINT_NOT_FOUND: 404,
     MODEL_NOT_FOUND: 404,
     SHARD_NOT_FOUND: 404,
+    KEYS_NOT_FOUND: 404,
     JOB_NOT_FOUND: 404,
     REPO_NOT_FOUND: 404,
     REVISION_NOT_FOUND: 404,
@@ -129,6 +132,7 @@ PROBLEM_TITLES: dict[str, str] = {
     CHECKPOINT_NOT_FOUND: "Checkpoint not found",
     MODEL_NOT_FOUND: "Model not found",
     SHARD_NOT_FOUND: "Shard not found",
+    KEYS_NOT_FOUND: "No key matches the keys filter",
     JOB_NOT_FOUND: "Job not found",
     REPO_NOT_FOUND: "Repository not found",
     REVISION_NOT_FOUND: "Revision not found",

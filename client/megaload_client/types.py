@@ -136,6 +136,9 @@ class ProblemDetail(BaseModel):
     bytes_needed: int | None = Field(default=None, description="507: bytes the model needs")
     bytes_available: int | None = Field(default=None, description="507: bytes the budget can free")
     scope: str | None = Field(default=None, description="403 insufficient-scope: the scope the request needs")
+    key_prefixes: list[str] | None = Field(
+        default=None, description="404 keys-not-found: the distinct first two dotted components of the model's keys"
+    )
     errors: list[ValidationErrorItem] | None = Field(default=None, description="422 validation: each failure")
 
 
@@ -202,10 +205,16 @@ class CheckpointConfig(_Response):
 
 
 class TensorInfo(_Response):
-    name: str
+    name: str = Field(description="the name stored in the checkpoint (see CheckpointTensors.naming)")
     shape: list[int]
     dtype: str = Field(description="torch dtype name without 'torch.', e.g. 'float32'")
     size_bytes: int
+    stream_key: str | None = Field(
+        default=None,
+        description="the keys this tensor streams as once loaded (GET /v1/models/{id}/state_dict): a template "
+        "whose '{layer}' and '{expert}' index the leading dimensions of a stacked tensor, e.g. "
+        "'model.decoder.layers.{layer}.pre_mlp_layernorm.weight'; null where they do not follow from the name",
+    )
 
 
 class CheckpointTensors(_Response):
@@ -213,6 +222,9 @@ class CheckpointTensors(_Response):
 
     path: str
     iteration_dir: str
+    naming: str = Field(
+        default="", description="how the stored names and shapes relate to the keys a loaded model streams"
+    )
     tensors: list[TensorInfo]
     tensor_count: int
     total_bytes: int

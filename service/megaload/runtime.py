@@ -52,12 +52,14 @@ from .checkpoint import (
     inspect_layout,
     parse_dtype,
     remove_stale_saves,
+    with_stream_keys,
 )
 from .devices import device_memory_bytes
 from .engine import Engine, EngineState
 from .errors import BadRequestError
 from .hf_models import HFModels
 from .jobs import JobHandle, JobManager, JobRecord
+from .load_options import effective_load_options
 from .metrics import Metrics
 from .paths import PathPolicy
 from .registry import LoadSpec, ModelEntry, Registry
@@ -147,6 +149,11 @@ class Runtime:
             )
         return layout
 
+    def _with_stream_keys(self, iteration_dir: Path, listed: list) -> tuple[str, list]:
+        """:func:`with_stream_keys` (worker thread), confined to the checkpoint roots."""
+        with confined_to(self.paths.checkpoint_roots):
+            return with_stream_keys(iteration_dir, listed)
+
     def _inspect_layout(self, path: Path) -> CheckpointLayout:
         """:func:`inspect_layout` (worker thread), its reads (tracker, metadata.json) confined
         to the checkpoint roots."""
@@ -168,10 +175,13 @@ class Runtime:
 
     async def checkpoint_tensors(self, raw: str) -> CheckpointTensors:
         layout = await self.resolve_checkpoint(raw)
-        tensors = [TensorInfo(**t) for t in await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))]
+        listed = await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))
+        naming, listed = await anyio.to_thread.run_sync(self._with_stream_keys, layout.iteration_dir, listed)
+        tensors = [TensorInfo(**t) for t in listed]
         return CheckpointTensors(
             path=raw,
             iteration_dir=str(layout.iteration_dir),
+            naming=naming,
             tensors=tensors,
             tensor_count=len(tensors),
             total_bytes=sum(t.size_bytes for t in tensors),
@@ -195,13 +205,20 @@ class Runtime:
         layout = await self.resolve_checkpoint(req.checkpoint_path, field="checkpoint_path")
         dtype = None if req.dtype is None else str(parse_dtype(req.dtype)).removeprefix("torch.")
         overrides = req.mp_overrides.model_dump(exclude_none=True) if req.mp_overrides is not None else {}
+        fingerprint = await anyio.to_thread.run_sync(_fingerprint, layout.iteration_dir)
+        model_type, dtype, overrides = await anyio.to_thread.run_sync(functools.partial(
+            effective_load_options, layout.iteration_dir, fingerprint, req.model_type, dtype, overrides,
+            tensor_model_parallel_size=self.engine.tensor_model_parallel_size,
+            pipeline_model_parallel_size=self.engine.pipeline_model_parallel_size,
+            checkpoint_roots=self.paths.checkpoint_roots,
+        ))  # the id follows the options the load applies: spelt-out defaults change nothing
         return LoadSpec(
             checkpoint_path=req.checkpoint_path,
             iteration_dir=str(layout.iteration_dir),
             iteration=layout.iteration,
             format=layout.format.value,
-            fingerprint=await anyio.to_thread.run_sync(_fingerprint, layout.iteration_dir),
-            model_type=req.model_type,
+            fingerprint=fingerprint,
+            model_type=model_type,
             dtype=dtype,
             mp_overrides=tuple(sorted(overrides.items())),
         )

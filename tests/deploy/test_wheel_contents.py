@@ -31,3 +31,19 @@ def test_wheel_ships_the_status_page_and_the_docs_assets_dependency(tmp_path):
     assert page == (REPO / "service/megaload/api/static/status.html").read_text(encoding="utf-8")
     assert "megaload/api/routes/pages.py" in names
     assert any(line.startswith("Requires-Dist: fastapi-offline") for line in metadata.splitlines()), metadata
+
+
+def test_the_client_wheel_requires_xxhash_so_verification_is_on_by_default(tmp_path):
+    """`pip install megaload-client` alone verifies checksums: xxhash is a plain requirement,
+    not behind an extra (it was optional, and a client-only install checked sizes only)."""
+    src = tmp_path / "client"
+    shutil.copytree(REPO / "client", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "w"), str(src)],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    (wheel,) = (tmp_path / "w").glob("megaload_client-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode("utf-8")
+    requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
+    assert [r for r in requires if r.startswith("xxhash") and "extra ==" not in r], requires

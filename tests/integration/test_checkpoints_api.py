@@ -3,8 +3,14 @@ fixtures' upstream references."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import shutil
 from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+from upstream_fixtures import FIXTURE_NAMES
 
 from megaload_client import problems
 
@@ -61,6 +67,43 @@ def test_tensors_match_the_checkpoint_metadata(service):
     # the same bytes a float32 load takes
     model = service.load("mlm_gpt").json()
     assert model["size_bytes"] == body["total_bytes"]
+
+
+def _expand(template: str, shape: list[int]) -> dict[str, list[int]]:
+    """The keys a stream_key template stands for, with the shape of each."""
+    fields = [f for f in ("layer", "expert") if "{" + f + "}" in template]
+    out = {}
+    for index in itertools.product(*(range(n) for n in shape[: len(fields)])):
+        out[template.format(**dict(zip(fields, index)))] = shape[len(fields):]
+    return out
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_stream_keys_say_what_each_stored_tensor_streams_as(service, name):
+    """Stored names are stacked sharded keys; each tensor's stream_key, expanded over its
+    leading dimensions, gives exactly the keys and shapes the loaded model streams."""
+    body = service.client.get("/v1/checkpoints/tensors", params={"path": name}).json()
+    assert "stacked" in body["naming"] and "stream_key" in body["naming"]
+    expected: dict[str, list[int]] = {}
+    for tensor in body["tensors"]:
+        assert tensor["stream_key"] is not None, tensor
+        for key, shape in _expand(tensor["stream_key"], tensor["shape"]).items():
+            assert key not in expected, key
+            expected[key] = shape
+    model_id = service.load(name).json()["id"]
+    streamed = service.client.get(f"/v1/models/{model_id}/state_dict").json()
+    assert sorted(expected) == sorted(streamed["weight_map"])
+    with safe_open(str(FIXTURES_DIR / name / "reference_state_dict.safetensors"), "pt") as f:
+        assert {k: list(f.get_slice(k).get_shape()) for k in f.keys()} == expected
+    service.client.delete(f"/v1/models/{model_id}")
+
+
+def test_a_hugging_face_directory_lists_hf_names_without_stream_keys(service):
+    shutil.copytree(FIXTURES_DIR / "hf_llama3" / "hf", service.ckpt_root / "hf_llama3_dir", dirs_exist_ok=True)
+    body = service.client.get("/v1/checkpoints/tensors", params={"path": "hf_llama3_dir"}).json()
+    assert "Hugging Face names" in body["naming"] and "names=hf" in body["naming"]
+    assert any(t["name"].startswith("model.layers.0.") for t in body["tensors"])
+    assert all(t["stream_key"] is None for t in body["tensors"])
 
 
 def test_tokenizer_and_tokenize(service):

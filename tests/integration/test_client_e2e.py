@@ -184,6 +184,36 @@ def test_dtype_cast_and_key_filter(client):
     assert layer0 and set(layer0) == {k for k in reference if k.startswith("model.decoder.layers.0.")}
 
 
+def test_a_key_filter_matching_nothing_is_a_typed_error_naming_the_prefixes(client, service, tmp_path):
+    model = client.load("mlm_gpt")
+    calls = [
+        lambda: model.state_dict(keys="nomatch"),
+        lambda: model.index(keys="nomatch"),
+        lambda: dict(model.iter_tensors(keys="nomatch")),
+        lambda: model.download(tmp_path / "none", keys="nomatch"),
+        lambda: model.state_dict(keys=["decoder.layers.0."]),  # the model's keys start with "model."
+    ]
+    for call in calls:
+        with pytest.raises(mc.KeysNotFoundError) as info:
+            call()
+        error = info.value
+        assert isinstance(error, LookupError) and error.status_code == 404
+        assert error.problem.field == "keys"
+        assert error.problem.key_prefixes == ["model.embedding", "model.decoder", "model.output_layer"]
+        assert "model.embedding, model.decoder, model.output_layer" in error.detail
+        assert "'nomatch'" in error.detail or "'decoder.layers.0.'" in error.detail
+    with pytest.raises(mc.KeysNotFoundError) as hf:
+        model.state_dict(keys="model.decoder.", names="hf")  # HF names: model.layers...
+    assert "model.layers" in hf.value.problem.key_prefixes and "model.decoder" not in hf.value.problem.key_prefixes
+
+    async def fetch():
+        async with mc.AsyncClient(service.base_url) as aclient:
+            return await aclient.state_dict(model.id, keys="nomatch")
+
+    with pytest.raises(mc.KeysNotFoundError, match="'nomatch'"):
+        asyncio.run(fetch())
+
+
 def test_download_loads_with_safetensors_and_resumes(client, service, tmp_path):
     model = client.load("bridge_gpt_tied_rope_fp32")
     reference = _reference("bridge_gpt_tied_rope_fp32")

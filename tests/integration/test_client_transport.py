@@ -537,17 +537,45 @@ def test_progress_bars_when_asked(url, shards, behaviour, tmp_path, capfd):
     assert "state_dict m1" in err and "download m1" in err and "save j1" in err
 
 
-def test_without_xxhash_downloads_check_sizes_only_and_say_so(url, shards, behaviour, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "xxhash", None)  # as on a machine without xxhash
-    assert not mc.checksums_available()
+def test_the_default_verification_computes_checksums(url, shards, behaviour, tmp_path):
+    """A flipped byte keeps every size and header: only a computed checksum notices it."""
     with mc.Client(url) as client:
-        result = client.download("m1", tmp_path / "out")
+        assert client.download("m1", tmp_path / "ok").checksums_verified
+        behaviour.corrupt = 1
+        for call in (lambda: client.state_dict("m1"), lambda: dict(client.iter_tensors("m1")),
+                     lambda: client.download("m1", tmp_path / "bad")):
+            with pytest.raises(mc.IntegrityError, match="xxh3_64 [0-9a-f]+ does not match the index"):
+                call()
+
+
+def test_without_xxhash_a_verified_call_refuses_instead_of_checking_sizes_only(url, shards, behaviour, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "xxhash", None)  # as in an interpreter where xxhash does not import
+    assert not mc.checksums_available()
+    behaviour.corrupt = 1
+    with mc.Client(url) as client:
+        for call in (lambda: client.state_dict("m1"), lambda: client.download("m1", tmp_path / "out")):
+            with pytest.raises(mc.ChecksumUnavailableError, match="xxhash.*verify=False") as info:
+                call()
+            assert isinstance(info.value, ImportError)
+        assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.safetensors"))
+        result = client.download("m1", tmp_path / "unverified", verify=False)  # asked for: sizes and headers only
         assert not result.checksums_verified
-        behaviour.corrupt = 1  # a flipped byte keeps the size: only a checksum would notice
-        tensors = client.state_dict("m1")
+        assert set(client.state_dict("m1", verify=False)) == set(shards.tensors)
+
+
+def test_an_unknown_checksum_algorithm_checks_sizes_and_warns_once(url, shards, behaviour, tmp_path, monkeypatch):
+    from megaload_client import _checksums
+
+    monkeypatch.setitem(shards.index, "checksum_algorithm", "blake9")
+    monkeypatch.setattr(_checksums, "_warned", set())
+    with mc.Client(url) as client:
+        with pytest.warns(UserWarning, match="'blake9' checksums.*size and header only") as caught:
+            result = client.download("m1", tmp_path / "out")
+            client.state_dict("m1")
+    assert len([w for w in caught if "blake9" in str(w.message)]) == 1
+    assert not result.checksums_verified
     for original in shards.files:
         assert (tmp_path / "out" / original.name).read_bytes() == original.read_bytes()
-    assert set(tensors) == set(shards.tensors)
 
 
 # ---------------------------------------------------------------------- state_dict(out=...)

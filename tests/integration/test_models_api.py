@@ -74,8 +74,45 @@ def test_dtype_and_options_make_a_different_model(service):
     # other spellings of the same dtype are the same model
     again = service.load("mlm_gpt", dtype="bfloat16")
     assert again.status_code == 200 and again.json()["id"] == body["id"]
-    typed = service.load("mlm_gpt", model_type="gpt")
-    assert typed.status_code == 201 and typed.json()["id"] not in (fp32["id"], body["id"])
+    # a model_type other than the inferred one is another model (422 here, without the Mamba
+    # kernels), never the resident GPT (200)
+    mamba = service.load("mlm_gpt", model_type="mamba")
+    assert mamba.status_code != 200 and mamba.json().get("id") != fp32["id"], mamba.text
+
+
+def _resident(service, name: str) -> list[dict]:
+    where = str((service.ckpt_root / name).resolve())
+    return [m for m in service.client.get("/v1/models").json()["models"] if m["iteration_dir"].startswith(where + "/")
+            or m["iteration_dir"] == where]
+
+
+def test_options_spelt_out_as_their_defaults_are_the_same_model(service):
+    """The id follows the options the load applies: ``model_type="gpt"`` for a Megatron-LM GPT
+    checkpoint (inferred when omitted), its own dtype, the service's parallel sizes."""
+    for name in ("mlm_gpt", "bridge_gpt_tied_rope_fp32"):
+        for m in _resident(service, name):
+            assert service.client.delete(f"/v1/models/{m['id']}").status_code == 204
+    inferred = service.load("mlm_gpt")
+    assert inferred.status_code == 201, inferred.text
+    model_id = inferred.json()["id"]
+    for body in (
+        {"model_type": "gpt"},
+        {"dtype": "float32"},
+        {"dtype": "fp32", "model_type": "gpt"},
+        {"mp_overrides": {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 1}},
+        {"mp_overrides": {"context_parallel_size": 1, "expert_model_parallel_size": 1, "sequence_parallel": False}},
+    ):
+        again = service.load("mlm_gpt", **body)
+        assert again.status_code == 200 and again.json()["id"] == model_id, (body, again.text)
+    listed = _resident(service, "mlm_gpt")
+    assert [m["id"] for m in listed] == [model_id]
+    assert listed[0]["model_type"] == "gpt" and listed[0]["dtype"] == "float32"
+    # Megatron Bridge: the provider builds the model and model_type is not used
+    bridge = service.load("bridge_gpt_tied_rope_fp32")
+    assert bridge.status_code == 201, bridge.text
+    typed = service.load("bridge_gpt_tied_rope_fp32", model_type="gpt", dtype="float32")
+    assert typed.status_code == 200 and typed.json()["id"] == bridge.json()["id"]
+    assert [m["id"] for m in _resident(service, "bridge_gpt_tied_rope_fp32")] == [bridge.json()["id"]]
 
 
 def test_pin_on_repeat_pins(service):

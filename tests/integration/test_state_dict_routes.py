@@ -354,9 +354,15 @@ def test_keys_select_by_prefix_and_regex(service, library, tmp_path):
     got = _download(service, model_id, index, params, tmp_path)
     assert set(got) == set(wanted)
 
-    nothing = _index(service, model_id, {"keys": "no.such.prefix"})
-    assert nothing["weight_map"] == {} and nothing["total_size"] == 0 and nothing["shards"] == []
-    assert _shard(service, model_id, 0, {"keys": "no.such.prefix"}).status_code == 404
+    for r in (
+        service.client.get(f"/v1/models/{model_id}/state_dict", params={"keys": "no.such.prefix"}),
+        _shard(service, model_id, 0, {"keys": "no.such.prefix"}),
+        service.client.head(f"/v1/models/{model_id}/state_dict/0", params={"keys": "no.such.prefix"}),
+    ):
+        assert r.status_code == 404
+        if r.request.method != "HEAD":
+            body = _problem(r, 404, problems.KEYS_NOT_FOUND)
+            assert body["field"] == "keys" and "no.such.prefix" in body["detail"]
 
     for bad in ("(", "model.[", "*"):
         for r in (

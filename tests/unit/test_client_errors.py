@@ -37,6 +37,7 @@ EXPECTED = {
     p.CHECKPOINT_NOT_FOUND: mc.CheckpointNotFoundError,
     p.MODEL_NOT_FOUND: mc.ModelNotFoundError,
     p.SHARD_NOT_FOUND: mc.ShardNotFoundError,
+    p.KEYS_NOT_FOUND: mc.KeysNotFoundError,
     p.JOB_NOT_FOUND: mc.JobNotFoundError,
     p.REPO_NOT_FOUND: mc.RepoNotFoundError,
     p.REVISION_NOT_FOUND: mc.RevisionNotFoundError,
@@ -81,6 +82,8 @@ def test_problem_type_selects_the_class_and_keeps_the_detail(type_):
     [
         (mc.NotFoundError, LookupError),
         (mc.ModelNotFoundError, LookupError),
+        (mc.KeysNotFoundError, LookupError),
+        (mc.ChecksumUnavailableError, ImportError),
         (mc.CheckpointNotFoundError, FileNotFoundError),
         (mc.CheckpointExistsError, FileExistsError),
         (mc.PermissionDeniedError, PermissionError),

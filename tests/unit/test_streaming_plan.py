@@ -16,6 +16,7 @@ from megaload.streaming import (
     MIN_MAX_SHARD_BYTES,
     InvalidKeyPatternError,
     InvalidShardOptionsError,
+    KeysNotFoundError,
     ShardNotFoundError,
     ShardOptions,
     TensorSpec,
@@ -145,7 +146,6 @@ def small_state():
         (["decoder\\.layers\\.1\\."], STATE_NAMES[3:4]),
         (["output_layer", "embedding"], [STATE_NAMES[0], STATE_NAMES[6]]),
         ([r"decoder\.layers\.\d+\.mlp"], [STATE_NAMES[2], STATE_NAMES[4]]),
-        (["layers"], []),  # matched at the start only
         ([".*layers.*qkv"], [STATE_NAMES[1], STATE_NAMES[3]]),
     ],
 )
@@ -154,12 +154,32 @@ def test_keys_match_at_start_and_are_or_ed(keys, expected):
     assert list(plan.tensors) == expected  # input order kept
 
 
-def test_no_match_gives_an_empty_plan():
-    plan = plan_shards(small_state(), ShardOptions(keys=["nothing"]))
+@pytest.mark.parametrize("keys", [["nothing"], ["layers"], ["nothing", "model.decoder"]])  # "layers": at the start only
+def test_a_filter_matching_no_key_is_an_error_naming_the_prefixes_there_are(keys):
+    with pytest.raises(KeysNotFoundError) as info:
+        plan_shards(small_state(), ShardOptions(keys=keys))
+    error = info.value
+    assert isinstance(error, LookupError) and error.field == "keys" and error.patterns == tuple(keys)
+    assert error.key_prefixes == [
+        "embedding.word_embeddings", "decoder.layers", "decoder.final_layernorm", "output_layer.weight"
+    ]
+    assert all(repr(k) in str(error) for k in keys)
+    assert "decoder.layers, decoder.final_layernorm" in str(error) and "7 keys" in str(error)
+
+
+def test_a_filter_matching_only_skipped_entries_is_no_error():
+    plan = plan_shards({"a.weight": torch.ones(1), "b._extra_state": None}, ShardOptions(keys=["b"]))
+    assert plan.shard_count == 0 and [s.name for s in plan.skipped] == ["b._extra_state"]
+
+
+def test_no_filter_on_an_empty_state_dict_gives_an_empty_plan():
+    plan = plan_shards({})
     assert plan.shard_count == 0 and plan.total_size == 0
     assert plan.hf_index() == {"metadata": {"total_size": 0}, "weight_map": {}}
     with pytest.raises(ShardNotFoundError):
         plan.shard(0)
+    with pytest.raises(KeysNotFoundError, match="it has no keys"):
+        plan_shards({}, ShardOptions(keys=["x"]))
 
 
 # ------------------------------------------------------------------ skipped entries

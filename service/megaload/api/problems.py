@@ -65,6 +65,7 @@ from ..logs import current_request_id
 from ..streaming import (
     InvalidKeyPatternError,
     InvalidShardOptionsError,
+    KeysNotFoundError,
     PlanMismatchError,
     RangeNotSatisfiableError,
     ShardNotFoundError,
@@ -128,6 +129,7 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     InvalidShardOptionsError: p.VALIDATION,
     InvalidKeyPatternError: p.BAD_REQUEST,
     ShardNotFoundError: p.SHARD_NOT_FOUND,
+    KeysNotFoundError: p.KEYS_NOT_FOUND,
     RangeNotSatisfiableError: p.RANGE_NOT_SATISFIABLE,
     PlanMismatchError: p.INTERNAL,
 }
@@ -176,6 +178,8 @@ def problem_for(exc: BaseException) -> ProblemDetail:
             ext[name] = value
     if isinstance(exc, InsufficientMemoryError):
         ext["budget_bytes"] = exc.budget_bytes
+    if isinstance(exc, KeysNotFoundError):
+        ext["key_prefixes"] = exc.key_prefixes
     if isinstance(exc, InvalidShardOptionsError) and not isinstance(exc, InvalidKeyPatternError):
         if not isinstance(exc.limit, int):
             ext.pop("limit", None)

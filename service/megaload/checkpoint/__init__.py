@@ -43,6 +43,7 @@ from ._model import (
     MP_OVERRIDE_FIELDS,
     build_and_load_model,
     build_model,
+    effective_model_type,
     load_megatron_model,
     load_weights,
     model_config,
@@ -62,6 +63,7 @@ from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import save_megatron_model
 from ._staging import remove_stale_saves
+from ._stream_names import stream_key, with_stream_keys
 from ._tokenizer import (
     HF_TOKENIZER_FILENAMES,
     SUPPORTED_TOKENIZER_TYPES,
@@ -100,6 +102,9 @@ __all__ = [
     "padded_vocab_size",
     "transformer_config_from_args",
     "build_model",
+    "effective_model_type",
+    "stream_key",
+    "with_stream_keys",
     "load_weights",
     "model_state_dict",
     "PartitionRule",

@@ -53,6 +53,7 @@ __all__ = [
     "load_weights",
     "model_state_dict",
     "model_config",
+    "effective_model_type",
     "MP_OVERRIDE_FIELDS",
 ]
 
@@ -112,6 +113,16 @@ def _infer_model_type(args: argparse.Namespace | None) -> ModelType:
     if args is not None and (getattr(args, "is_hybrid_model", False) or getattr(args, "hybrid_override_pattern", None)):
         return "mamba"
     return "gpt"
+
+
+def effective_model_type(model_type: ModelType | None, megatron_args: argparse.Namespace | None) -> ModelType | None:
+    """The ``model_type`` a load with ``model_type`` builds: for a Megatron-LM checkpoint (its
+    saved ``megatron_args``) the one given, else the one inferred from the args; for a provider
+    config (Megatron Bridge, Hugging Face; no args) ``None``, since the provider builds its own
+    model and ``model_type`` is not used."""
+    if megatron_args is None:
+        return None
+    return model_type or _infer_model_type(megatron_args)
 
 
 def _check_parallel_state(config: Any) -> None:

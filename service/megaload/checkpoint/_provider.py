@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 # Layer-spec names as Megatron Bridge records them (the function's name in its gpt_provider).
 # On-disk keys are the same for all of them: megatron-core's local spec maps its module names
-# onto Transformer Engine's, so a checkpoint written with one loads with the other.
+# onto Transformer Engine's, so a checkpoint written with one loads with the other; every one is
+# built with the local spec (gpt_layer_spec).
 LAYER_SPECS = (
     "local_layer_spec",
     "default_layer_spec",
@@ -49,38 +50,48 @@ def _transformer_engine_available() -> bool:
 
 
 def gpt_layer_spec(config: TransformerConfig, spec_name: str, *, normalization: str | None = None):
-    """The megatron-core ModuleSpec for one GPT layer.
+    """The megatron-core ModuleSpec for one GPT layer: the local spec, whatever ``spec_name``
+    names and whether or not Transformer Engine is installed, with one exception below.
 
-    Transformer Engine specs are used when TE is installed; otherwise the local spec, which reads
-    and writes the same checkpoint keys.
+    The spec decides the model's state-dict keys, which the service streams: megatron-core's
+    Transformer Engine spec fuses the layer norms into the next linear layer
+    (``self_attention.linear_qkv.layer_norm_weight``, ``mlp.linear_fc1.layer_norm_weight``)
+    where the local spec has ``input_layernorm.weight`` and ``pre_mlp_layernorm.weight``.
+    Upstream's loader builds the Transformer Engine spec where TE imports, so its keys depend
+    on the host; ours are the local spec's on every host. Checkpoint keys do not change: the
+    local spec maps its norms onto the fused names on disk, so a checkpoint written with
+    either spec loads (the weights are the same; nothing here runs the TE kernels).
+
+    The exception: grouped-GEMM MoE experts (``moe_grouped_gemm``). The local spec builds them
+    with the ``grouped_gemm`` kernels; on a host without those but with Transformer Engine, TE's
+    spec is built, as upstream does, and the streamed keys are TE's (fused attention norm, TE's
+    grouped expert weights). Without either the model is refused.
     """
-    get_gpt_layer_local_spec = gpt_layer_specs.get_gpt_layer_local_spec
-    get_gpt_layer_with_transformer_engine_spec = gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec
-
     if spec_name not in LAYER_SPECS:
         raise UnsupportedCheckpointError(f"unknown transformer layer spec {summarize(spec_name)}; known: {', '.join(LAYER_SPECS)}")
     if getattr(config, "multi_latent_attention", False):
         raise UnsupportedCheckpointError("multi-latent attention (MLA) models are not supported yet")
-    wants_te = spec_name != "local_layer_spec"
-    if config.num_moe_experts and config.moe_grouped_gemm and not (wants_te and _transformer_engine_available()):
+    if config.num_moe_experts and config.moe_grouped_gemm:
         from megatron.core.transformer.moe.grouped_gemm_util import grouped_gemm_is_available
 
         if not grouped_gemm_is_available():
+            if spec_name != "local_layer_spec" and _transformer_engine_available():
+                logger.info("grouped-GEMM experts without the grouped_gemm kernels: building %s with "
+                            "Transformer Engine's spec (its state-dict names)", spec_name)  # fmt: skip
+                return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(
+                    num_experts=config.num_moe_experts,
+                    moe_grouped_gemm=config.moe_grouped_gemm,
+                    qk_layernorm=config.qk_layernorm,
+                )
             raise IncompatibleConfigError(
-                "moe_grouped_gemm is true: grouped-GEMM experts need Transformer Engine or the grouped_gemm "
-                "kernels (a GPU host); this host has neither. Sequential experts (moe_grouped_gemm: false) "
-                "load on CPU",
+                "moe_grouped_gemm is true: grouped-GEMM experts need the grouped_gemm kernels or Transformer "
+                "Engine (a GPU host); this host has neither. Sequential experts (moe_grouped_gemm: false) "
+                "load anywhere",
                 field="moe_grouped_gemm",
             )
-    if wants_te and _transformer_engine_available():
-        return get_gpt_layer_with_transformer_engine_spec(
-            num_experts=config.num_moe_experts,
-            moe_grouped_gemm=config.moe_grouped_gemm,
-            qk_layernorm=config.qk_layernorm,
-        )
-    if wants_te:
-        logger.info("Transformer Engine is not installed: building %s with the local layer spec", spec_name)
-    return get_gpt_layer_local_spec(
+    if spec_name != "local_layer_spec":
+        logger.debug("building %s with the local layer spec (same checkpoint keys, host-independent names)", spec_name)
+    return gpt_layer_specs.get_gpt_layer_local_spec(
         num_experts=config.num_moe_experts,
         moe_grouped_gemm=config.moe_grouped_gemm,
         qk_layernorm=config.qk_layernorm,

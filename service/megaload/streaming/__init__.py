@@ -10,6 +10,7 @@ Index (``GET .../state_dict``)::
     options = ShardOptions(max_shard_bytes=..., dtype=torch.bfloat16 | None, keys=[...])
         # validates: InvalidShardOptionsError (422/400), InvalidKeyPatternError (400)
     plan = plan_shards(state_dict, options)     # no tensor data read; cache per (model, options)
+        # KeysNotFoundError (404) when a keys filter matches no name
     plan = fill_checksums(plan, state_dict)     # reads every tensor once; cache the result
     body = plan.to_dict()                       # or plan.hf_index() for the bare HF index
 
@@ -35,6 +36,7 @@ from ._dtypes import SAFETENSORS_DTYPE_NAMES, safetensors_dtype_name
 from ._errors import (
     InvalidKeyPatternError,
     InvalidShardOptionsError,
+    KeysNotFoundError,
     PlanMismatchError,
     RangeNotSatisfiableError,
     ShardNotFoundError,
@@ -105,6 +107,7 @@ __all__ = [
     "StreamingError",
     "InvalidShardOptionsError",
     "InvalidKeyPatternError",
+    "KeysNotFoundError",
     "ShardNotFoundError",
     "RangeNotSatisfiableError",
     "PlanMismatchError",

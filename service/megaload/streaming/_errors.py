@@ -6,6 +6,7 @@ The HTTP layer maps each class to one problem type; the suggested status is give
     StreamingError
     ├── InvalidShardOptionsError   (also ValueError)   400/422  an option out of bounds or of the wrong type
     │   └── InvalidKeyPatternError                      400      a ``keys`` regular expression refused (invalid, or not linear)
+    ├── KeysNotFoundError          (also LookupError)   404      a ``keys`` filter that matches no name of the state dict
     ├── ShardNotFoundError         (also LookupError)   404      no shard with that index in the plan
     ├── RangeNotSatisfiableError                        416      a byte range outside the shard file
     └── PlanMismatchError          (also RuntimeError)  500      the tensors streamed differ from the planned ones
@@ -20,6 +21,7 @@ __all__ = [
     "StreamingError",
     "InvalidShardOptionsError",
     "InvalidKeyPatternError",
+    "KeysNotFoundError",
     "ShardNotFoundError",
     "RangeNotSatisfiableError",
     "PlanMismatchError",
@@ -56,6 +58,18 @@ class InvalidKeyPatternError(InvalidShardOptionsError):
         super().__init__(message, field="keys", value=pattern)
         self.pattern = pattern
         self.position = position
+
+
+class KeysNotFoundError(StreamingError, LookupError):
+    """A ``keys`` filter that matches none of the names planned: almost always a misspelt
+    prefix. ``patterns`` is the filter, ``key_prefixes`` the distinct first two dotted
+    components of the names there are (the spellings that would match); ``field`` is ``"keys"``."""
+
+    def __init__(self, message: str, *, patterns: tuple[str, ...], key_prefixes: list[str]) -> None:
+        super().__init__(message)
+        self.field = "keys"
+        self.patterns = patterns
+        self.key_prefixes = key_prefixes
 
 
 class ShardNotFoundError(StreamingError, LookupError):

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ._dtypes import is_castable, safetensors_dtype_name
-from ._errors import ShardNotFoundError
+from ._errors import KeysNotFoundError, ShardNotFoundError
 from ._header import RESERVED_NAME, encode_header
 from ._options import ShardOptions
 
@@ -207,17 +207,21 @@ def plan_shards(tensors: Mapping[Any, Any], options: ShardOptions | None = None)
     ``plan.skipped`` with the reason: values that are not tensors (``None``, bytes,
     ``BytesIO``...), names ending in ``_extra_state`` (serialized module state, not weights),
     dtypes safetensors has no name for, sparse or other non-strided layouts, tensor subclasses,
-    and names that cannot be a safetensors key.
+    and names that cannot be a safetensors key. A ``keys`` filter that matches no name at all
+    (a misspelt prefix, as a rule) raises :class:`KeysNotFoundError` naming the prefixes the
+    names do have.
     """
     options = options if options is not None else ShardOptions()
     pending: list[tuple[str, tuple[int, ...], torch.dtype, torch.dtype, int]] = []
     skipped: list[SkippedEntry] = []
+    matched = False
     for name, value in tensors.items():
         if not isinstance(name, str):
             skipped.append(SkippedEntry(repr(name), f"name is a {type(name).__name__}, not a string"))
             continue
         if not options.matches(name):
             continue
+        matched = True
         described = _describe(name, value)
         if isinstance(described, str):
             skipped.append(SkippedEntry(name, described))
@@ -227,6 +231,8 @@ def plan_shards(tensors: Mapping[Any, Any], options: ShardOptions | None = None)
         nbytes = math.prod(shape) * dtype.itemsize
         pending.append((name, shape, dtype, source_dtype, nbytes))
 
+    if options.keys and not matched:
+        raise _keys_not_found(options.keys, tensors)
     groups = _group(pending, options.max_shard_bytes)
     entries: dict[str, TensorEntry] = {}
     shards: list[Shard] = []
@@ -242,6 +248,30 @@ def plan_shards(tensors: Mapping[Any, Any], options: ShardOptions | None = None)
         shards=tuple(shards),
         skipped=tuple(skipped),
         total_size=sum(item[4] for item in pending),
+    )
+
+
+MAX_PREFIXES_SHOWN = 16
+
+
+def key_prefixes(names: Any) -> list[str]:
+    """The distinct first two dotted components of ``names`` (``model.decoder``,
+    ``lm_head.weight``), in order of first appearance."""
+    return list(dict.fromkeys(".".join(name.split(".")[:2]) for name in names if isinstance(name, str)))
+
+
+def _keys_not_found(patterns: tuple[str, ...], tensors: Mapping[Any, Any]) -> KeysNotFoundError:
+    prefixes = key_prefixes(tensors.keys())
+    shown = ", ".join(prefixes[:MAX_PREFIXES_SHOWN])
+    if len(prefixes) > MAX_PREFIXES_SHOWN:
+        shown += f" (and {len(prefixes) - MAX_PREFIXES_SHOWN} more)"
+    where = f"its keys start with {shown}" if prefixes else "it has no keys"
+    listed = ", ".join(repr(p if len(p) <= 120 else p[:120] + "...") for p in patterns)
+    return KeysNotFoundError(
+        f"keys filter {listed} matches none of the {len(tensors)} keys of this state dict "
+        f"(a pattern is matched at the start of the key); {where}",
+        patterns=patterns,
+        key_prefixes=prefixes[:MAX_PREFIXES_SHOWN],
     )
 
 

@@ -61,7 +61,7 @@ async def get_config(path: PathQuery, runtime: RuntimeDep) -> CheckpointConfig:
 @router.get(
     "/tensors",
     response_model=CheckpointTensors,
-    summary="Tensor names, global shapes and dtypes from the checkpoint metadata (no weights read)",
+    summary="Stored tensor names, global shapes and dtypes (no weights read), and the keys each streams as once loaded",
     responses=error_responses(*_PATH_ERRORS),
 )
 async def get_tensors(path: PathQuery, runtime: RuntimeDep) -> CheckpointTensors:

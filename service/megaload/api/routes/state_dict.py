@@ -13,7 +13,9 @@ A shard request, in order (RFC 9110's precedence of conditional requests)::
     options from the query               422 (invalid-dtype, validation) / 400 (keys regex refused)
     lease on the model                   404 model-not-found
     names=hf: the model's HF view        422 unmappable-model (naming the field)
-    plan (cached per model and options)  404 shard-not-found
+    plan (cached per model and options)  404 keys-not-found (a keys filter matching no key: the
+                                         detail and key_prefixes list the model's prefixes),
+                                         404 shard-not-found
     If-None-Match matches the ETag       304, no body
     HEAD                                 200, headers only (Range applies to GET only)
     Range (honoured when If-Range is absent or is the current ETag)
@@ -154,7 +156,7 @@ def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
 ShardPlansDep = Annotated[ShardPlans, Depends(get_shard_plans)]
 
 _OPTION_ERRORS = (
-    p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND, p.UNMAPPABLE_MODEL
+    p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND, p.KEYS_NOT_FOUND, p.UNMAPPABLE_MODEL
 )
 
 

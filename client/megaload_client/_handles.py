@@ -1,35 +1,27 @@
 """Handles on remote objects: a resident model, a job. Sync and async side by side.
 
 A handle holds its client and the last state the service reported; methods act on the
-object without repeating its id. The helpers at the bottom are shared by both clients.
+object without repeating its id. A job's wait is one exchange (:func:`wait_job`) that
+either client drives.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._exceptions import IntegrityError, JobCancelledError, JobFailedError, JobTimeoutError
+from . import _routes as routes
+from ._exceptions import JobCancelledError, JobFailedError, JobTimeoutError
+from ._exchange import Deadline, Exchange, Sleep, request
 from ._progress import ProgressBar, progress_bar
-from .types import (
-    Job,
-    JobKind,
-    JobResult,
-    JobState,
-    LoadModelRequest,
-    ModelInfo,
-    ModelParallelOverrides,
-    SaveModelRequest,
-    StateDictIndex,
-)
+from .types import Job, JobKind, JobResult, JobState, ModelInfo, StateDictIndex
 
 if TYPE_CHECKING:
     import torch
 
-    from ._async_client import AsyncClient
+    from ._async_client import AsyncClient, TensorStream
+    from ._base_client import BaseClient
     from ._client import Client
     from ._download import DownloadResult
 
@@ -40,10 +32,7 @@ __all__ = [
     "AsyncJobHandle",
     "TERMINAL_STATES",
     "job_outcome",
-    "load_request",
-    "save_request",
-    "merge_shards",
-    "worker_count",
+    "wait_job",
 ]
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -66,7 +55,8 @@ class ModelHandle(_ModelBase):
     """A resident model. ``info`` is its state when last fetched (``refresh()`` updates it).
 
     The state-dict methods take the same options as the client's (``dtype``, ``keys``,
-    ``max_shard_bytes``, ``names="hf"`` for the Hugging Face model, ...) and pass them through.
+    ``max_shard_bytes``, ``names="hf"`` for the Hugging Face model, ``tp_rank``/``tp_size``
+    for one tensor-parallel rank's slices, ...) and pass them through.
     """
 
     def __init__(self, client: Client, info: ModelInfo) -> None:
@@ -77,18 +67,24 @@ class ModelHandle(_ModelBase):
         self.info = self._client.get_model(self.id).info
         return self.info
 
-    def index(self, **options: Any) -> StateDictIndex:
-        return self._client.state_dict_index(self.id, **options)
+    def index(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> StateDictIndex:
+        return self._client.state_dict_index(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+    def state_dict(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> dict[str, torch.Tensor]:
         """:meth:`Client.state_dict` of this model; ``out=`` fills tensors you already have."""
-        return self._client.state_dict(self.id, **options)
+        return self._client.state_dict(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def iter_tensors(self, **options: Any) -> Iterator[tuple[str, torch.Tensor]]:
-        return self._client.iter_tensors(self.id, **options)
+    def iter_tensors(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._client.iter_tensors(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def download(self, directory: Any, **options: Any) -> DownloadResult:
-        return self._client.download(self.id, directory, **options)
+    def download(
+        self, directory: Any, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> DownloadResult:
+        return self._client.download(self.id, directory, tp_rank=tp_rank, tp_size=tp_size, **options)
 
     def save(self, path: str, **options: Any) -> JobHandle:
         return self._client.save(self.id, path, **options)
@@ -108,18 +104,23 @@ class AsyncModelHandle(_ModelBase):
         self.info = (await self._client.get_model(self.id)).info
         return self.info
 
-    async def index(self, **options: Any) -> StateDictIndex:
-        return await self._client.state_dict_index(self.id, **options)
+    async def index(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> StateDictIndex:
+        return await self._client.state_dict_index(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+    async def state_dict(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> dict[str, torch.Tensor]:
         """:meth:`AsyncClient.state_dict` of this model; ``out=`` fills tensors you already have."""
-        return await self._client.state_dict(self.id, **options)
+        return await self._client.state_dict(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def iter_tensors(self, **options: Any) -> AsyncIterator[tuple[str, torch.Tensor]]:
-        return await self._client.iter_tensors(self.id, **options)
+    def iter_tensors(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> TensorStream:
+        """``async for name, tensor in model.iter_tensors()`` (``await`` it to fetch the index first)."""
+        return self._client.iter_tensors(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def download(self, directory: Any, **options: Any) -> DownloadResult:
-        return await self._client.download(self.id, directory, **options)
+    async def download(
+        self, directory: Any, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> DownloadResult:
+        return await self._client.download(self.id, directory, tp_rank=tp_rank, tp_size=tp_size, **options)
 
     async def save(self, path: str, **options: Any) -> AsyncJobHandle:
         return await self._client.save(self.id, path, **options)
@@ -203,15 +204,7 @@ class JobHandle(_JobBase):
         :class:`JobCancelledError`, or :class:`JobTimeoutError` after ``timeout`` seconds.
         ``progress=True`` shows a tqdm bar when tqdm is installed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._bar(progress) as bar:
-            while True:
-                bar.set_to(100 * self.job.progress, self.job.phase)
-                if self.done:
-                    return job_outcome(self.job)
-                remaining = _remaining(deadline, self.job)
-                time.sleep(min(poll_interval, remaining))
-                self.refresh()
+        return self._client._run(wait_job(self, self._client, timeout, poll_interval, progress))
 
     def model(self) -> ModelHandle:
         """The model a succeeded load job made resident."""
@@ -242,33 +235,35 @@ class AsyncJobHandle(_JobBase):
     async def wait(
         self, timeout: float | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL, progress: bool = False
     ) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._bar(progress) as bar:
-            while True:
-                bar.set_to(100 * self.job.progress, self.job.phase)
-                if self.done:
-                    return job_outcome(self.job)
-                remaining = _remaining(deadline, self.job)
-                await asyncio.sleep(min(poll_interval, remaining))
-                await self.refresh()
+        return await self._client._run(wait_job(self, self._client, timeout, poll_interval, progress))
 
     async def model(self) -> AsyncModelHandle:
         return await self._client.get_model(self._model_id())
 
 
-# ---------------------------------------------------------------------- shared helpers
+# ---------------------------------------------------------------------- waiting
 
 
-def _remaining(deadline: float | None, job: Job) -> float:
-    if deadline is None:
-        return float("inf")
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise JobTimeoutError(
-            f"job {job.id} ({job.kind.value}) still {job.state.value} at {job.progress:.0%} when the wait timed out",
-            job,
-        )
-    return left
+def wait_job(
+    handle: _JobBase, client: BaseClient, timeout: float | None, poll_interval: float, progress: bool
+) -> Exchange[Job]:
+    """Poll ``handle``'s job until it ends (updating ``handle.job``); its outcome, or the
+    :class:`JobError` that says how it ended, or :class:`JobTimeoutError` after ``timeout``."""
+    deadline = Deadline(timeout)
+    with handle._bar(progress) as bar:
+        while True:
+            bar.set_to(100 * handle.job.progress, handle.job.phase)
+            if handle.done:
+                return job_outcome(handle.job)
+            if deadline.expired:
+                job = handle.job
+                raise JobTimeoutError(
+                    f"job {job.id} ({job.kind.value}) still {job.state.value} at {job.progress:.0%} when the wait timed out",
+                    job,
+                )
+            yield Sleep(min(poll_interval, deadline.remaining()))
+            if handle._remote:
+                handle.job = yield from request(client, routes.get_job(handle.id))
 
 
 def job_outcome(job: Job) -> Job:
@@ -280,46 +275,3 @@ def job_outcome(job: Job) -> Job:
     if job.state is JobState.CANCELLED:
         raise JobCancelledError(f"job {job.id} ({job.kind.value}) was cancelled", job)
     return job
-
-
-def load_request(
-    checkpoint_path: str,
-    model_type: str | None,
-    dtype: str | None,
-    mp_overrides: Mapping[str, Any] | ModelParallelOverrides | None,
-    pin: bool,
-    *,
-    wait: bool,
-) -> LoadModelRequest:
-    """Validated here first, so a bad argument fails before anything is sent."""
-    overrides = mp_overrides
-    if overrides is not None and not isinstance(overrides, ModelParallelOverrides):
-        overrides = ModelParallelOverrides.model_validate(dict(overrides))
-    return LoadModelRequest(
-        checkpoint_path=checkpoint_path, model_type=model_type, dtype=dtype, mp_overrides=overrides, pin=pin, wait=wait
-    )
-
-
-def save_request(path: str, ckpt_format: str, hf_tokenizer_path: str | None, overwrite: bool) -> SaveModelRequest:
-    return SaveModelRequest(path=path, ckpt_format=ckpt_format, hf_tokenizer_path=hf_tokenizer_path, overwrite=overwrite)
-
-
-def merge_shards(parts: list[dict[str, torch.Tensor]], order: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """One dict, ordered as ``order`` (the index's ``weight_map``: the model's own order)
-    where it names every key, else in shard order. A key in two shards is an
-    :class:`IntegrityError`."""
-    merged: dict[str, torch.Tensor] = {}
-    for number, part in enumerate(parts):
-        for name, tensor in part.items():
-            if name in merged:
-                raise IntegrityError(f"tensor {name!r} appears in more than one shard (again in shard {number})")
-            merged[name] = tensor
-    if order is not None and len(order) == len(merged) and all(name in merged for name in order):
-        return {name: merged[name] for name in order}
-    return merged
-
-
-def worker_count(max_workers: int, items: int) -> int:
-    if not isinstance(max_workers, int) or max_workers < 1:
-        raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
-    return max(1, min(max_workers, items))

@@ -16,7 +16,8 @@ import torch
 from test_client_transport import _assert_equal, behaviour, server, shards, url  # noqa: F401 - fixtures
 
 import megaload_client as mc
-from megaload_client._direct_transport import direct_transport_for, receive_shard
+from megaload_client._direct_transport import direct_transport_for
+from megaload_client._exchange import shard_body
 from megaload_client._resume import BufferSink, ShardTransfer
 from megaload_client._routes import Call
 
@@ -105,8 +106,8 @@ def test_url_prefix_query_and_token_reach_the_server(url, behaviour):
 
 def _one_shard(client: mc.Client, number: int, size: int = 10) -> ShardTransfer:
     transfer = ShardTransfer(BufferSink(size), size)
-    call = client._shard_call(f"/v1/models/m1/state_dict/{number}", ())
-    for _ in receive_shard(client, client._direct, call, transfer):
+    call = Call("GET", f"/v1/models/m1/state_dict/{number}", lambda r: None)
+    for _ in client._direct.stream(shard_body(client, call, transfer)):
         pass
     return transfer
 
@@ -140,7 +141,7 @@ def test_connection_failures_are_typed_connection_errors(url):
     with mc.Client(url, timeout=0.3, max_retries=0) as client:
         call = Call("GET", "/v1/slow", lambda r: None)
         with pytest.raises(mc.APITimeoutError) as caught:
-            for _ in receive_shard(client, client._direct, call, ShardTransfer(BufferSink(2), 2)):
+            for _ in client._direct.stream(shard_body(client, call, ShardTransfer(BufferSink(2), 2))):
                 pass
     assert isinstance(caught.value, TimeoutError)
 

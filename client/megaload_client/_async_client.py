@@ -18,36 +18,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from . import _base_client as base
 from . import _exchange as exchange
 from . import _routes as routes
-from ._base_client import (
-    DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MAX_WORKERS,
-    DEFAULT_TIMEOUT,
-    BaseClient,
-)
+from . import types
 from ._download import DownloadResult, hub_extra_files, write_file
 from ._drivers import AsyncDriver, map_tasks
 from ._handles import AsyncJobHandle, AsyncModelHandle
 from ._plans import AsStream, Plan
 from ._resume import ShardTransfer
 from ._routes import Call, StateDictQuery
-from .types import (
-    CheckpointConfig,
-    CheckpointTensors,
-    Health,
-    Info,
-    Job,
-    ModelInfo,
-    ModelList,
-    Readiness,
-    ShardInfo,
-    StateDictIndex,
-    TokenizeRequest,
-    TokenizeResponse,
-    TokenizerInfo,
-)
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +39,7 @@ R = TypeVar("R")
 Keys = str | Sequence[str] | None
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(base.BaseClient):
     """Asyncio client of the megaload service; ``async with AsyncClient(url) as client``.
 
     Same constructor as :class:`Client` (``http_client`` is an ``httpx.AsyncClient``).
@@ -67,7 +47,7 @@ class AsyncClient(BaseClient):
 
     def __init__(
         self, base_url: str | None = None, *, token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_TIMEOUT, max_retries: int = base.DEFAULT_MAX_RETRIES,
         headers: Mapping[str, str] | None = None, http_client: httpx.AsyncClient | None = None,
     ) -> None:
         super().__init__(
@@ -140,7 +120,7 @@ class AsyncClient(BaseClient):
     async def _map(self, fn: Callable[[T], Awaitable[R]], items: Sequence[T], max_workers: int) -> list[R]:
         return await map_tasks(fn, items, max_workers)
 
-    async def _fetch(self, plan: Plan, shard: ShardInfo) -> Any:
+    async def _fetch(self, plan: Plan, shard: types.ShardInfo) -> Any:
         job = await asyncio.to_thread(plan.job, shard)
         if job is None:
             return None
@@ -173,43 +153,43 @@ class AsyncClient(BaseClient):
 
     # ---- service -------------------------------------------------------------------
 
-    async def health(self) -> Health:
+    async def health(self) -> types.Health:
         return await self._request(routes.health())
 
-    async def ready(self) -> Readiness:
+    async def ready(self) -> types.Readiness:
         return await self._request(routes.ready())
 
-    async def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> Readiness:
+    async def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> types.Readiness:
         """As :meth:`Client.wait_ready`: through refused connections, then :class:`ReadyTimeoutError`."""
         return await self._run(exchange.wait_ready(self, timeout, poll_interval))
 
-    async def info(self) -> Info:
+    async def info(self) -> types.Info:
         return await self._request(routes.info())
 
     # ---- checkpoints ---------------------------------------------------------------
 
-    async def checkpoint_config(self, path: str) -> CheckpointConfig:
+    async def checkpoint_config(self, path: str) -> types.CheckpointConfig:
         return await self._request(routes.checkpoint_config(path))
 
-    async def checkpoint_tensors(self, path: str) -> CheckpointTensors:
+    async def checkpoint_tensors(self, path: str) -> types.CheckpointTensors:
         return await self._request(routes.checkpoint_tensors(path))
 
-    async def checkpoint_tokenizer(self, path: str) -> TokenizerInfo:
+    async def checkpoint_tokenizer(self, path: str) -> types.TokenizerInfo:
         return await self._request(routes.checkpoint_tokenizer(path))
 
-    async def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> TokenizeResponse:
-        return await self._request(routes.tokenize(TokenizeRequest(path=path, text=text, detokenize=detokenize)))
+    async def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> types.TokenizeResponse:
+        return await self._request(routes.tokenize(types.TokenizeRequest(path=path, text=text, detokenize=detokenize)))
 
     # ---- models --------------------------------------------------------------------
 
     async def load(
         self, checkpoint_path: str, *, model_type: str | None = None, dtype: str | None = None,
         mp_overrides: Mapping[str, Any] | None = None, pin: bool = False,
-        timeout: float | httpx.Timeout | None = DEFAULT_LOAD_TIMEOUT,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_LOAD_TIMEOUT,
     ) -> AsyncModelHandle:
         request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=True)
         answer = await self._request(routes.load_model(request, timeout=timeout))
-        if isinstance(answer, Job):
+        if isinstance(answer, types.Job):
             job = AsyncJobHandle(self, answer)
             await job.wait()
             return await job.model()
@@ -221,11 +201,11 @@ class AsyncClient(BaseClient):
     ) -> AsyncJobHandle:
         request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=False)
         answer = await self._request(routes.load_model(request))
-        if isinstance(answer, ModelInfo):
+        if isinstance(answer, types.ModelInfo):
             return AsyncJobHandle.resident(self, answer)
         return AsyncJobHandle(self, answer)
 
-    async def list_models(self) -> ModelList:
+    async def list_models(self) -> types.ModelList:
         return await self._request(routes.list_models())
 
     async def get_model(self, model_id: str) -> AsyncModelHandle:
@@ -243,7 +223,7 @@ class AsyncClient(BaseClient):
 
     # ---- jobs ----------------------------------------------------------------------
 
-    async def list_jobs(self) -> list[Job]:
+    async def list_jobs(self) -> list[types.Job]:
         return (await self._request(routes.list_jobs())).jobs
 
     async def get_job(self, job_id: str) -> AsyncJobHandle:
@@ -257,7 +237,7 @@ class AsyncClient(BaseClient):
     async def state_dict_index(
         self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
         names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
-    ) -> StateDictIndex:
+    ) -> types.StateDictIndex:
         """As :meth:`Client.state_dict_index`."""
         query = self._query(model_id, dtype, keys, max_shard_bytes, names, tp_rank, tp_size)
         return await self._request(routes.state_dict_index(query))
@@ -265,7 +245,7 @@ class AsyncClient(BaseClient):
     async def state_dict(
         self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
         names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
-        max_workers: int = DEFAULT_MAX_WORKERS, verify: bool = True, progress: bool = False,
+        max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True, progress: bool = False,
         out: Mapping[str, torch.Tensor] | None = None, strict: bool = True,
     ) -> dict[str, torch.Tensor]:
         """As :meth:`Client.state_dict`, ``out=`` and ``strict`` included."""
@@ -287,7 +267,7 @@ class AsyncClient(BaseClient):
     async def download(
         self, model_id: str, directory: str | Path, dtype: str | None = None, keys: Keys = None,
         max_shard_bytes: int | None = None, *, names: str = "megatron", tp_rank: int | None = None,
-        tp_size: int | None = None, max_workers: int = DEFAULT_MAX_WORKERS, verify: bool = True,
+        tp_size: int | None = None, max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True,
         progress: bool = False, allow_foreign_files: bool = False,
     ) -> DownloadResult:
         """See :meth:`Client.download`. File work runs in worker threads."""

@@ -16,36 +16,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from . import _base_client as base
 from . import _exchange as exchange
 from . import _routes as routes
-from ._base_client import (
-    DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MAX_WORKERS,
-    DEFAULT_TIMEOUT,
-    BaseClient,
-)
+from . import types
 from ._download import DownloadResult, hub_extra_files, write_file
 from ._drivers import SyncDriver, map_threads
 from ._handles import JobHandle, ModelHandle
 from ._plans import AsStream, Plan
 from ._resume import ShardTransfer
 from ._routes import Call
-from .types import (
-    CheckpointConfig,
-    CheckpointTensors,
-    Health,
-    Info,
-    Job,
-    ModelInfo,
-    ModelList,
-    Readiness,
-    ShardInfo,
-    StateDictIndex,
-    TokenizeRequest,
-    TokenizeResponse,
-    TokenizerInfo,
-)
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +37,7 @@ R = TypeVar("R")
 Keys = str | Sequence[str] | None
 
 
-class Client(BaseClient):
+class Client(base.BaseClient):
     """Blocking client of the megaload service; thread-safe, use as a context manager.
 
     ``Client("http://127.0.0.1:8000", token=None, timeout=60, max_retries=3)``. Without a
@@ -70,7 +50,7 @@ class Client(BaseClient):
 
     def __init__(
         self, base_url: str | None = None, *, token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT, max_retries: int = DEFAULT_MAX_RETRIES,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_TIMEOUT, max_retries: int = base.DEFAULT_MAX_RETRIES,
         headers: Mapping[str, str] | None = None, http_client: httpx.Client | None = None,
     ) -> None:
         super().__init__(
@@ -109,7 +89,7 @@ class Client(BaseClient):
     def _map(self, fn: Callable[[T, threading.Event], R], items: Sequence[T], max_workers: int) -> list[R]:
         return map_threads(fn, items, max_workers)
 
-    def _fetch(self, plan: Plan, shard: ShardInfo, abort: threading.Event | None = None) -> Any:
+    def _fetch(self, plan: Plan, shard: types.ShardInfo, abort: threading.Event | None = None) -> Any:
         job = plan.job(shard)
         if job is None:
             return None
@@ -136,47 +116,47 @@ class Client(BaseClient):
 
     # ---- service -------------------------------------------------------------------
 
-    def health(self) -> Health:
+    def health(self) -> types.Health:
         """``GET /healthz``: the process serves."""
         return self._request(routes.health())
 
-    def ready(self) -> Readiness:
+    def ready(self) -> types.Readiness:
         """``GET /readyz``; a 503 is returned as ``status != "ready"``, not raised."""
         return self._request(routes.ready())
 
-    def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> Readiness:
+    def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> types.Readiness:
         """Poll ``/readyz`` until ready, also while the service refuses connections or is not
         up yet; :class:`ReadyTimeoutError` (a ``TimeoutError``) once ``timeout`` seconds passed."""
         return self._run(exchange.wait_ready(self, timeout, poll_interval))
 
-    def info(self) -> Info:
+    def info(self) -> types.Info:
         return self._request(routes.info())
 
     # ---- checkpoints ---------------------------------------------------------------
 
-    def checkpoint_config(self, path: str) -> CheckpointConfig:
+    def checkpoint_config(self, path: str) -> types.CheckpointConfig:
         return self._request(routes.checkpoint_config(path))
 
-    def checkpoint_tensors(self, path: str) -> CheckpointTensors:
+    def checkpoint_tensors(self, path: str) -> types.CheckpointTensors:
         return self._request(routes.checkpoint_tensors(path))
 
-    def checkpoint_tokenizer(self, path: str) -> TokenizerInfo:
+    def checkpoint_tokenizer(self, path: str) -> types.TokenizerInfo:
         return self._request(routes.checkpoint_tokenizer(path))
 
-    def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> TokenizeResponse:
-        return self._request(routes.tokenize(TokenizeRequest(path=path, text=text, detokenize=detokenize)))
+    def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> types.TokenizeResponse:
+        return self._request(routes.tokenize(types.TokenizeRequest(path=path, text=text, detokenize=detokenize)))
 
     # ---- models --------------------------------------------------------------------
 
     def load(
         self, checkpoint_path: str, *, model_type: str | None = None, dtype: str | None = None,
         mp_overrides: Mapping[str, Any] | None = None, pin: bool = False,
-        timeout: float | httpx.Timeout | None = DEFAULT_LOAD_TIMEOUT,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_LOAD_TIMEOUT,
     ) -> ModelHandle:
         """Load a checkpoint (or find it resident) and wait; returns a handle on the model."""
         request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=True)
         answer = self._request(routes.load_model(request, timeout=timeout))
-        if isinstance(answer, Job):  # the service chose to answer with a job after all
+        if isinstance(answer, types.Job):  # the service chose to answer with a job after all
             job = JobHandle(self, answer)
             job.wait()
             return job.model()
@@ -189,11 +169,11 @@ class Client(BaseClient):
         """Start a load without waiting (``wait=false``); ``job.wait()`` then ``job.model()``."""
         request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=False)
         answer = self._request(routes.load_model(request))
-        if isinstance(answer, ModelInfo):  # already resident: a finished job in all but name
+        if isinstance(answer, types.ModelInfo):  # already resident: a finished job in all but name
             return JobHandle.resident(self, answer)
         return JobHandle(self, answer)
 
-    def list_models(self) -> ModelList:
+    def list_models(self) -> types.ModelList:
         return self._request(routes.list_models())
 
     def get_model(self, model_id: str) -> ModelHandle:
@@ -213,7 +193,7 @@ class Client(BaseClient):
 
     # ---- jobs ----------------------------------------------------------------------
 
-    def list_jobs(self) -> list[Job]:
+    def list_jobs(self) -> list[types.Job]:
         return self._request(routes.list_jobs()).jobs
 
     def get_job(self, job_id: str) -> JobHandle:
@@ -228,7 +208,7 @@ class Client(BaseClient):
     def state_dict_index(
         self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
         names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
-    ) -> StateDictIndex:
+    ) -> types.StateDictIndex:
         """The shard index for these options (the same options must be used for the shards).
 
         ``tp_rank``/``tp_size`` (both or neither): what tensor-parallel rank ``tp_rank`` of
@@ -240,7 +220,7 @@ class Client(BaseClient):
     def state_dict(
         self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
         names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
-        max_workers: int = DEFAULT_MAX_WORKERS, verify: bool = True, progress: bool = False,
+        max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True, progress: bool = False,
         out: Mapping[str, torch.Tensor] | None = None, strict: bool = True,
     ) -> dict[str, torch.Tensor]:
         """The model's state dict as CPU torch tensors, keyed as in the service's shards.
@@ -284,7 +264,7 @@ class Client(BaseClient):
     def download(
         self, model_id: str, directory: str | Path, dtype: str | None = None, keys: Keys = None,
         max_shard_bytes: int | None = None, *, names: str = "megatron", tp_rank: int | None = None,
-        tp_size: int | None = None, max_workers: int = DEFAULT_MAX_WORKERS, verify: bool = True,
+        tp_size: int | None = None, max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True,
         progress: bool = False, allow_foreign_files: bool = False,
     ) -> DownloadResult:
         """Write the state dict as sharded safetensors plus ``model.safetensors.index.json``.

@@ -34,8 +34,8 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from ._drivers import Run, SyncDriver, _sleep
-from ._exchange import Close, Pull, Read, Send, Sleep, Step
+from ._drivers import Run, SyncDriver
+from ._exchange import Pull, Read, Send
 from ._routes import Call
 
 if TYPE_CHECKING:
@@ -163,26 +163,22 @@ class DirectDriver(SyncDriver):
     def __repr__(self) -> str:
         return f"DirectDriver({self.transport!r})"
 
-    def perform(self, step: Step, run: Run) -> Any:
-        if isinstance(step, Send):
-            headers = self.client._default_headers() | (step.headers or {})
-            run.body = self.transport.send(step.call, headers, self.transport.request_for(step.call))
-            run.response = run.body.response
-            return run.response
-        if isinstance(step, Pull):
-            n = step.receiver.receive(run.body.readinto)
-            if not n and not step.receiver.complete and run.body.raw.length != 0:
-                raise httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body", request=run.body.request
-                )
-            return n
-        if isinstance(step, Read):
-            return run.body.error_response()
-        if isinstance(step, Close):
-            self.close(run)
-        elif isinstance(step, Sleep):
-            _sleep(step)
-        return None
+    def send(self, step: Send, run: Run) -> httpx.Response:
+        headers = self.client._default_headers() | (step.headers or {})
+        run.body = self.transport.send(step.call, headers, self.transport.request_for(step.call))
+        run.response = run.body.response
+        return run.response
+
+    def pull(self, step: Pull, run: Run) -> int:
+        n = step.receiver.receive(run.body.readinto)
+        if not n and not step.receiver.complete and run.body.raw.length != 0:
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body", request=run.body.request
+            )
+        return n
+
+    def read(self, step: Read, run: Run) -> httpx.Response:
+        return run.body.error_response()
 
     def close(self, run: Run) -> None:
         if run.body is not None:

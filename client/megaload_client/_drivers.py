@@ -73,13 +73,6 @@ class Run:
             self._error = exc
 
 
-def _sleep(step: Sleep) -> None:
-    if step.abort is not None:
-        step.abort.wait(step.seconds)  # an abort ends the wait; the exchange then stops
-    else:
-        time.sleep(step.seconds)
-
-
 class SyncDriver:
     """Performs exchanges over ``http`` for ``client`` (thread-safe)."""
 
@@ -110,24 +103,36 @@ class SyncDriver:
 
     def perform(self, step: Step, run: Run) -> Any:
         if isinstance(step, Send):
-            request = self.client._build_request(self.http, step.call)
-            request.headers.update(step.headers or {})
-            run.response, run.body = self.http.send(request, stream=step.stream), None
-            return run.response
+            return self.send(step, run)
         if isinstance(step, Pull):
-            run.body = run.body or run.response.iter_raw()
-            chunk = next(run.body, b"")
-            if chunk:
-                step.receiver.write(chunk)
-            return len(chunk)
+            return self.pull(step, run)
         if isinstance(step, Read):
-            step.response.read()
-            return step.response
+            return self.read(step, run)
         if isinstance(step, Close):
             self.close(run)
         elif isinstance(step, Sleep):
-            _sleep(step)
+            if step.abort is not None:
+                step.abort.wait(step.seconds)  # an abort ends the wait; the exchange then stops
+            else:
+                time.sleep(step.seconds)
         return None
+
+    def send(self, step: Send, run: Run) -> httpx.Response:
+        request = self.client._build_request(self.http, step.call)
+        request.headers.update(step.headers or {})
+        run.response, run.body = self.http.send(request, stream=step.stream), None
+        return run.response
+
+    def pull(self, step: Pull, run: Run) -> int:
+        run.body = run.body or run.response.iter_raw()
+        chunk = next(run.body, b"")
+        if chunk:
+            step.receiver.write(chunk)
+        return len(chunk)
+
+    def read(self, step: Read, run: Run) -> httpx.Response:
+        step.response.read()
+        return step.response
 
     def close(self, run: Run) -> None:
         if run.response is not None:

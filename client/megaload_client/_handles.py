@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _routes as routes
 from ._exceptions import JobCancelledError, JobFailedError, JobTimeoutError
@@ -35,12 +35,15 @@ __all__ = [
     "wait_job",
 ]
 
+H = TypeVar("H", bound="_JobBase")
+
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 DEFAULT_POLL_INTERVAL = 0.5
 
 
 class _ModelBase:
-    def __init__(self, info: ModelInfo) -> None:
+    def __init__(self, client: Any, info: ModelInfo) -> None:
+        self._client = client
         self.info = info
 
     @property
@@ -59,9 +62,7 @@ class ModelHandle(_ModelBase):
     for one tensor-parallel rank's slices, ...) and pass them through.
     """
 
-    def __init__(self, client: Client, info: ModelInfo) -> None:
-        super().__init__(info)
-        self._client = client
+    _client: Client
 
     def refresh(self) -> ModelInfo:
         self.info = self._client.get_model(self.id).info
@@ -96,9 +97,7 @@ class ModelHandle(_ModelBase):
 class AsyncModelHandle(_ModelBase):
     """:class:`ModelHandle` for :class:`AsyncClient`: the same methods, awaited."""
 
-    def __init__(self, client: AsyncClient, info: ModelInfo) -> None:
-        super().__init__(info)
-        self._client = client
+    _client: AsyncClient
 
     async def refresh(self) -> ModelInfo:
         self.info = (await self._client.get_model(self.id)).info
@@ -130,7 +129,8 @@ class AsyncModelHandle(_ModelBase):
 
 
 class _JobBase:
-    def __init__(self, job: Job, *, remote: bool = True) -> None:
+    def __init__(self, client: Any, job: Job, *, remote: bool = True) -> None:
+        self._client = client
         self.job = job
         self._remote = remote  # False: the service started no job (a load found the model resident)
 
@@ -160,13 +160,15 @@ class _JobBase:
         return f"{type(self).__name__}(id={self.id!r}, kind={self.job.kind.value}, state={self.state.value})"
 
     @classmethod
-    def _resident_job(cls, info: ModelInfo) -> Job:
+    def resident(cls: type[H], client: Any, info: ModelInfo) -> H:
+        """The handle of the load that found ``info``'s model already resident (no job)."""
         now = datetime.now(UTC)
         result = JobResult(model=info, model_id=info.id, created=False)
-        return Job(
+        job = Job(
             id="", kind=JobKind.LOAD, state=JobState.SUCCEEDED, progress=1.0, model_id=info.id,
             target=info.iteration_dir, created_at=now, started_at=now, finished_at=now, result=result,
         )
+        return cls(client, job, remote=False)
 
 
 class JobHandle(_JobBase):
@@ -176,13 +178,7 @@ class JobHandle(_JobBase):
     handle is then born succeeded, with ``id == ""``, and ``refresh``/``cancel`` do nothing.
     """
 
-    def __init__(self, client: Client, job: Job, *, remote: bool = True) -> None:
-        super().__init__(job, remote=remote)
-        self._client = client
-
-    @classmethod
-    def resident(cls, client: Client, info: ModelInfo) -> JobHandle:
-        return cls(client, cls._resident_job(info), remote=False)
+    _client: Client
 
     def refresh(self) -> Job:
         if self._remote:
@@ -214,13 +210,7 @@ class JobHandle(_JobBase):
 class AsyncJobHandle(_JobBase):
     """:class:`JobHandle` for :class:`AsyncClient`: the same methods, awaited."""
 
-    def __init__(self, client: AsyncClient, job: Job, *, remote: bool = True) -> None:
-        super().__init__(job, remote=remote)
-        self._client = client
-
-    @classmethod
-    def resident(cls, client: AsyncClient, info: ModelInfo) -> AsyncJobHandle:
-        return cls(client, cls._resident_job(info), remote=False)
+    _client: AsyncClient
 
     async def refresh(self) -> Job:
         if self._remote:

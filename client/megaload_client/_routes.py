@@ -178,12 +178,12 @@ def load_model(request: LoadModelRequest, *, timeout: Any = ...) -> Call[ModelIn
     return Call("POST", "/v1/models", _model_or_job, json=_body(request), idempotent=True, timeout=timeout)
 
 
-def list_models() -> Call[ModelList]:
-    return Call("GET", "/v1/models", _as(ModelList))
-
-
 def get_model(model_id: str) -> Call[ModelInfo]:
     return Call("GET", f"/v1/models/{_seg(model_id)}", _as(ModelInfo))
+
+
+def list_models() -> Call[ModelList]:
+    return Call("GET", "/v1/models", _as(ModelList))
 
 
 def unload_model(model_id: str) -> Call[None]:
@@ -211,17 +211,9 @@ class StateDictQuery:
     params: tuple[tuple[str, str], ...] = ()
 
 
-def state_dict_query(
-    model_id: str,
-    dtype: str | None = None,
-    keys: str | Iterable[str] | None = None,
-    max_shard_bytes: int | None = None,
-    names: str = "megatron",
-    tp_rank: int | None = None,
-    tp_size: int | None = None,
-) -> StateDictQuery:
-    """The query of a state-dict call; see :func:`state_dict_params`."""
-    return StateDictQuery(model_id, state_dict_params(dtype, keys, max_shard_bytes, names, tp_rank, tp_size))
+def state_dict_query(model_id: str, *options: Any) -> StateDictQuery:
+    """The query of a state-dict call; ``options`` are :func:`state_dict_params`'s."""
+    return StateDictQuery(model_id, state_dict_params(*options))
 
 
 def state_dict_params(

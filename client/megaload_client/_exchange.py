@@ -14,8 +14,8 @@ decisions; only the waiting differs. The steps::
     yield Sleep(seconds, abort)                    # abort (a threading.Event) ends it early
     yield Progress(n)                              # n bytes landed: the driver reports them
 
-``receiver`` is a :class:`~._resume.ShardTransfer` or a :class:`Prefix`: ``write(chunk)``
-takes bytes httpx received, ``receive(readinto)`` lets a reader fill its memory directly.
+``receiver`` is a :class:`~._resume.ShardTransfer` (``write(chunk)`` takes bytes httpx
+received, ``receive(readinto)`` lets the direct reader fill its memory) or a :class:`Prefix`.
 An exchange returns its result (``StopIteration.value``); drivers hand it back.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -148,7 +148,8 @@ def shard_body(
 
 
 class Prefix:
-    """A receiver that keeps the first ``size`` bytes of a body and ignores the rest."""
+    """A receiver that keeps the first ``size`` bytes of a body and ignores the rest (for
+    httpx drivers, which hand over chunks: the header probes go over httpx, as before)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -161,11 +162,6 @@ class Prefix:
     def write(self, chunk: bytes | memoryview) -> None:
         self.data += chunk[: self.size - len(self.data)]
 
-    def receive(self, readinto: Callable[[memoryview], int]) -> int:
-        window = memoryview(bytearray(self.size - len(self.data)))
-        n = readinto(window) if len(window) else 0
-        self.write(window[:n])
-        return n
 
 
 def _prefix(client: BaseClient, call: Call[None], size: int) -> Exchange[bytes]:

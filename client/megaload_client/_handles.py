@@ -42,7 +42,7 @@ DEFAULT_POLL_INTERVAL = 0.5
 
 
 class _ModelBase:
-    def __init__(self, client: Any, info: ModelInfo) -> None:
+    def __init__(self, client: Client | AsyncClient, info: ModelInfo) -> None:
         self._client = client
         self.info = info
 
@@ -129,7 +129,7 @@ class AsyncModelHandle(_ModelBase):
 
 
 class _JobBase:
-    def __init__(self, client: Any, job: Job, *, remote: bool = True) -> None:
+    def __init__(self, client: Client | AsyncClient, job: Job, *, remote: bool = True) -> None:
         self._client = client
         self.job = job
         self._remote = remote  # False: the service started no job (a load found the model resident)
@@ -160,7 +160,7 @@ class _JobBase:
         return f"{type(self).__name__}(id={self.id!r}, kind={self.job.kind.value}, state={self.state.value})"
 
     @classmethod
-    def resident(cls: type[H], client: Any, info: ModelInfo) -> H:
+    def resident(cls: type[H], client: Client | AsyncClient, info: ModelInfo) -> H:
         """The handle of the load that found ``info``'s model already resident (no job)."""
         now = datetime.now(UTC)
         result = JobResult(model=info, model_id=info.id, created=False)

@@ -2,7 +2,7 @@
 
     from megaload_client import Client
 
-    with Client("http://127.0.0.1:8000") as client:        # token: argument or $MEGALOAD_TOKEN
+    with Client("http://127.0.0.1:8000") as client:        # URL: argument, $MEGALOAD_URL or this one
         model = client.load("/checkpoints/gpt/iter_0000100")
         tensors = model.state_dict()                       # needs torch
         model.download("out/")                             # sharded safetensors + index
@@ -10,7 +10,7 @@
 Importing this package never imports torch; the calls that return tensors import it.
 """
 
-from ._async_client import AsyncClient
+from ._async_client import AsyncClient, TensorStream
 from ._base_client import DEFAULT_LOAD_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from ._checksums import checksums_available
 from ._client import Client
@@ -27,6 +27,7 @@ from ._exceptions import (
     ConflictError,
     CorruptCheckpointError,
     EntryNotFoundError,
+    ForeignFilesError,
     IncompatibleConfigError,
     InsufficientMemoryError,
     IntegrityError,
@@ -48,6 +49,7 @@ from ._exceptions import (
     PermissionDeniedError,
     RangeNotSatisfiableError,
     RateLimitError,
+    ReadyTimeoutError,
     RepoNotFoundError,
     RevisionNotFoundError,
     ServerError,
@@ -92,6 +94,7 @@ __all__ = [
     "AsyncModelHandle",
     "JobHandle",
     "AsyncJobHandle",
+    "TensorStream",
     "DownloadResult",
     "RetryPolicy",
     "INDEX_FILENAME",
@@ -122,6 +125,8 @@ __all__ = [
     "MegaloadError",
     "APIConnectionError",
     "APITimeoutError",
+    "ReadyTimeoutError",
+    "ForeignFilesError",
     "APIStatusError",
     "BadRequestError",
     "AuthenticationError",

@@ -1,89 +1,60 @@
-"""The asyncio client: :class:`~._client.Client`'s methods, awaited.
+"""The asyncio client: :class:`~._client.Client`'s facade, awaited.
 
-Requests, answers, retries and resumption are decided by the same shared code as the sync
-client (:mod:`._base_client`, :mod:`._routes`, :mod:`._resume`); only waiting differs.
-Shard bodies on plain http are read by the sync client's standard-library reader
-(:mod:`._direct_transport`) in a worker thread per shard, so bytes never pass through the
-event loop; checksums are computed as the bytes arrive, in that same thread.
+The same exchanges (:mod:`._exchange`) and plans (:mod:`._plans`) as the sync client, driven
+by an :class:`~._drivers.AsyncDriver`. Shard bodies on plain http are read by the
+standard-library driver (:mod:`._direct_transport`) in a worker thread per shard, so bytes
+never pass through the event loop; checksums are computed as the bytes arrive, in that same
+thread. A download's file work (checking kept files, replaying partial ones, renaming) runs
+in worker threads too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
+from . import _base_client as base
+from . import _exchange as exchange
 from . import _routes as routes
-from ._base_client import (
-    DEFAULT_LOAD_TIMEOUT,
-    DEFAULT_MAX_RETRIES,
-    DEFAULT_MAX_WORKERS,
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    index_bytes,
-)
-from ._checksums import TensorVerifier
-from ._destinations import Destinations, header_from_prefix, header_probe
-from ._direct_transport import direct_transport_for, receive_shard
-from ._download import INDEX_FILENAME, DownloadResult, ShardFiles, hub_extra_files, write_file, write_index
-from ._exceptions import IntegrityError, make_status_error
-from ._handles import AsyncJobHandle, AsyncModelHandle, load_request, merge_shards, save_request, worker_count
-from ._progress import progress_bar
-from ._resume import BufferSink, ShardTransfer
-from ._routes import Call
-from ._safetensors import SafetensorsHeader, require_torch
-from ._shards import ShardChecker, StreamSink, check_index, tensors_from_shard
-from .types import (
-    CheckpointConfig,
-    CheckpointTensors,
-    Health,
-    Info,
-    Job,
-    ModelInfo,
-    ModelList,
-    Readiness,
-    ShardInfo,
-    StateDictIndex,
-    TokenizeRequest,
-    TokenizeResponse,
-    TokenizerInfo,
-)
+from . import types
+from ._download import DownloadResult, hub_extra_files, write_file
+from ._drivers import AsyncDriver, map_tasks
+from ._handles import AsyncJobHandle, AsyncModelHandle
+from ._plans import AsStream, Plan
+from ._resume import ShardTransfer
+from ._routes import Call, StateDictQuery
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "TensorStream"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 Keys = str | Sequence[str] | None
 
 
-class AsyncClient(BaseClient):
+class AsyncClient(base.BaseClient):
     """Asyncio client of the megaload service; ``async with AsyncClient(url) as client``.
 
     Same constructor as :class:`Client` (``http_client`` is an ``httpx.AsyncClient``).
     """
 
     def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        headers: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
+        self, base_url: str | None = None, *, token: str | None = None,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_TIMEOUT, max_retries: int = base.DEFAULT_MAX_RETRIES,
+        headers: Mapping[str, str] | None = None, http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        super().__init__(base_url, token=token, timeout=timeout, max_retries=max_retries, headers=headers)
-        self._owns_http = http_client is None
+        super().__init__(
+            base_url, token=token, timeout=timeout, max_retries=max_retries, headers=headers, http_client=http_client
+        )
         self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=self.timeout)
-        if http_client is None:
-            self._direct = direct_transport_for(self.base_url, self.timeout)
+        self._driver = AsyncDriver(self, self._http)
 
     async def close(self) -> None:
         if self._owns_http:
@@ -98,34 +69,25 @@ class AsyncClient(BaseClient):
     def __repr__(self) -> str:
         return f"AsyncClient({self.base_url!r})"
 
-    # ---- transport -----------------------------------------------------------------
+    # ---- driving the exchanges -----------------------------------------------------
+
+    async def _run(self, steps: exchange.Exchange[T]) -> T:
+        return await self._driver.run(steps)
 
     async def _request(self, call: Call[T]) -> T:
-        retries = 0
-        while True:
-            request = self._build_request(self._http, call)
-            try:
-                response = await self._http.send(request)
-            except httpx.TransportError as exc:
-                delay = self._delay_after_error(call, exc, retries)
-            else:
-                delay = self._delay_after_status(call, response, retries)
-                if delay is None:
-                    return self._result(call, response)
-                await response.aclose()
-            await asyncio.sleep(delay)
-            retries += 1
+        return await self._driver.run(exchange.request(self, call))
 
     async def _receive_all(self, call: Call[None], transfer: ShardTransfer, progress: Callable[[int], None]) -> None:
         """Receive a whole shard into ``transfer``: on plain http in one worker thread."""
-        if self._direct is None:
-            async for size in self._stream_shard(call, transfer):
+        direct = self._direct
+        if direct is None:
+            async for size in self._driver.stream(exchange.shard_body(self, call, transfer)):
                 progress(size)
             return
         abort = threading.Event()
 
         def run() -> None:
-            for size in receive_shard(self, self._direct, call, transfer, abort):
+            for size in direct.stream(exchange.shard_body(self, call, transfer, abort)):
                 progress(size)
 
         try:
@@ -136,156 +98,114 @@ class AsyncClient(BaseClient):
     async def _receive(self, call: Call[None], transfer: ShardTransfer) -> AsyncIterator[int]:
         """Receive one shard piece by piece (each direct read in a worker thread)."""
         if self._direct is None:
-            async for size in self._stream_shard(call, transfer):
+            async for size in self._driver.stream(exchange.shard_body(self, call, transfer)):
                 yield size
             return
         abort = threading.Event()
-        pieces = receive_shard(self, self._direct, call, transfer, abort)
+        pieces = self._direct.stream(exchange.shard_body(self, call, transfer, abort))
         in_thread = False
         try:
             while True:
                 in_thread = True
-                size = await asyncio.to_thread(next, pieces, None)
+                piece = await asyncio.to_thread(_next_or_none, pieces)
                 in_thread = False
-                if size is None:
+                if piece is None:
                     return
-                yield size
+                yield piece
         finally:
             abort.set()
             if not in_thread:  # else the read under way sees the abort and closes it
                 pieces.close()
 
-    async def _stream_shard(self, call: Call[None], transfer: ShardTransfer) -> AsyncIterator[int]:
-        """Receive one shard into ``transfer`` through httpx, resuming after breaks."""
-        retries = 0
-        while not transfer.complete:
-            offset_before = transfer.offset
-            request = self._shard_request(self._http, call, transfer)
-            try:
-                response = await self._http.send(request, stream=True)
-                try:
-                    delay = self._delay_after_status(call, response, retries)
-                    if delay is None:
-                        if response.status_code >= 400:
-                            await response.aread()
-                            raise make_status_error(response)
-                        transfer.begin(response.status_code, response.headers)
-                        async for chunk in response.aiter_raw():
-                            transfer.write(chunk)
-                            yield len(chunk)
-                        if not transfer.complete:
-                            raise IntegrityError(
-                                f"{transfer.where}: the answer ended after {transfer.offset} of "
-                                f"{transfer.expected_size} bytes"
-                            )
-                        break
-                finally:
-                    await response.aclose()
-            except httpx.TransportError as exc:
-                retries = self._retries_after_break(retries, transfer, offset_before)
-                delay = self._delay_after_error(call, exc, retries)
-            await asyncio.sleep(delay)
-            retries += 1
-        transfer.finish()
-
     async def _map(self, fn: Callable[[T], Awaitable[R]], items: Sequence[T], max_workers: int) -> list[R]:
-        """``fn`` over ``items``, at most ``max_workers`` at once; the first failure cancels the rest."""
-        if not items:
-            return []
-        gate = asyncio.Semaphore(worker_count(max_workers, len(items)))
+        return await map_tasks(fn, items, max_workers)
 
-        async def gated(item: T) -> R:
-            async with gate:
-                return await fn(item)
+    async def _fetch(self, plan: Plan, shard: types.ShardInfo) -> Any:
+        job = await asyncio.to_thread(plan.job, shard)
+        if job is None:
+            return None
+        head = await self._request(job.head) if job.head else None
+        transfer = await asyncio.to_thread(job.start, head)
+        with job.receiving():
+            await self._receive_all(job.call, transfer, job.progress)
+        return await asyncio.to_thread(job.finish)
 
-        tasks = [asyncio.ensure_future(gated(item)) for item in items]
-        try:
-            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        except BaseException:  # cancelled from outside
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()
-        return [task.result() for task in tasks]
+    async def _run_plan(self, plan: Plan, max_workers: int) -> Any:
+        for shard in plan.header_checks:
+            plan.check_header(shard, await self._run(exchange.shard_header(self, plan.call(shard), shard)))
+        with plan:
+            parts = await self._map(lambda shard: self._fetch(plan, shard), plan.shards, max_workers)
+            return plan.result(parts)
+
+    async def _stream(self, plan: AsStream) -> AsyncIterator[tuple[str, torch.Tensor]]:
+        for shard in plan.shards:
+            job = plan.job(shard)
+            assert job is not None
+            pieces = self._receive(job.call, job.start(None))
+            try:
+                async for _ in pieces:
+                    for item in job.drain():
+                        yield item
+            finally:
+                await pieces.aclose()  # type: ignore[attr-defined]  # an async generator
+            for item in job.finish():
+                yield item
 
     # ---- service -------------------------------------------------------------------
 
-    async def health(self) -> Health:
+    async def health(self) -> types.Health:
         return await self._request(routes.health())
 
-    async def ready(self) -> Readiness:
+    async def ready(self) -> types.Readiness:
         return await self._request(routes.ready())
 
-    async def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> Readiness:
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        while True:
-            state = await self.ready()
-            if state.status == "ready":
-                return state
-            if deadline is not None and loop.time() >= deadline:
-                raise TimeoutError(f"service at {self.base_url} not ready after {timeout}s: {state.detail}")
-            await asyncio.sleep(poll_interval)
+    async def wait_ready(self, timeout: float | None = 60.0, poll_interval: float = 0.5) -> types.Readiness:
+        """As :meth:`Client.wait_ready`: through refused connections, then :class:`ReadyTimeoutError`."""
+        return await self._run(exchange.wait_ready(self, timeout, poll_interval))
 
-    async def info(self) -> Info:
+    async def info(self) -> types.Info:
         return await self._request(routes.info())
 
     # ---- checkpoints ---------------------------------------------------------------
 
-    async def checkpoint_config(self, path: str) -> CheckpointConfig:
+    async def checkpoint_config(self, path: str) -> types.CheckpointConfig:
         return await self._request(routes.checkpoint_config(path))
 
-    async def checkpoint_tensors(self, path: str) -> CheckpointTensors:
+    async def checkpoint_tensors(self, path: str) -> types.CheckpointTensors:
         return await self._request(routes.checkpoint_tensors(path))
 
-    async def checkpoint_tokenizer(self, path: str) -> TokenizerInfo:
+    async def checkpoint_tokenizer(self, path: str) -> types.TokenizerInfo:
         return await self._request(routes.checkpoint_tokenizer(path))
 
-    async def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> TokenizeResponse:
-        return await self._request(routes.tokenize(TokenizeRequest(path=path, text=text, detokenize=detokenize)))
+    async def tokenize(self, path: str, text: str, *, detokenize: bool = True) -> types.TokenizeResponse:
+        return await self._request(routes.tokenize(types.TokenizeRequest(path=path, text=text, detokenize=detokenize)))
 
     # ---- models --------------------------------------------------------------------
 
     async def load(
-        self,
-        checkpoint_path: str,
-        *,
-        model_type: str | None = None,
-        dtype: str | None = None,
-        mp_overrides: Mapping[str, Any] | None = None,
-        pin: bool = False,
-        timeout: float | httpx.Timeout | None = DEFAULT_LOAD_TIMEOUT,
+        self, checkpoint_path: str, *, model_type: str | None = None, dtype: str | None = None,
+        mp_overrides: Mapping[str, Any] | None = None, pin: bool = False,
+        timeout: float | httpx.Timeout | None = base.DEFAULT_LOAD_TIMEOUT,
     ) -> AsyncModelHandle:
-        request = load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=True)
+        request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=True)
         answer = await self._request(routes.load_model(request, timeout=timeout))
-        if isinstance(answer, Job):
+        if isinstance(answer, types.Job):
             job = AsyncJobHandle(self, answer)
             await job.wait()
             return await job.model()
         return AsyncModelHandle(self, answer)
 
     async def start_load(
-        self,
-        checkpoint_path: str,
-        *,
-        model_type: str | None = None,
-        dtype: str | None = None,
-        mp_overrides: Mapping[str, Any] | None = None,
-        pin: bool = False,
+        self, checkpoint_path: str, *, model_type: str | None = None, dtype: str | None = None,
+        mp_overrides: Mapping[str, Any] | None = None, pin: bool = False,
     ) -> AsyncJobHandle:
-        request = load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=False)
+        request = routes.load_request(checkpoint_path, model_type, dtype, mp_overrides, pin, wait=False)
         answer = await self._request(routes.load_model(request))
-        if isinstance(answer, ModelInfo):
+        if isinstance(answer, types.ModelInfo):
             return AsyncJobHandle.resident(self, answer)
         return AsyncJobHandle(self, answer)
 
-    async def list_models(self) -> ModelList:
+    async def list_models(self) -> types.ModelList:
         return await self._request(routes.list_models())
 
     async def get_model(self, model_id: str) -> AsyncModelHandle:
@@ -295,20 +215,15 @@ class AsyncClient(BaseClient):
         await self._request(routes.unload_model(model_id))
 
     async def save(
-        self,
-        model_id: str,
-        path: str,
-        *,
-        ckpt_format: str = "torch_dist",
-        hf_tokenizer_path: str | None = None,
+        self, model_id: str, path: str, *, ckpt_format: str = "torch_dist", hf_tokenizer_path: str | None = None,
         overwrite: bool = False,
     ) -> AsyncJobHandle:
-        request = save_request(path, ckpt_format, hf_tokenizer_path, overwrite)
+        request = routes.save_request(path, ckpt_format, hf_tokenizer_path, overwrite)
         return AsyncJobHandle(self, await self._request(routes.save_model(model_id, request)))
 
     # ---- jobs ----------------------------------------------------------------------
 
-    async def list_jobs(self) -> list[Job]:
+    async def list_jobs(self) -> list[types.Job]:
         return (await self._request(routes.list_jobs())).jobs
 
     async def get_job(self, job_id: str) -> AsyncJobHandle:
@@ -320,243 +235,89 @@ class AsyncClient(BaseClient):
     # ---- state dict ----------------------------------------------------------------
 
     async def state_dict_index(
-        self,
-        model_id: str,
-        dtype: str | None = None,
-        keys: Keys = None,
-        max_shard_bytes: int | None = None,
-        *,
-        names: str = "megatron",
-    ) -> StateDictIndex:
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
-        index = await self._request(routes.state_dict_index(model_id, params))
-        check_index(index)
-        return index
+        self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
+        names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
+    ) -> types.StateDictIndex:
+        """As :meth:`Client.state_dict_index`."""
+        query = self._query(model_id, dtype, keys, max_shard_bytes, names, tp_rank, tp_size)
+        return await self._request(routes.state_dict_index(query))
 
     async def state_dict(
-        self,
-        model_id: str,
-        dtype: str | None = None,
-        keys: Keys = None,
-        max_shard_bytes: int | None = None,
-        *,
-        names: str = "megatron",
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        verify: bool = True,
-        progress: bool = False,
-        out: Mapping[str, torch.Tensor] | None = None,
-        strict: bool = True,
+        self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
+        names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None,
+        max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True, progress: bool = False,
+        out: Mapping[str, torch.Tensor] | None = None, strict: bool = True,
     ) -> dict[str, torch.Tensor]:
         """As :meth:`Client.state_dict`, ``out=`` and ``strict`` included."""
-        require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
-        verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
-        if out is not None:
-            destinations = Destinations(out, index, strict=strict)
-            return await self._fill(model_id, params, index, verifier, destinations, max_workers=max_workers, progress=progress)
-        with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
+        query = self._query(model_id, dtype, keys, max_shard_bytes, names, tp_rank, tp_size, tensors=True)
+        index = await self._request(routes.state_dict_index(query))
+        return await self._run_plan(self._state_dict_plan(index, query, verify, progress, out, strict), max_workers)
 
-            async def fetch(shard: ShardInfo) -> dict[str, torch.Tensor]:
-                sink = BufferSink(shard.size)
-                transfer = ShardTransfer(
-                    sink,
-                    shard.size,
-                    on_restart=lambda held: bar.update(-held),
-                    where=f"shard {shard.index}",
-                    checker=ShardChecker(shard, index, verifier),
-                )
-                call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                await self._receive_all(call, transfer, bar.update)
-                sink.release()
-                return tensors_from_shard(sink.buffer, shard, index, None)  # checked on arrival
+    def iter_tensors(
+        self, model_id: str, dtype: str | None = None, keys: Keys = None, max_shard_bytes: int | None = None, *,
+        names: str = "megatron", tp_rank: int | None = None, tp_size: int | None = None, verify: bool = True,
+    ) -> TensorStream:
+        """``async for name, tensor in client.iter_tensors(model_id)``: one at a time.
 
-            parts = await self._map(fetch, index.shards, max_workers)
-        return merge_shards(parts, index.weight_map)
-
-    async def _fill(
-        self,
-        model_id: str,
-        params: tuple[tuple[str, str], ...],
-        index: StateDictIndex,
-        verifier: TensorVerifier,
-        destinations: Destinations,
-        *,
-        max_workers: int,
-        progress: bool,
-    ) -> Any:
-        """``state_dict(out=...)``: check ``out`` against the index's ``tensors`` (or, from a
-        server that does not send them, every shard's header), then read the bodies into it."""
-        calls = [self._shard_call(routes.shard_path(model_id, shard.index), params) for shard in index.shards]
-        if not destinations.check_index(index):
-            for shard, call in zip(index.shards, calls):
-                destinations.check_header(await self._shard_header(call, shard), shard, index)
-        with progress_bar(progress, total=index_bytes(index), desc=f"state_dict {model_id}") as bar:
-
-            async def fetch(shard: ShardInfo) -> None:
-                sink = StreamSink(shard, index, None, destination=destinations)
-                transfer = ShardTransfer(
-                    sink,
-                    shard.size,
-                    on_restart=lambda held: bar.update(-held),
-                    where=f"shard {shard.index}",
-                    checker=ShardChecker(shard, index, verifier),
-                )
-                await self._receive_all(calls[shard.index], transfer, bar.update)
-                sink.close()
-
-            await self._map(fetch, index.shards, max_workers)
-        return destinations.out
-
-    async def _shard_header(self, call: Call[None], shard: ShardInfo) -> SafetensorsHeader:
-        """A shard's safetensors header, from a ``Range`` request read only that far."""
-        need = header_probe(shard)
-        while True:
-            header = header_from_prefix(await self._shard_prefix(call, need), shard)
-            if not isinstance(header, int):
-                return header
-            need = header
-
-    async def _shard_prefix(self, call: Call[None], size: int) -> bytes:
-        """The first ``size`` bytes of a shard (the stream is closed once they are in)."""
-        retries = 0
-        while True:
-            request = self._build_request(self._http, call)
-            request.headers.update(
-                {"Accept": "application/octet-stream, application/problem+json",
-                 "Accept-Encoding": "identity", "Range": f"bytes=0-{size - 1}"}
-            )
-            try:
-                response = await self._http.send(request, stream=True)
-                try:
-                    delay = self._delay_after_status(call, response, retries)
-                    if delay is None:
-                        if response.status_code >= 400:
-                            await response.aread()
-                            raise make_status_error(response)
-                        data = bytearray()
-                        async for chunk in response.aiter_raw():
-                            data += chunk
-                            if len(data) >= size:
-                                break
-                        return bytes(data[:size])
-                finally:
-                    await response.aclose()
-            except httpx.TransportError as exc:
-                delay = self._delay_after_error(call, exc, retries)
-            await asyncio.sleep(delay)
-            retries += 1
-
-    async def iter_tensors(
-        self,
-        model_id: str,
-        dtype: str | None = None,
-        keys: Keys = None,
-        max_shard_bytes: int | None = None,
-        *,
-        names: str = "megatron",
-        verify: bool = True,
-    ) -> AsyncIterator[tuple[str, torch.Tensor]]:
-        """``async for name, tensor in await client.iter_tensors(model_id)``: one at a time."""
-        require_torch()
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
-        verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
-
-        async def tensors() -> AsyncIterator[tuple[str, torch.Tensor]]:
-            for shard in index.shards:
-                sink = StreamSink(shard, index, None)  # the checker verifies as bytes arrive
-                transfer = ShardTransfer(
-                    sink, shard.size, where=f"shard {shard.index}", checker=ShardChecker(shard, index, verifier)
-                )
-                call = self._shard_call(routes.shard_path(model_id, shard.index), params)
-                pieces = self._receive(call, transfer)
-                try:
-                    async for _ in pieces:
-                        for item in sink.drain():
-                            yield item
-                finally:
-                    await pieces.aclose()
-                sink.close()
-                for item in sink.drain():
-                    yield item
-
-        return tensors()
+        ``await client.iter_tensors(...)`` fetches the index at once (errors raise there) and
+        gives the same stream; otherwise the index is fetched on the first iteration."""
+        query = self._query(model_id, dtype, keys, max_shard_bytes, names, tp_rank, tp_size, tensors=True)
+        return TensorStream(self, query, verify)
 
     async def download(
-        self,
-        model_id: str,
-        directory: str | Path,
-        dtype: str | None = None,
-        keys: Keys = None,
-        max_shard_bytes: int | None = None,
-        *,
-        names: str = "megatron",
-        max_workers: int = DEFAULT_MAX_WORKERS,
-        verify: bool = True,
-        progress: bool = False,
+        self, model_id: str, directory: str | Path, dtype: str | None = None, keys: Keys = None,
+        max_shard_bytes: int | None = None, *, names: str = "megatron", tp_rank: int | None = None,
+        tp_size: int | None = None, max_workers: int = base.DEFAULT_MAX_WORKERS, verify: bool = True,
+        progress: bool = False, allow_foreign_files: bool = False,
     ) -> DownloadResult:
-        """See :meth:`Client.download`. File writes are small and synchronous."""
-        params = routes.state_dict_params(dtype, keys, max_shard_bytes, names)
-        index = await self.state_dict_index(model_id, dtype, keys, max_shard_bytes, names=names)
-        verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
-        target = Path(directory)
-        target.mkdir(parents=True, exist_ok=True)
-        result = DownloadResult(
-            directory=target,
-            index_file=target / INDEX_FILENAME,
-            shard_files=[target / s.filename for s in index.shards],
-            total_bytes=index_bytes(index),
-            checksums_verified=verifier.active,
-            skipped=list(index.skipped),
+        """See :meth:`Client.download`. File work runs in worker threads."""
+        query = self._query(model_id, dtype, keys, max_shard_bytes, names, tp_rank, tp_size)
+        index = await self._request(routes.state_dict_index(query))
+        plan = await asyncio.to_thread(
+            self._download_plan, index, query, directory, verify, progress, allow_foreign_files
         )
-        with progress_bar(progress, total=result.total_bytes, desc=f"download {model_id}") as bar:
-
-            async def fetch(shard: ShardInfo) -> None:
-                files = ShardFiles(target, shard)
-                if await asyncio.to_thread(files.final_is_valid, index, verifier):
-                    bar.update(shard.size)
-                    result.reused.append(shard.filename)
-                    return
-                path = routes.shard_path(model_id, shard.index)
-                head = await self._request(Call("HEAD", path, lambda r: r.headers, params=params))
-                sink = files.open(head.get("etag"))
-                checker = ShardChecker(shard, index, verifier)
-                try:
-                    await asyncio.to_thread(sink.replay, checker.feed)  # what an earlier run left
-                    if sink.size:
-                        result.resumed.append(shard.filename)
-                    bar.update(sink.size)
-                    start = sink.size
-                    transfer = ShardTransfer(
-                        sink,
-                        shard.size,
-                        etag=head.get("etag"),
-                        on_restart=lambda held: bar.update(-held),
-                        where=f"shard {shard.index} ({shard.filename})",
-                        checker=checker,
-                    )
-                    await self._receive_all(self._shard_call(path, params), transfer, bar.update)
-                except IntegrityError:
-                    files.discard(sink)  # never resume onto bytes known to be wrong
-                    raise
-                finally:
-                    sink.close()
-                await asyncio.to_thread(files.commit, sink, index, verifier, checked=True)
-                result.downloaded_bytes += shard.size - (0 if transfer.restarts else start)
-
-            await self._map(fetch, index.shards, max_workers)
-        result.index_file = write_index(target, index)
-        if names == "hf":
-            result.files = await self._download_hub_files(model_id, target)
+        result: DownloadResult = await self._run_plan(plan, max_workers)
+        if names == "hf":  # see Client.download
+            info = await self._request(routes.hub_model_info(model_id))
+            commit = str(info.get("sha") or "main")
+            for name in hub_extra_files(info):
+                data = await self._request(routes.hub_file(model_id, commit, name))
+                result.files.append(await asyncio.to_thread(write_file, plan.directory, name, data))
         return result
 
-    async def _download_hub_files(self, model_id: str, target: Path) -> list[Path]:
-        """See :meth:`Client._download_hub_files`."""
-        info = await self._request(routes.hub_model_info(model_id))
-        commit = str(info.get("sha") or "main")
-        written = []
-        for name in hub_extra_files(info):
-            data = await self._request(routes.hub_file(model_id, commit, name))
-            written.append(await asyncio.to_thread(write_file, target, name, data))
-        return written
+
+class TensorStream:
+    """The tensors of :meth:`AsyncClient.iter_tensors`: an async iterator of ``(name,
+    tensor)``, and awaitable (``await`` fetches the index now and gives the stream back).
+    ``aclose()`` stops it early and closes the shard stream under way."""
+
+    def __init__(self, client: AsyncClient, query: StateDictQuery, verify: bool) -> None:
+        self._client = client
+        self._query = query
+        self._verify = verify
+        self._tensors: AsyncIterator[tuple[str, torch.Tensor]] | None = None
+
+    def __await__(self) -> Generator[Any, None, TensorStream]:
+        return self._start().__await__()
+
+    async def _start(self) -> TensorStream:
+        if self._tensors is None:
+            index = await self._client._request(routes.state_dict_index(self._query))
+            self._tensors = self._client._stream(self._client._stream_plan(index, self._query, self._verify))
+        return self
+
+    def __aiter__(self) -> TensorStream:
+        return self
+
+    async def __anext__(self) -> tuple[str, torch.Tensor]:
+        await self._start()
+        assert self._tensors is not None
+        return await self._tensors.__anext__()
+
+    async def aclose(self) -> None:
+        if self._tensors is not None:
+            await self._tensors.aclose()  # type: ignore[attr-defined]  # an async generator
+
+
+def _next_or_none(pieces: Generator[int, None, None]) -> int | None:
+    return next(pieces, None)  # in a worker thread: StopIteration must not cross into the loop

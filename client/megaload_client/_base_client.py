@@ -1,32 +1,38 @@
-"""What the sync and async clients share: configuration, request building, answer handling.
+"""What the sync and async clients share: configuration, request building, answer
+handling, and the plans of the state-dict calls. Free of I/O.
 
-Everything here is free of I/O. Each client's loop is, for every attempt::
-
-    request = self._build_request(http, call)
-    try:    response = send(request)
-    except httpx.TransportError as exc:
-            delay = self._delay_after_error(call, exc, retries)  # None: give up (raise)
-    delay = self._delay_after_status(call, response, retries)     # None: answer is final
-    return self._result(call, response)                           # parse or typed error
+Each client is a facade over the same exchanges (:mod:`._exchange`: a call with its
+retries, a shard body with its resumption, ...) and the same plans (:mod:`._plans`); it
+owns a driver that performs them (:mod:`._drivers`) and differs from the other client only
+in how it waits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
-from ._direct_transport import DirectTransport
-from ._environment import resolve_token
-from ._exceptions import connection_error, make_status_error
+from . import _routes as routes
+from ._checksums import TensorVerifier
+from ._destinations import Destinations
+from ._direct_transport import DirectDriver, direct_driver_for
+from ._environment import resolve_token, resolve_url
+from ._exceptions import make_status_error
+from ._plans import AsStream, IntoBuffers, IntoTensors, ToFiles
 from ._resume import ShardTransfer
 from ._retry import RetryPolicy
-from ._routes import Call
+from ._routes import Call, StateDictQuery
+from ._safetensors import require_torch
 from ._version import __version__
 from .types import StateDictIndex
 
-__all__ = ["BaseClient", "DEFAULT_TIMEOUT", "DEFAULT_MAX_RETRIES", "DEFAULT_LOAD_TIMEOUT", "RESET_RETRIES_AFTER"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["BaseClient", "DEFAULT_TIMEOUT", "DEFAULT_MAX_RETRIES", "DEFAULT_LOAD_TIMEOUT", "DEFAULT_MAX_WORKERS"]
 
 T = TypeVar("T")
 
@@ -34,8 +40,6 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 DEFAULT_MAX_RETRIES = 3
 # A load with wait=true answers when the model is resident: allow for big checkpoints.
 DEFAULT_LOAD_TIMEOUT = httpx.Timeout(3600.0, connect=10.0)
-# A streamed shard that made this much progress before breaking earns fresh retries.
-RESET_RETRIES_AFTER = 1 << 20
 DEFAULT_MAX_WORKERS = 4
 
 
@@ -50,20 +54,16 @@ def _timeout(value: float | httpx.Timeout | None) -> httpx.Timeout:
 class BaseClient:
     """Configuration shared by :class:`Client` and :class:`AsyncClient`.
 
+    ``base_url``: when ``None``, ``$MEGALOAD_URL``, else ``http://127.0.0.1:8000`` (as the
+    command line; :func:`~._environment.resolve_url`).
     ``token``: bearer token; when ``None``, ``$MEGALOAD_TOKEN`` is used if set.
     ``timeout``: seconds (or an ``httpx.Timeout``) for each request; ``None`` waits forever.
     ``max_retries``: retries of idempotent calls on connection errors, 429 and 503.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        token: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
+    def __init__(self, base_url: str | None, *, token: str | None, timeout: float | httpx.Timeout | None,
+                 max_retries: int, headers: Mapping[str, str] | None, http_client: object) -> None:
+        base_url = resolve_url(None) if base_url is None else base_url
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
@@ -71,7 +71,9 @@ class BaseClient:
         self.retry_policy = RetryPolicy(max_retries=max_retries)
         self._token = resolve_token(token)
         self._extra_headers = dict(headers or {})
-        self._direct: DirectTransport | None = None  # set by a client that owns its httpx client
+        self._owns_http = http_client is None
+        # Shard bodies: straight into their destination, unless the caller brought an httpx client.
+        self._direct: DirectDriver | None = direct_driver_for(self) if http_client is None else None
 
     @property
     def max_retries(self) -> int:
@@ -95,23 +97,6 @@ class BaseClient:
             timeout=self.timeout if call.timeout is ... else _timeout(call.timeout),
         )
 
-    # ---- decisions -----------------------------------------------------------------
-
-    def _delay_after_status(self, call: Call[Any], response: httpx.Response, retries: int) -> float | None:
-        """Seconds to wait before repeating ``call``, or ``None`` if this answer is final."""
-        status = response.status_code
-        if status < 400 or status in call.ok:
-            return None
-        if self.retry_policy.retry_on_status(status, idempotent=call.retryable, retries_done=retries):
-            return self.retry_policy.delay(retries, response)
-        return None
-
-    def _delay_after_error(self, call: Call[Any], error: httpx.TransportError, retries: int) -> float:
-        """Seconds to wait before repeating ``call``; raises the wrapped error to give up."""
-        if self.retry_policy.retry_on_error(error, idempotent=call.retryable, retries_done=retries):
-            return self.retry_policy.delay(retries)
-        raise connection_error(error, error.request if _has_request(error) else None) from error
-
     def _result(self, call: Call[T], response: httpx.Response) -> T:
         if response.status_code >= 400 and response.status_code not in call.ok:
             raise make_status_error(response)
@@ -119,21 +104,11 @@ class BaseClient:
 
     # ---- shards --------------------------------------------------------------------
 
-    def _shard_call(self, path: str, params: tuple[tuple[str, str], ...]) -> Call[None]:
-        return Call("GET", path, lambda response: None, params=params)
-
     def _shard_headers(self, transfer: ShardTransfer) -> dict[str, str]:
         headers = self._default_headers()
         headers["Accept"] = "application/octet-stream, application/problem+json"
         headers.update(transfer.request_headers())
         return headers
-
-    def _shard_request(
-        self, http: httpx.Client | httpx.AsyncClient, call: Call[None], transfer: ShardTransfer
-    ) -> httpx.Request:
-        request = self._build_request(http, call)
-        request.headers.update(self._shard_headers(transfer))
-        return request
 
     @property
     def shard_transport(self) -> str:
@@ -142,19 +117,33 @@ class BaseClient:
         (https, a caller's own ``http_client``, or a proxy set for the host)."""
         return "direct" if self._direct is not None else "httpx"
 
+    # ---- state dict plans -----------------------------------------------------------
+
     @staticmethod
-    def _retries_after_break(retries: int, transfer: ShardTransfer, offset_before: int) -> int:
-        """A broken stream that made real progress does not use up the retry budget."""
-        return 0 if transfer.offset - offset_before >= RESET_RETRIES_AFTER else retries
+    def _query(*options: Any, tensors: bool = False) -> StateDictQuery:
+        """The query of a state-dict call (``tensors``: one that makes torch tensors)."""
+        if tensors:
+            require_torch()
+        return routes.state_dict_query(*options)
 
+    @staticmethod
+    def _state_dict_plan(
+        index: StateDictIndex, query: StateDictQuery, verify: bool, progress: bool,
+        out: Mapping[str, torch.Tensor] | None, strict: bool,
+    ) -> IntoBuffers | IntoTensors:
+        verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
+        if out is None:
+            return IntoBuffers(query, index, verifier, progress)
+        return IntoTensors(query, index, verifier, progress, Destinations(out, index, strict=strict))
 
-def _has_request(error: httpx.TransportError) -> bool:
-    try:
-        error.request  # noqa: B018 - raises RuntimeError when unset
-    except RuntimeError:
-        return False
-    return True
+    @staticmethod
+    def _stream_plan(index: StateDictIndex, query: StateDictQuery, verify: bool) -> AsStream:
+        return AsStream(query, index, TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify))
 
-
-def index_bytes(index: StateDictIndex) -> int:
-    return sum(shard.size for shard in index.shards)
+    @staticmethod
+    def _download_plan(
+        index: StateDictIndex, query: StateDictQuery, directory: str | Path, verify: bool, progress: bool,
+        allow_foreign_files: bool,
+    ) -> ToFiles:
+        verifier = TensorVerifier(index.checksums, index.checksum_algorithm, enabled=verify)
+        return ToFiles(query, index, verifier, progress, Path(directory), allow_foreign_files=allow_foreign_files)

@@ -7,7 +7,7 @@ token and other headers, ``Range``/``If-Range``) over an ``http.client`` connect
 reads the body with ``readinto`` into the sink's own memory: the shard buffer of
 ``state_dict``, each tensor's buffer for ``iter_tensors``, one bounded buffer for
 ``download``. Everything else is shared with the httpx path: the :class:`~._routes.Call`,
-the retry decisions of :class:`~._base_client.BaseClient` (:mod:`._retry`), the one error
+the retry decisions (:mod:`._retry`), the one error
 mapping (:func:`~._exceptions.make_status_error`), the resume bookkeeping (:mod:`._resume`).
 
 Used only for plain ``http://`` base URLs with no credentials in them and no proxy set for
@@ -17,40 +17,43 @@ Socket errors are translated into the httpx exception classes the retry policy a
 knows, so both paths retry, and fail, alike. One connection per attempt, closed when the body
 ends: shards are few and large.
 
-Call order (both clients)::
+It drives the same exchanges as httpx does (:mod:`._exchange`)::
 
-    transport = direct_transport_for(base_url, timeout)     # None: use httpx
-    for n in receive_shard(client, transport, call, transfer, abort):
-        progress(n)                                           # bytes that just landed
+    driver = direct_driver_for(client)                     # None: use httpx
+    for n in driver.stream(shard_body(client, call, transfer, abort)):
+        progress(n)                                        # bytes that just landed
 """
 
 from __future__ import annotations
 
 import http.client
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 
-from ._exceptions import IntegrityError, make_status_error
-from ._resume import ShardTransfer, TransferAborted
+from ._drivers import Run, SyncDriver
+from ._exchange import Pull, Read, Send
 from ._routes import Call
 
 if TYPE_CHECKING:
     from ._base_client import BaseClient
 
-__all__ = ["DirectTransport", "direct_transport_for", "receive_shard"]
-
+__all__ = ["DirectTransport", "DirectDriver", "direct_driver_for", "direct_transport_for"]
 # Most of an error answer's body kept for its problem document.
 _MAX_ERROR_BODY = 1 << 20
 _TIMEOUT = {"connect": httpx.ConnectTimeout, "write": httpx.WriteTimeout, "read": httpx.ReadTimeout}
 _FAILURE = {"connect": httpx.ConnectError, "write": httpx.WriteError, "read": httpx.ReadError}
 # Framing headers that describe the wire, not the (already decoded) body we hand on.
 _WIRE_HEADERS = frozenset({"content-encoding", "transfer-encoding", "content-length"})
+
+
+def direct_driver_for(client: BaseClient) -> DirectDriver | None:
+    """The direct driver for ``client``'s base URL, or ``None`` (see :func:`direct_transport_for`)."""
+    transport = direct_transport_for(client.base_url, client.timeout)
+    return None if transport is None else DirectDriver(client, transport)
 
 
 def direct_transport_for(base_url: str, timeout: httpx.Timeout) -> DirectTransport | None:
@@ -92,20 +95,17 @@ class DirectTransport:
     def __repr__(self) -> str:
         return f"DirectTransport({self.host!r}, {self.port}, {self.prefix!r})"
 
-    def target(self, call: Call[object]) -> str:
+    def target(self, call: Call[Any]) -> str:
         query = urlencode(list(call.params))
         return self.prefix + call.path + (f"?{query}" if query else "")
 
-    def request_for(self, call: Call[object]) -> httpx.Request:
+    def request_for(self, call: Call[Any]) -> httpx.Request:
         """An httpx request naming what was sent, for error messages and status mapping."""
         netloc = f"[{self.host}]" if ":" in self.host else self.host
         return httpx.Request(call.method, f"http://{netloc}:{self.port}{self.target(call)}")
 
-    @contextmanager
-    def exchange(
-        self, call: Call[object], headers: dict[str, str], request: httpx.Request
-    ) -> Iterator[http.client.HTTPResponse]:
-        """Connect, send, read the status line and headers; the connection closes on exit."""
+    def send(self, call: Call[Any], headers: dict[str, str], request: httpx.Request) -> _Answer:
+        """Connect, send, read the status line and headers; ``close()`` the answer after."""
         timeout = self.timeout
         connection = http.client.HTTPConnection(self.host, self.port, timeout=timeout.connect)
         try:
@@ -116,10 +116,74 @@ class DirectTransport:
                 connection.request(call.method, self.target(call), headers=headers)
             connection.sock.settimeout(timeout.read)
             with _translated("read", request):
-                response = connection.getresponse()
-            yield response
-        finally:
+                return _Answer(connection, connection.getresponse(), request)
+        except BaseException:
             connection.close()
+            raise
+
+
+class _Unread(httpx.SyncByteStream):
+    """The body of an answer that the driver reads itself (``Pull``, ``Read``)."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _Answer:
+    """One answer on its own connection, and the ``httpx.Response`` the exchange sees."""
+
+    def __init__(self, connection: http.client.HTTPConnection, raw: http.client.HTTPResponse, request: httpx.Request):
+        self.connection = connection
+        self.raw = raw
+        self.request = request
+        self.response = httpx.Response(raw.status, headers=raw.getheaders(), stream=_Unread(), request=request)
+
+    def readinto(self, buffer: memoryview) -> int:
+        with _translated("read", self.request):
+            return self.raw.readinto(buffer)
+
+    def error_response(self) -> httpx.Response:
+        """An error answer with (most of) its body, for the one error mapping."""
+        headers = [(k, v) for k, v in self.raw.getheaders() if k.lower() not in _WIRE_HEADERS]
+        with _translated("read", self.request):
+            body = self.raw.read(_MAX_ERROR_BODY)
+        return httpx.Response(self.raw.status, headers=headers, content=body, request=self.request)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class DirectDriver(SyncDriver):
+    """Performs shard exchanges over a :class:`DirectTransport` (one connection each)."""
+
+    def __init__(self, client: BaseClient, transport: DirectTransport) -> None:
+        self.client = client
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"DirectDriver({self.transport!r})"
+
+    def send(self, step: Send, run: Run) -> httpx.Response:
+        headers = self.client._default_headers() | (step.headers or {})
+        run.body = self.transport.send(step.call, headers, self.transport.request_for(step.call))
+        run.response = run.body.response
+        return run.response
+
+    def pull(self, step: Pull, run: Run) -> int:
+        n = step.receiver.receive(run.body.readinto)
+        if not n and not step.receiver.complete and run.body.raw.length != 0:
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body", request=run.body.request
+            )
+        return n
+
+    def read(self, step: Read, run: Run) -> httpx.Response:
+        return run.body.error_response()
+
+    def close(self, run: Run) -> None:
+        if run.body is not None:
+            answer, run.response, run.body = run.body, None, None
+            answer.close()
 
 
 @contextmanager
@@ -133,81 +197,3 @@ def _translated(phase: str, request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc) or type(exc).__name__, request=request) from exc
     except OSError as exc:
         raise _FAILURE[phase](str(exc) or type(exc).__name__, request=request) from exc
-
-
-def _status_response(
-    answer: http.client.HTTPResponse, request: httpx.Request, *, with_body: bool
-) -> httpx.Response:
-    """An error answer as an ``httpx.Response``, for the shared retry and error decisions."""
-    headers = [(k, v) for k, v in answer.getheaders() if k.lower() not in _WIRE_HEADERS]
-    body = b""
-    if with_body:
-        with _translated("read", request):
-            body = answer.read(_MAX_ERROR_BODY)
-    return httpx.Response(answer.status, headers=headers, content=body, request=request)
-
-
-def receive_shard(
-    client: BaseClient,
-    transport: DirectTransport,
-    call: Call[None],
-    transfer: ShardTransfer,
-    abort: threading.Event | None = None,
-) -> Iterator[int]:
-    """Receive one shard into ``transfer``, resuming after breaks; yields each read's size.
-
-    The same loop as the clients' httpx ``_stream_shard``: retries (and their budget reset
-    after real progress) are decided by ``client``, waits end early when ``abort`` is set,
-    and ``abort`` stops the transfer with :class:`~._resume.TransferAborted`.
-    """
-    retries = 0
-    request = transport.request_for(call)
-    while not transfer.complete:
-        _stop_if(abort)
-        offset_before = transfer.offset
-        try:
-            with transport.exchange(call, client._shard_headers(transfer), request) as answer:
-                delay = None
-                if answer.status >= 400:
-                    delay = client._delay_after_status(call, _status_response(answer, request, with_body=False), retries)
-                    if delay is None:
-                        raise make_status_error(_status_response(answer, request, with_body=True))
-                else:
-                    transfer.begin(answer.status, answer.headers)
-                    read = _reader(answer, request)
-                    while not transfer.complete:
-                        _stop_if(abort)
-                        n = transfer.receive(read)
-                        if not n:
-                            if answer.length == 0:  # the answer is complete, the shard is not
-                                raise IntegrityError(
-                                    f"{transfer.where}: the answer ended after {transfer.offset} of "
-                                    f"{transfer.expected_size} bytes"
-                                )
-                            raise httpx.RemoteProtocolError(
-                                "peer closed connection without sending complete message body", request=request
-                            )
-                        yield n
-                    break
-        except httpx.TransportError as exc:
-            retries = client._retries_after_break(retries, transfer, offset_before)
-            delay = client._delay_after_error(call, exc, retries)
-        if abort is not None:
-            abort.wait(delay)  # an abort ends the wait; the next turn raises
-        else:
-            time.sleep(delay)
-        retries += 1
-    transfer.finish()
-
-
-def _reader(answer: http.client.HTTPResponse, request: httpx.Request):
-    def readinto(buffer: memoryview) -> int:
-        with _translated("read", request):
-            return answer.readinto(buffer)
-
-    return readinto
-
-
-def _stop_if(abort: threading.Event | None) -> None:
-    if abort is not None and abort.is_set():
-        raise TransferAborted

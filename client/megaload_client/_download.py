@@ -17,6 +17,15 @@ With ``names="hf"`` the directory is a Hugging Face model directory (``from_pret
 reads it): the shards hold the Hugging Face tensors, and the service's Hub endpoint gives
 the other files of the model (``config.json``, ``generation_config.json``, tokenizer files),
 each written whole and atomically (:func:`hub_extra_files`, :func:`write_file`).
+
+A download directory holds one consistent set of shards: after a download its
+``*.safetensors`` files are exactly those its index names, so a loader that globs them
+loads each tensor once. Shard files of this naming (``model-00001-of-00006.safetensors``)
+that the new index does not name are what an earlier download with other options left,
+and are removed once the new index is written. Any other ``*.safetensors`` file is not
+ours: the download refuses, before fetching anything, with :class:`ForeignFilesError`
+naming them, unless ``allow_foreign_files=True`` (then they are left alone, and the
+directory is no longer one set). See :func:`directory_set`.
 """
 
 from __future__ import annotations
@@ -25,11 +34,12 @@ import hashlib
 import json
 import mmap
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._checksums import TensorVerifier
-from ._exceptions import IntegrityError
+from ._exceptions import ForeignFilesError, IntegrityError
 from ._resume import FileSink
 from ._safetensors import SafetensorsError, SafetensorsHeader, header_length, parse_header
 from ._shards import check_shard_header
@@ -44,9 +54,13 @@ __all__ = [
     "write_index",
     "write_file",
     "hub_extra_files",
+    "directory_set",
+    "SHARD_NAME",
 ]
 
 INDEX_FILENAME = "model.safetensors.index.json"
+SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+"""The service's shard file names (Hugging Face's): ``model-00001-of-00006.safetensors``."""
 
 
 @dataclass
@@ -167,6 +181,27 @@ class ShardFiles:
         """Close and delete an ``.incomplete`` file whose bytes failed a check."""
         sink.close()
         Path(sink.path).unlink(missing_ok=True)
+
+
+def directory_set(directory: Path, index: StateDictIndex, *, allow_foreign_files: bool = False) -> list[Path]:
+    """The shard files in ``directory`` that a download of ``index`` makes stale (ours, by
+    their name, and not named by ``index``); :class:`ForeignFilesError` if other
+    ``*.safetensors`` files are there, unless ``allow_foreign_files``."""
+    wanted = {shard.filename for shard in index.shards}
+    stale: list[Path] = []
+    foreign: list[Path] = []
+    for path in sorted(directory.glob("*.safetensors")):
+        if path.name in wanted or not path.is_file():
+            continue
+        (stale if SHARD_NAME.fullmatch(path.name) else foreign).append(path)
+    if foreign and not allow_foreign_files:
+        raise ForeignFilesError(
+            f"{directory} holds safetensors files this download did not write: "
+            f"{', '.join(p.name for p in foreign)}; a loader reading *.safetensors there would load them "
+            "with the new shards. Move them, choose another directory, or pass allow_foreign_files=True",
+            foreign,
+        )
+    return stale
 
 
 def write_index(directory: Path, index: StateDictIndex) -> Path:

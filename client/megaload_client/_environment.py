@@ -1,7 +1,8 @@
 """The only place the client reads environment variables.
 
 ``MEGALOAD_TOKEN``  bearer token, used when no ``token`` argument is given.
-``MEGALOAD_URL``    service URL for the command line (the SDK takes ``base_url`` explicitly).
+``MEGALOAD_URL``    service URL when none is given, for the command line and the SDK alike
+                   (``Client()``, ``AsyncClient()``): :func:`resolve_url`.
 """
 
 from __future__ import annotations

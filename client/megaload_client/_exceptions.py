@@ -61,54 +61,9 @@ from . import problems as p
 from .types import ProblemDetail
 
 if TYPE_CHECKING:
-    from .types import Job
+    from pathlib import Path
 
-__all__ = [
-    "MegaloadError",
-    "APIConnectionError",
-    "APITimeoutError",
-    "APIStatusError",
-    "BadRequestError",
-    "AuthenticationError",
-    "PermissionDeniedError",
-    "NotFoundError",
-    "CheckpointNotFoundError",
-    "ModelNotFoundError",
-    "ShardNotFoundError",
-    "KeysNotFoundError",
-    "JobNotFoundError",
-    "RepoNotFoundError",
-    "RevisionNotFoundError",
-    "EntryNotFoundError",
-    "MethodNotAllowedError",
-    "ConflictError",
-    "CheckpointExistsError",
-    "JobNotCancellableError",
-    "PayloadTooLargeError",
-    "RangeNotSatisfiableError",
-    "UnprocessableEntityError",
-    "NotACheckpointError",
-    "UnsupportedCheckpointError",
-    "UnmappableModelError",
-    "CorruptCheckpointError",
-    "UnsafeCheckpointError",
-    "IncompatibleConfigError",
-    "InvalidDtypeError",
-    "TokenizerError",
-    "RateLimitError",
-    "ServerError",
-    "InternalServerError",
-    "ServiceUnavailableError",
-    "InsufficientMemoryError",
-    "IntegrityError",
-    "ChecksumUnavailableError",
-    "JobError",
-    "JobFailedError",
-    "JobCancelledError",
-    "JobTimeoutError",
-    "make_status_error",
-    "connection_error",
-]
+    from .types import Job, Readiness
 
 
 class MegaloadError(Exception):
@@ -121,14 +76,27 @@ class MegaloadError(Exception):
     def __str__(self) -> str:
         return self.message
 
-
 class APIConnectionError(MegaloadError, ConnectionError):
     """The service could not be reached, or the connection broke (after any retries)."""
-
 
 class APITimeoutError(APIConnectionError, TimeoutError):
     """Connecting, sending or reading took longer than the timeout."""
 
+class ReadyTimeoutError(MegaloadError, TimeoutError):
+    """``wait_ready`` spent its timeout before ``/readyz`` said ready; ``readiness`` is the
+    service's last answer (``None`` when it never answered: refused, unreachable)."""
+
+    def __init__(self, message: str, readiness: Readiness | None = None) -> None:
+        super().__init__(message)
+        self.readiness = readiness
+
+class ForeignFilesError(MegaloadError, FileExistsError):
+    """A download directory holds ``*.safetensors`` files the download did not write
+    (``paths``); see :mod:`megaload_client._download`."""
+
+    def __init__(self, message: str, paths: list[Path]) -> None:
+        super().__init__(message)
+        self.paths = paths
 
 class APIStatusError(MegaloadError):
     """The service answered with an error status.
@@ -149,7 +117,6 @@ class APIStatusError(MegaloadError):
         )
         text = f"{problem.status} {problem.title}"
         super().__init__(f"{text}: {problem.detail}" if problem.detail else text)
-
 
 class BadRequestError(APIStatusError, ValueError): ...
 class AuthenticationError(APIStatusError, PermissionError): ...
@@ -184,7 +151,6 @@ class InternalServerError(ServerError): ...
 class ServiceUnavailableError(ServerError): ...
 class InsufficientMemoryError(ServerError): ...
 
-
 class IntegrityError(MegaloadError, ValueError):
     """Bytes received from the service do not match its index (size, checksum or format)."""
 
@@ -201,16 +167,12 @@ class JobError(MegaloadError):
         super().__init__(message)
         self.job = job
 
-
 class JobFailedError(JobError):
     """The job failed; ``job.error`` holds the service's problem document."""
 
-
 class JobCancelledError(JobError): ...
 
-
 class JobTimeoutError(JobError, TimeoutError): ...
-
 
 _BY_TYPE: dict[str, type[APIStatusError]] = {
     p.VALIDATION: UnprocessableEntityError,
@@ -261,7 +223,6 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 _MAX_DETAIL_CHARS = 500
 
-
 def _problem_of(response: httpx.Response) -> ProblemDetail:
     """The response's problem document, or one made up from its status and body text."""
     status = response.status_code
@@ -287,7 +248,6 @@ def _problem_of(response: httpx.Response) -> ProblemDetail:
     title = response.reason_phrase or f"HTTP {status}"
     return ProblemDetail(title=title, status=status, detail=text or None)
 
-
 def make_status_error(response: httpx.Response) -> APIStatusError:
     """The exception for an error response: by problem ``type`` first, then by status.
 
@@ -299,7 +259,6 @@ def make_status_error(response: httpx.Response) -> APIStatusError:
     if cls is None:
         cls = ServerError if response.status_code >= 500 else APIStatusError
     return cls(problem, response)
-
 
 def connection_error(error: httpx.TransportError, request: httpx.Request | None = None) -> APIConnectionError:
     """Wrap an httpx transport failure; the caller raises it ``from error``."""

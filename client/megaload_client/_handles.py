@@ -1,35 +1,27 @@
 """Handles on remote objects: a resident model, a job. Sync and async side by side.
 
 A handle holds its client and the last state the service reported; methods act on the
-object without repeating its id. The helpers at the bottom are shared by both clients.
+object without repeating its id. A job's wait is one exchange (:func:`wait_job`) that
+either client drives.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._exceptions import IntegrityError, JobCancelledError, JobFailedError, JobTimeoutError
+from . import _routes as routes
+from ._exceptions import JobCancelledError, JobFailedError, JobTimeoutError
+from ._exchange import Deadline, Exchange, Sleep, request
 from ._progress import ProgressBar, progress_bar
-from .types import (
-    Job,
-    JobKind,
-    JobResult,
-    JobState,
-    LoadModelRequest,
-    ModelInfo,
-    ModelParallelOverrides,
-    SaveModelRequest,
-    StateDictIndex,
-)
+from .types import Job, JobKind, JobResult, JobState, ModelInfo, StateDictIndex
 
 if TYPE_CHECKING:
     import torch
 
-    from ._async_client import AsyncClient
+    from ._async_client import AsyncClient, TensorStream
+    from ._base_client import BaseClient
     from ._client import Client
     from ._download import DownloadResult
 
@@ -40,18 +32,18 @@ __all__ = [
     "AsyncJobHandle",
     "TERMINAL_STATES",
     "job_outcome",
-    "load_request",
-    "save_request",
-    "merge_shards",
-    "worker_count",
+    "wait_job",
 ]
+
+H = TypeVar("H", bound="_JobBase")
 
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 DEFAULT_POLL_INTERVAL = 0.5
 
 
 class _ModelBase:
-    def __init__(self, info: ModelInfo) -> None:
+    def __init__(self, client: Client | AsyncClient, info: ModelInfo) -> None:
+        self._client = client
         self.info = info
 
     @property
@@ -66,29 +58,34 @@ class ModelHandle(_ModelBase):
     """A resident model. ``info`` is its state when last fetched (``refresh()`` updates it).
 
     The state-dict methods take the same options as the client's (``dtype``, ``keys``,
-    ``max_shard_bytes``, ``names="hf"`` for the Hugging Face model, ...) and pass them through.
+    ``max_shard_bytes``, ``names="hf"`` for the Hugging Face model, ``tp_rank``/``tp_size``
+    for one tensor-parallel rank's slices, ...) and pass them through.
     """
 
-    def __init__(self, client: Client, info: ModelInfo) -> None:
-        super().__init__(info)
-        self._client = client
+    _client: Client
 
     def refresh(self) -> ModelInfo:
         self.info = self._client.get_model(self.id).info
         return self.info
 
-    def index(self, **options: Any) -> StateDictIndex:
-        return self._client.state_dict_index(self.id, **options)
+    def index(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> StateDictIndex:
+        return self._client.state_dict_index(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+    def state_dict(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> dict[str, torch.Tensor]:
         """:meth:`Client.state_dict` of this model; ``out=`` fills tensors you already have."""
-        return self._client.state_dict(self.id, **options)
+        return self._client.state_dict(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def iter_tensors(self, **options: Any) -> Iterator[tuple[str, torch.Tensor]]:
-        return self._client.iter_tensors(self.id, **options)
+    def iter_tensors(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._client.iter_tensors(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    def download(self, directory: Any, **options: Any) -> DownloadResult:
-        return self._client.download(self.id, directory, **options)
+    def download(
+        self, directory: Any, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> DownloadResult:
+        return self._client.download(self.id, directory, tp_rank=tp_rank, tp_size=tp_size, **options)
 
     def save(self, path: str, **options: Any) -> JobHandle:
         return self._client.save(self.id, path, **options)
@@ -100,26 +97,29 @@ class ModelHandle(_ModelBase):
 class AsyncModelHandle(_ModelBase):
     """:class:`ModelHandle` for :class:`AsyncClient`: the same methods, awaited."""
 
-    def __init__(self, client: AsyncClient, info: ModelInfo) -> None:
-        super().__init__(info)
-        self._client = client
+    _client: AsyncClient
 
     async def refresh(self) -> ModelInfo:
         self.info = (await self._client.get_model(self.id)).info
         return self.info
 
-    async def index(self, **options: Any) -> StateDictIndex:
-        return await self._client.state_dict_index(self.id, **options)
+    async def index(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> StateDictIndex:
+        return await self._client.state_dict_index(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def state_dict(self, **options: Any) -> dict[str, torch.Tensor]:
+    async def state_dict(
+        self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> dict[str, torch.Tensor]:
         """:meth:`AsyncClient.state_dict` of this model; ``out=`` fills tensors you already have."""
-        return await self._client.state_dict(self.id, **options)
+        return await self._client.state_dict(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def iter_tensors(self, **options: Any) -> AsyncIterator[tuple[str, torch.Tensor]]:
-        return await self._client.iter_tensors(self.id, **options)
+    def iter_tensors(self, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any) -> TensorStream:
+        """``async for name, tensor in model.iter_tensors()`` (``await`` it to fetch the index first)."""
+        return self._client.iter_tensors(self.id, tp_rank=tp_rank, tp_size=tp_size, **options)
 
-    async def download(self, directory: Any, **options: Any) -> DownloadResult:
-        return await self._client.download(self.id, directory, **options)
+    async def download(
+        self, directory: Any, *, tp_rank: int | None = None, tp_size: int | None = None, **options: Any
+    ) -> DownloadResult:
+        return await self._client.download(self.id, directory, tp_rank=tp_rank, tp_size=tp_size, **options)
 
     async def save(self, path: str, **options: Any) -> AsyncJobHandle:
         return await self._client.save(self.id, path, **options)
@@ -129,7 +129,8 @@ class AsyncModelHandle(_ModelBase):
 
 
 class _JobBase:
-    def __init__(self, job: Job, *, remote: bool = True) -> None:
+    def __init__(self, client: Client | AsyncClient, job: Job, *, remote: bool = True) -> None:
+        self._client = client
         self.job = job
         self._remote = remote  # False: the service started no job (a load found the model resident)
 
@@ -159,13 +160,15 @@ class _JobBase:
         return f"{type(self).__name__}(id={self.id!r}, kind={self.job.kind.value}, state={self.state.value})"
 
     @classmethod
-    def _resident_job(cls, info: ModelInfo) -> Job:
+    def resident(cls: type[H], client: Client | AsyncClient, info: ModelInfo) -> H:
+        """The handle of the load that found ``info``'s model already resident (no job)."""
         now = datetime.now(UTC)
         result = JobResult(model=info, model_id=info.id, created=False)
-        return Job(
+        job = Job(
             id="", kind=JobKind.LOAD, state=JobState.SUCCEEDED, progress=1.0, model_id=info.id,
             target=info.iteration_dir, created_at=now, started_at=now, finished_at=now, result=result,
         )
+        return cls(client, job, remote=False)
 
 
 class JobHandle(_JobBase):
@@ -175,13 +178,7 @@ class JobHandle(_JobBase):
     handle is then born succeeded, with ``id == ""``, and ``refresh``/``cancel`` do nothing.
     """
 
-    def __init__(self, client: Client, job: Job, *, remote: bool = True) -> None:
-        super().__init__(job, remote=remote)
-        self._client = client
-
-    @classmethod
-    def resident(cls, client: Client, info: ModelInfo) -> JobHandle:
-        return cls(client, cls._resident_job(info), remote=False)
+    _client: Client
 
     def refresh(self) -> Job:
         if self._remote:
@@ -203,15 +200,7 @@ class JobHandle(_JobBase):
         :class:`JobCancelledError`, or :class:`JobTimeoutError` after ``timeout`` seconds.
         ``progress=True`` shows a tqdm bar when tqdm is installed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._bar(progress) as bar:
-            while True:
-                bar.set_to(100 * self.job.progress, self.job.phase)
-                if self.done:
-                    return job_outcome(self.job)
-                remaining = _remaining(deadline, self.job)
-                time.sleep(min(poll_interval, remaining))
-                self.refresh()
+        return self._client._run(wait_job(self, self._client, timeout, poll_interval, progress))
 
     def model(self) -> ModelHandle:
         """The model a succeeded load job made resident."""
@@ -221,13 +210,7 @@ class JobHandle(_JobBase):
 class AsyncJobHandle(_JobBase):
     """:class:`JobHandle` for :class:`AsyncClient`: the same methods, awaited."""
 
-    def __init__(self, client: AsyncClient, job: Job, *, remote: bool = True) -> None:
-        super().__init__(job, remote=remote)
-        self._client = client
-
-    @classmethod
-    def resident(cls, client: AsyncClient, info: ModelInfo) -> AsyncJobHandle:
-        return cls(client, cls._resident_job(info), remote=False)
+    _client: AsyncClient
 
     async def refresh(self) -> Job:
         if self._remote:
@@ -242,33 +225,35 @@ class AsyncJobHandle(_JobBase):
     async def wait(
         self, timeout: float | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL, progress: bool = False
     ) -> Job:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._bar(progress) as bar:
-            while True:
-                bar.set_to(100 * self.job.progress, self.job.phase)
-                if self.done:
-                    return job_outcome(self.job)
-                remaining = _remaining(deadline, self.job)
-                await asyncio.sleep(min(poll_interval, remaining))
-                await self.refresh()
+        return await self._client._run(wait_job(self, self._client, timeout, poll_interval, progress))
 
     async def model(self) -> AsyncModelHandle:
         return await self._client.get_model(self._model_id())
 
 
-# ---------------------------------------------------------------------- shared helpers
+# ---------------------------------------------------------------------- waiting
 
 
-def _remaining(deadline: float | None, job: Job) -> float:
-    if deadline is None:
-        return float("inf")
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise JobTimeoutError(
-            f"job {job.id} ({job.kind.value}) still {job.state.value} at {job.progress:.0%} when the wait timed out",
-            job,
-        )
-    return left
+def wait_job(
+    handle: _JobBase, client: BaseClient, timeout: float | None, poll_interval: float, progress: bool
+) -> Exchange[Job]:
+    """Poll ``handle``'s job until it ends (updating ``handle.job``); its outcome, or the
+    :class:`JobError` that says how it ended, or :class:`JobTimeoutError` after ``timeout``."""
+    deadline = Deadline(timeout)
+    with handle._bar(progress) as bar:
+        while True:
+            bar.set_to(100 * handle.job.progress, handle.job.phase)
+            if handle.done:
+                return job_outcome(handle.job)
+            if deadline.expired:
+                job = handle.job
+                raise JobTimeoutError(
+                    f"job {job.id} ({job.kind.value}) still {job.state.value} at {job.progress:.0%} when the wait timed out",
+                    job,
+                )
+            yield Sleep(min(poll_interval, deadline.remaining()))
+            if handle._remote:
+                handle.job = yield from request(client, routes.get_job(handle.id))
 
 
 def job_outcome(job: Job) -> Job:
@@ -280,46 +265,3 @@ def job_outcome(job: Job) -> Job:
     if job.state is JobState.CANCELLED:
         raise JobCancelledError(f"job {job.id} ({job.kind.value}) was cancelled", job)
     return job
-
-
-def load_request(
-    checkpoint_path: str,
-    model_type: str | None,
-    dtype: str | None,
-    mp_overrides: Mapping[str, Any] | ModelParallelOverrides | None,
-    pin: bool,
-    *,
-    wait: bool,
-) -> LoadModelRequest:
-    """Validated here first, so a bad argument fails before anything is sent."""
-    overrides = mp_overrides
-    if overrides is not None and not isinstance(overrides, ModelParallelOverrides):
-        overrides = ModelParallelOverrides.model_validate(dict(overrides))
-    return LoadModelRequest(
-        checkpoint_path=checkpoint_path, model_type=model_type, dtype=dtype, mp_overrides=overrides, pin=pin, wait=wait
-    )
-
-
-def save_request(path: str, ckpt_format: str, hf_tokenizer_path: str | None, overwrite: bool) -> SaveModelRequest:
-    return SaveModelRequest(path=path, ckpt_format=ckpt_format, hf_tokenizer_path=hf_tokenizer_path, overwrite=overwrite)
-
-
-def merge_shards(parts: list[dict[str, torch.Tensor]], order: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
-    """One dict, ordered as ``order`` (the index's ``weight_map``: the model's own order)
-    where it names every key, else in shard order. A key in two shards is an
-    :class:`IntegrityError`."""
-    merged: dict[str, torch.Tensor] = {}
-    for number, part in enumerate(parts):
-        for name, tensor in part.items():
-            if name in merged:
-                raise IntegrityError(f"tensor {name!r} appears in more than one shard (again in shard {number})")
-            merged[name] = tensor
-    if order is not None and len(order) == len(merged) and all(name in merged for name in order):
-        return {name: merged[name] for name in order}
-    return merged
-
-
-def worker_count(max_workers: int, items: int) -> int:
-    if not isinstance(max_workers, int) or max_workers < 1:
-        raise ValueError(f"max_workers must be a positive integer, got {max_workers!r}")
-    return max(1, min(max_workers, items))

@@ -59,7 +59,7 @@ def progress_bar(enabled: bool, *, total: float | None, desc: str, unit: str = "
     if not enabled:
         return ProgressBar()
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:
         warnings.warn(
             "progress=True needs tqdm (pip install 'megaload-client[progress]'); no progress shown",

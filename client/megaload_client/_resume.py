@@ -68,7 +68,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 
 def is_strong_etag(etag: str | None) -> bool:
     """``If-Range`` needs a strong validator (RFC 9110 13.1.5); weak ones start with ``W/``."""
-    return bool(etag) and not etag.startswith("W/") and etag.startswith('"') and etag.endswith('"')
+    return etag is not None and not etag.startswith("W/") and etag.startswith('"') and etag.endswith('"')
 
 
 class TransferAborted(Exception):
@@ -157,6 +157,7 @@ class FileSink:
         return self._scratch[: min(limit, READ_CHUNK)]
 
     def commit(self, n: int) -> memoryview:
+        assert self._scratch is not None, "commit follows window"
         data = self._scratch[:n]
         self.write(data)
         return data
@@ -226,7 +227,7 @@ class ShardTransfer:
         headers = {"Accept-Encoding": "identity"}
         if self.offset > 0:
             headers["Range"] = f"bytes={self.offset}-"
-            if is_strong_etag(self.etag):
+            if self.etag is not None and is_strong_etag(self.etag):
                 headers["If-Range"] = self.etag
         return headers
 

@@ -16,6 +16,19 @@ any call may be retried.
 The wait before retry ``n`` (0-based) is ``min(0.5 * 2**n, 8)`` seconds, scaled by a jitter
 factor drawn from ``[0.75, 1.0]``, unless the server sent ``Retry-After``: then its value is
 honoured (as delta-seconds or an HTTP date), capped at ``max_retry_after`` seconds.
+
+A streamed shard that broke after receiving at least :data:`RESET_RETRIES_AFTER` bytes in
+that attempt earns its retry budget back: a long transfer over a flaky link keeps going
+while it makes progress.
+
+:class:`Attempts` applies the policy to one call; every request path (plain requests, shard
+bodies over httpx or the direct transport, header probes) asks it after each attempt::
+
+    attempts = Attempts(policy, call)
+    ... send ...
+    delay = attempts.after_status(response)           # None: this answer is final
+    delay = attempts.after_error(exc, progressed=n)   # raises APIConnectionError to give up
+    ... sleep(delay); attempts.next() ...
 """
 
 from __future__ import annotations
@@ -24,13 +37,18 @@ import email.utils
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
-__all__ = ["RetryPolicy", "IDEMPOTENT_METHODS", "RETRYABLE_STATUS", "parse_retry_after"]
+from ._exceptions import connection_error
+
+__all__ = ["RetryPolicy", "Attempts", "IDEMPOTENT_METHODS", "RETRYABLE_STATUS", "RESET_RETRIES_AFTER", "parse_retry_after"]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "DELETE", "PUT", "OPTIONS"})
 RETRYABLE_STATUS = frozenset({429, 503})
+# A streamed shard that made this much progress before breaking earns fresh retries.
+RESET_RETRIES_AFTER = 1 << 20
 
 # Raised before any byte of the request went out: safe to retry whatever the method.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -105,3 +123,44 @@ class RetryPolicy:
 
 def is_idempotent(method: str) -> bool:
     return method.upper() in IDEMPOTENT_METHODS
+
+
+class Attempts:
+    """The retry state of one call (anything with ``retryable`` and ``ok``, a
+    :class:`~._routes.Call`) under ``policy``: I/O-free, its driver sends and sleeps."""
+
+    def __init__(self, policy: RetryPolicy, call: Any) -> None:
+        self.policy = policy
+        self.call = call
+        self.retries = 0
+
+    def after_status(self, response: httpx.Response) -> float | None:
+        """Seconds to wait before trying again, or ``None`` if this answer is final."""
+        status = response.status_code
+        if status < 400 or status in self.call.ok:
+            return None
+        if self.policy.retry_on_status(status, idempotent=self.call.retryable, retries_done=self.retries):
+            return self.policy.delay(self.retries, response)
+        return None
+
+    def after_error(self, error: httpx.TransportError, *, progressed: int = 0) -> float:
+        """Seconds to wait before trying again; raises the typed error to give up.
+
+        ``progressed``: bytes a broken stream received in this attempt (see
+        :data:`RESET_RETRIES_AFTER`)."""
+        if progressed >= RESET_RETRIES_AFTER:
+            self.retries = 0
+        if self.policy.retry_on_error(error, idempotent=self.call.retryable, retries_done=self.retries):
+            return self.policy.delay(self.retries)
+        raise connection_error(error, _request_of(error)) from error
+
+    def next(self) -> None:
+        """The wait is over: the next attempt starts."""
+        self.retries += 1
+
+
+def _request_of(error: httpx.TransportError) -> httpx.Request | None:
+    try:
+        return error.request
+    except RuntimeError:  # no request attached
+        return None

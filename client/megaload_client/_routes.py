@@ -7,7 +7,7 @@ parse requests identically and differ only in how they wait.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from .types import (
     LoadModelRequest,
     ModelInfo,
     ModelList,
+    ModelParallelOverrides,
     ProblemDetail,
     Readiness,
     SaveModelRequest,
@@ -35,7 +36,10 @@ from .types import (
     TokenizerInfo,
 )
 
-__all__ = ["Call", "state_dict_params", "shard_path", "NAMES", "HUB_NAMESPACE"]
+__all__ = [
+    "Call", "StateDictQuery", "state_dict_query", "state_dict_params", "shard", "shard_path", "load_request",
+    "save_request", "NAMES", "HUB_NAMESPACE",
+]
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -97,6 +101,7 @@ def _readiness(response: httpx.Response) -> Readiness:
     except ValueError:
         if response.status_code == 200:
             raise
+    detail: str | None
     try:  # 503 with a problem document saying why
         problem = ProblemDetail.model_validate_json(response.content)
         detail = problem.detail or problem.title
@@ -143,17 +148,42 @@ def _model_or_job(response: httpx.Response) -> ModelInfo | Job:
     return ModelInfo.model_validate_json(response.content)
 
 
+def load_request(
+    checkpoint_path: str,
+    model_type: str | None,
+    dtype: str | None,
+    mp_overrides: Mapping[str, Any] | ModelParallelOverrides | None,
+    pin: bool,
+    *,
+    wait: bool,
+) -> LoadModelRequest:
+    """Validated here first, so a bad argument fails before anything is sent."""
+    overrides = mp_overrides
+    if overrides is not None and not isinstance(overrides, ModelParallelOverrides):
+        overrides = ModelParallelOverrides.model_validate(dict(overrides))
+    return LoadModelRequest.model_validate(
+        {"checkpoint_path": checkpoint_path, "model_type": model_type, "dtype": dtype, "mp_overrides": overrides,
+         "pin": pin, "wait": wait}
+    )
+
+
+def save_request(path: str, ckpt_format: str, hf_tokenizer_path: str | None, overwrite: bool) -> SaveModelRequest:
+    return SaveModelRequest.model_validate(
+        {"path": path, "ckpt_format": ckpt_format, "hf_tokenizer_path": hf_tokenizer_path, "overwrite": overwrite}
+    )
+
+
 def load_model(request: LoadModelRequest, *, timeout: Any = ...) -> Call[ModelInfo | Job]:
     # A model id is stable for the same checkpoint and options: repeating a load is safe.
     return Call("POST", "/v1/models", _model_or_job, json=_body(request), idempotent=True, timeout=timeout)
 
 
-def list_models() -> Call[ModelList]:
-    return Call("GET", "/v1/models", _as(ModelList))
-
-
 def get_model(model_id: str) -> Call[ModelInfo]:
     return Call("GET", f"/v1/models/{_seg(model_id)}", _as(ModelInfo))
+
+
+def list_models() -> Call[ModelList]:
+    return Call("GET", "/v1/models", _as(ModelList))
 
 
 def unload_model(model_id: str) -> Call[None]:
@@ -172,15 +202,34 @@ NAMES = ("megatron", "hf")
 """What ``names=`` may say: the model's own tensors, or the Hugging Face model it corresponds to."""
 
 
+@dataclass(frozen=True)
+class StateDictQuery:
+    """Which model and which view of its state dict: the index and every shard of one call
+    are asked with the same ``params`` (the service requires them equal)."""
+
+    model_id: str
+    params: tuple[tuple[str, str], ...] = ()
+
+
+def state_dict_query(model_id: str, *options: Any) -> StateDictQuery:
+    """The query of a state-dict call; ``options`` are :func:`state_dict_params`'s."""
+    return StateDictQuery(model_id, state_dict_params(*options))
+
+
 def state_dict_params(
     dtype: str | None = None,
     keys: str | Iterable[str] | None = None,
     max_shard_bytes: int | None = None,
     names: str = "megatron",
+    tp_rank: int | None = None,
+    tp_size: int | None = None,
 ) -> tuple[tuple[str, str], ...]:
     """The query shared by the index and every shard (the service requires them equal).
     ``names="hf"`` asks for the Hugging Face view (``ValueError`` for anything but
-    :data:`NAMES`); the default sends nothing, so older services understand the query."""
+    :data:`NAMES`); the default sends nothing, so older services understand the query.
+    ``tp_rank``/``tp_size`` (both or neither, ``0 <= tp_rank < tp_size``) ask for what one
+    tensor-parallel rank of that size holds. Bad values are a ``ValueError`` before anything
+    is sent."""
     if names not in NAMES:
         raise ValueError(f"names must be one of {', '.join(NAMES)}, got {names!r}")
     params: list[tuple[str, str]] = []
@@ -193,15 +242,40 @@ def state_dict_params(
     if keys is not None:
         for key in [keys] if isinstance(keys, str) else keys:
             params.append(("keys", key))
+    params.extend(_tp_params(tp_rank, tp_size))
     return tuple(params)
 
 
-def state_dict_index(model_id: str, params: tuple[tuple[str, str], ...] = ()) -> Call[StateDictIndex]:
-    return Call("GET", f"/v1/models/{_seg(model_id)}/state_dict", _as(StateDictIndex), params=params)
+def _tp_params(tp_rank: int | None, tp_size: int | None) -> list[tuple[str, str]]:
+    if tp_rank is None and tp_size is None:
+        return []
+    if tp_rank is None or tp_size is None:
+        raise ValueError(f"tp_rank and tp_size go together, got tp_rank={tp_rank!r} and tp_size={tp_size!r}")
+    for name, value in (("tp_rank", tp_rank), ("tp_size", tp_size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+    if tp_size < 1 or not 0 <= tp_rank < tp_size:
+        raise ValueError(f"need 0 <= tp_rank < tp_size, got tp_rank={tp_rank} and tp_size={tp_size}")
+    return [("tp_rank", str(tp_rank)), ("tp_size", str(tp_size))]
+
+
+def state_dict_index(query: StateDictQuery) -> Call[StateDictIndex]:
+    return Call("GET", f"/v1/models/{_seg(query.model_id)}/state_dict", _as(StateDictIndex), params=query.params)
 
 
 def shard_path(model_id: str, index: int) -> str:
     return f"/v1/models/{_seg(model_id)}/state_dict/{int(index)}"
+
+
+def shard(query: StateDictQuery, index: int, method: str = "GET") -> Call[Any]:
+    """Shard ``index`` of ``query``: its body is read by a driver, not parsed (GET); a
+    ``HEAD`` answers its headers (the ETag a download resumes against)."""
+    parse: Callable[[httpx.Response], Any] = _headers if method == "HEAD" else _nothing
+    return Call(method, shard_path(query.model_id, index), parse, params=query.params)
+
+
+def _headers(response: httpx.Response) -> httpx.Headers:
+    return response.headers
 
 
 # ------------------------------------------------------------------ the Hub endpoint

@@ -231,10 +231,10 @@ class SafetensorsStream:
 
     def __init__(self, destination: Callable[[TensorEntry], Any] | None = None) -> None:
         self._destination = destination
-        self._pending = bytearray()  # length prefix and header, until parsed
+        self._reader = HeaderReader()
         self._header: SafetensorsHeader | None = None
         self._next = 0  # index of the tensor being filled
-        self._buffer: bytearray | None = None
+        self._buffer: Any = None  # its buffer (bytearray, mapping or the caller's memory); None past the end
         self._filled = 0
         self.bytes_seen = 0
         self._scratch: memoryview | None = None
@@ -244,14 +244,16 @@ class SafetensorsStream:
     def header(self) -> SafetensorsHeader | None:
         return self._header
 
-    def feed(self, chunk: bytes | bytearray | memoryview) -> list[tuple[TensorEntry, bytearray]]:
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[tuple[TensorEntry, Any]]:
         view = memoryview(chunk).cast("B")
         self.bytes_seen += len(view)
-        done: list[tuple[TensorEntry, bytearray]] = []
+        done: list[tuple[TensorEntry, Any]] = []
         if self._header is None:
-            view = self._take_header(view)
-            if self._header is None:
+            view = self._reader.take(view)
+            if self._reader.header is None:
                 return done
+            self._header = self._reader.header
+            self._start_tensor()
             done.extend(self._empty_tensors())
         while len(view):
             if self._buffer is None:
@@ -262,11 +264,7 @@ class SafetensorsStream:
             self._buffer[self._filled : self._filled + take] = view[:take]
             self._filled += take
             view = view[take:]
-            if self._filled == len(self._buffer):
-                done.append((self._header.entries[self._next], self._buffer))
-                self._next += 1
-                self._start_tensor()
-                done.extend(self._empty_tensors())
+            self._tensor_done(done)
         return done
 
     def window(self, limit: int) -> memoryview:
@@ -278,38 +276,27 @@ class SafetensorsStream:
             self._scratch = memoryview(bytearray(_SCRATCH_BYTES))
         return self._scratch[: min(limit, _SCRATCH_BYTES)]
 
-    def commit(self, n: int) -> list[tuple[TensorEntry, bytearray]]:
+    def commit(self, n: int) -> list[tuple[TensorEntry, Any]]:
         if not self._in_place:
+            assert self._scratch is not None
             return self.feed(self._scratch[:n])
         self.bytes_seen += n
         self._filled += n
-        done: list[tuple[TensorEntry, bytearray]] = []
-        if self._filled == len(self._buffer):
-            done.append((self._header.entries[self._next], self._buffer))
-            self._next += 1
-            self._start_tensor()
-            done.extend(self._empty_tensors())
+        done: list[tuple[TensorEntry, Any]] = []
+        self._tensor_done(done)
         return done
 
     def close(self) -> None:
         if self._header is None or self._next < len(self._header.entries):
             raise SafetensorsError(f"stream ended after {self.bytes_seen} bytes, inside the file")
 
-    def _take_header(self, view: memoryview) -> memoryview:
-        need = 8 if len(self._pending) < 8 else 8 + header_length(self._pending)
-        while True:
-            take = min(len(view), need - len(self._pending))
-            self._pending += view[:take]
-            view = view[take:]
-            if len(self._pending) < need:
-                return view
-            if need == 8:
-                need = 8 + header_length(self._pending)
-                continue
-            self._header = parse_header(self._pending[8:])
-            self._pending = bytearray()
+    def _tensor_done(self, done: list[tuple[TensorEntry, Any]]) -> None:
+        """The current tensor, if its buffer is full, and the empty ones after it, into ``done``."""
+        if self._header is not None and self._filled == len(self._buffer):
+            done.append((self._header.entries[self._next], self._buffer))
+            self._next += 1
             self._start_tensor()
-            return view
+            done.extend(self._empty_tensors())
 
     def _start_tensor(self) -> None:
         entries = self._header.entries if self._header else ()
@@ -320,11 +307,36 @@ class SafetensorsStream:
         else:
             self._buffer = None
 
-    def _empty_tensors(self) -> Iterator[tuple[TensorEntry, bytearray]]:
-        while self._buffer is not None and len(self._buffer) == 0:
+    def _empty_tensors(self) -> Iterator[tuple[TensorEntry, Any]]:
+        while self._header is not None and self._buffer is not None and len(self._buffer) == 0:
             yield self._header.entries[self._next], self._buffer
             self._next += 1
             self._start_tensor()
+
+
+class HeaderReader:
+    """Collects a file's length prefix and header from chunks of any size: ``take(view)``
+    consumes the header bytes at the start of ``view`` and returns the rest; ``header`` is
+    set once the whole header is in. :class:`SafetensorsError` when it is not valid."""
+
+    def __init__(self) -> None:
+        self._pending = bytearray()
+        self.header: SafetensorsHeader | None = None
+
+    def take(self, view: memoryview) -> memoryview:
+        need = 8 if len(self._pending) < 8 else 8 + header_length(self._pending)
+        while True:
+            take = min(len(view), need - len(self._pending))
+            self._pending += view[:take]
+            view = view[take:]
+            if len(self._pending) < need:
+                return view
+            if need == 8:
+                need = 8 + header_length(self._pending)
+                continue
+            self.header = parse_header(self._pending[8:])
+            self._pending = bytearray()
+            return view
 
 
 def require_torch() -> None:

@@ -8,19 +8,18 @@ here. :class:`ShardChecker` verifies a shard while it arrives, so no byte is rea
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ._checksums import TensorVerifier
 from ._exceptions import IntegrityError
 from ._safetensors import (
+    HeaderReader,
     SafetensorsError,
     SafetensorsHeader,
     SafetensorsStream,
     TensorEntry,
-    header_length,
     parse_buffer_header,
-    parse_header,
     tensor_from_buffer,
 )
 from .types import ShardInfo, StateDictIndex
@@ -28,7 +27,7 @@ from .types import ShardInfo, StateDictIndex
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["check_index", "check_shard_header", "tensors_from_shard", "ShardChecker", "StreamSink"]
+__all__ = ["check_index", "check_shard_header", "tensors_from_shard", "merge_shards", "ShardChecker", "StreamSink"]
 
 
 def check_index(index: StateDictIndex) -> None:
@@ -88,6 +87,21 @@ def tensors_from_shard(
     return tensors
 
 
+def merge_shards(parts: list[dict[str, torch.Tensor]], order: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """One dict, ordered as ``order`` (the index's ``weight_map``: the model's own order)
+    where it names every key, else in shard order. A key in two shards is an
+    :class:`IntegrityError`."""
+    merged: dict[str, torch.Tensor] = {}
+    for number, part in enumerate(parts):
+        for name, tensor in part.items():
+            if name in merged:
+                raise IntegrityError(f"tensor {name!r} appears in more than one shard (again in shard {number})")
+            merged[name] = tensor
+    if order is not None and len(order) == len(merged) and all(name in merged for name in order):
+        return {name: merged[name] for name in order}
+    return merged
+
+
 class ShardChecker:
     """Checks one shard's bytes as they arrive: the header against the index, then each
     tensor's checksum the moment its last byte is in, hashing every chunk while it is still
@@ -112,7 +126,7 @@ class ShardChecker:
 
     def reset(self) -> None:
         self.size = 0
-        self._pending = bytearray()  # length prefix and header, until parsed
+        self._reader = HeaderReader()  # length prefix and header, until parsed
         self._header: SafetensorsHeader | None = None
         self._next = 0  # the tensor being received
         self._left = 0  # its bytes still to come
@@ -148,28 +162,19 @@ class ShardChecker:
 
     def _take_header(self, view: memoryview) -> memoryview:
         try:
-            need = 8 if len(self._pending) < 8 else 8 + header_length(self._pending)
-            while True:
-                take = min(len(view), need - len(self._pending))
-                self._pending += view[:take]
-                view = view[take:]
-                if len(self._pending) < need:
-                    return view
-                if need == 8:
-                    need = 8 + header_length(self._pending)
-                    continue
-                header = parse_header(self._pending[8:])
-                break
+            view = self._reader.take(view)
         except SafetensorsError as exc:
             raise IntegrityError(
                 f"shard {self.shard.index} ({self.shard.filename}) is not valid safetensors: {exc}"
             ) from None
-        check_shard_header(header, self.shard, self.index)
-        self._header, self._pending = header, bytearray()
-        self._start_tensor()
+        if self._reader.header is not None:
+            check_shard_header(self._reader.header, self.shard, self.index)
+            self._header = self._reader.header
+            self._start_tensor()
         return view
 
     def _start_tensor(self) -> None:
+        assert self._header is not None
         entries = self._header.entries
         while self._next < len(entries):
             self._left = entries[self._next].nbytes
@@ -179,7 +184,7 @@ class ShardChecker:
             self._finish_tensor(start_next=False)  # an empty tensor is complete at once
 
     def _finish_tensor(self, start_next: bool = True) -> None:
-        if self._hasher is not None:
+        if self._hasher is not None and self._header is not None:
             self.verifier.check_digest(self._header.entries[self._next].name, self._hasher.hexdigest(), where=self._where)
         self._next += 1
         self._hasher = None
@@ -230,6 +235,7 @@ class StreamSink:
         return self._window
 
     def commit(self, n: int) -> memoryview:
+        assert self._window is not None, "commit follows window"
         data = self._window[:n]
         try:
             finished = self._stream.commit(n)

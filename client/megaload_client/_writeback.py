@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import sys
+from typing import Any
 
 __all__ = ["WRITEBACK_BYTES", "Writeback"]
 
@@ -23,7 +24,7 @@ __all__ = ["WRITEBACK_BYTES", "Writeback"]
 WRITEBACK_BYTES = 8 << 20
 
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
-_sync_file_range = None  # resolved on first use; False where unavailable
+_sync_file_range: Any = None  # resolved on first use; False where unavailable
 
 
 def _resolve():

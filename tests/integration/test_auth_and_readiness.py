@@ -1,11 +1,17 @@
-"""Bearer tokens on /v1 (constant-time compared), open health routes, and readiness."""
+"""Bearer tokens on /v1 (constant-time compared), open health routes, and readiness (also as
+the SDK's ``wait_ready`` sees it, over both clients)."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 
 import httpx
+import pytest
+from blocking_async import BlockingAsyncClient
 
+import megaload_client as mc
 from megaload.checkpoint import initialize_distributed, shutdown_distributed
 from megaload_client import problems
 
@@ -63,3 +69,48 @@ def test_not_ready_when_the_context_cannot_be_built(start):
     finally:
         shutdown_distributed()
 
+
+
+# ---------------------------------------------------------------------- the SDK's wait_ready
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("make_client", [mc.Client, BlockingAsyncClient], ids=["sync", "async"])
+def test_wait_ready_waits_for_a_server_that_is_not_listening_yet(start, make_client):
+    port = _free_port()
+    outcome: dict = {}
+
+    def wait() -> None:
+        with make_client(f"http://127.0.0.1:{port}", max_retries=0) as client:
+            try:
+                outcome["state"] = client.wait_ready(60, poll_interval=0.2)
+            except BaseException as exc:  # reported below
+                outcome["error"] = exc
+            outcome["ended"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(4)  # connections are refused meanwhile: the old wait_ready gave up after ~3 s
+    assert waiter.is_alive(), f"wait_ready returned before the server started: {outcome}"
+    starting = time.monotonic()
+    with start(port=port, wait_ready=False):
+        waiter.join(60)
+    assert "error" not in outcome, outcome
+    assert outcome["state"].status == "ready" and outcome["ended"] > starting
+
+
+@pytest.mark.parametrize("make_client", [mc.Client, BlockingAsyncClient], ids=["sync", "async"])
+def test_wait_ready_raises_a_typed_timeout_when_nothing_ever_listens(make_client):
+    with make_client(f"http://127.0.0.1:{_free_port()}") as client:
+        began = time.monotonic()
+        with pytest.raises(mc.ReadyTimeoutError, match="not ready after 1.5s") as caught:
+            client.wait_ready(1.5, poll_interval=0.1)
+        waited = time.monotonic() - began
+    assert isinstance(caught.value, TimeoutError) and caught.value.readiness is None
+    assert "could not talk to the service" in str(caught.value)  # why: the last refusal
+    assert 1.5 <= waited < 5

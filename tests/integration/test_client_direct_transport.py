@@ -1,5 +1,7 @@
 """Shard bodies read by the standard library straight into their destination, and when not.
 
+Tests taking ``make_client`` run over both clients (``Client`` and ``AsyncClient``).
+
 Same real uvicorn test server as ``test_client_transport`` (real safetensors shards, Range,
 ETags, drops, 503s). Which transport carried a shard is observed from the server's side:
 httpx pools connections, so with one worker the index and every shard arrive on the same
@@ -13,10 +15,11 @@ import asyncio
 import httpx
 import pytest
 import torch
-from test_client_transport import _assert_equal, behaviour, server, shards, url  # noqa: F401 - fixtures
+from test_client_transport import _assert_equal, behaviour, make_client, server, shards, url  # noqa: F401 - fixtures
 
 import megaload_client as mc
-from megaload_client._direct_transport import direct_transport_for, receive_shard
+from megaload_client._direct_transport import direct_transport_for
+from megaload_client._exchange import shard_body
 from megaload_client._resume import BufferSink, ShardTransfer
 from megaload_client._routes import Call
 
@@ -79,18 +82,18 @@ def test_async_client_reads_shards_directly_and_falls_back_with_its_own_client(u
         ("http://127.0.0.1:8000/prefix/", {}, "direct"),
     ],
 )
-def test_which_urls_the_direct_reader_takes(base_url, environment, expected, monkeypatch):
+def test_which_urls_the_direct_reader_takes(make_client, base_url, environment, expected, monkeypatch):
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    with mc.Client(base_url) as client:
+    with make_client(base_url) as client:
         assert client.shard_transport == expected
 
 
-def test_url_prefix_query_and_token_reach_the_server(url, behaviour):
+def test_url_prefix_query_and_token_reach_the_server(make_client, url, behaviour):
     behaviour.token = "t0ken"
-    with mc.Client(url, token="t0ken", headers={"X-Trace": "abc"}) as client:
+    with make_client(url, token="t0ken", headers={"X-Trace": "abc"}) as client:
         client.state_dict("m1", dtype="bf16", keys=["decoder."], max_shard_bytes=4096)
     shard_requests = [(q, h) for m, p, q, h in behaviour.log if m == "GET" and "/state_dict/" in p]
     assert len(shard_requests) == 3
@@ -105,14 +108,14 @@ def test_url_prefix_query_and_token_reach_the_server(url, behaviour):
 
 def _one_shard(client: mc.Client, number: int, size: int = 10) -> ShardTransfer:
     transfer = ShardTransfer(BufferSink(size), size)
-    call = client._shard_call(f"/v1/models/m1/state_dict/{number}", ())
-    for _ in receive_shard(client, client._direct, call, transfer):
+    call = Call("GET", f"/v1/models/m1/state_dict/{number}", lambda r: None)
+    for _ in client._direct.stream(shard_body(client, call, transfer)):
         pass
     return transfer
 
 
-def test_error_answers_go_through_the_one_mapping(url, behaviour):
-    with mc.Client(url) as client:
+def test_error_answers_go_through_the_one_mapping(make_client, url, behaviour):
+    with make_client(url) as client:
         with pytest.raises(mc.ShardNotFoundError, match="no shard 9") as caught:
             _one_shard(client, 9)
         assert isinstance(caught.value, LookupError) and caught.value.status_code == 404
@@ -121,34 +124,34 @@ def test_error_answers_go_through_the_one_mapping(url, behaviour):
             _one_shard(client, 0)
 
 
-def test_503_with_retry_after_is_retried_on_shards(url, shards, behaviour):
+def test_503_with_retry_after_is_retried_on_shards(make_client, url, shards, behaviour):
     behaviour.shard_unavailable = 2
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         tensors = client.state_dict("m1", max_workers=1)
     _assert_equal(tensors, shards.tensors)
     assert len(behaviour.requests("GET", "/state_dict/0")) == 3
     behaviour.shard_unavailable = 5
-    with mc.Client(url, max_retries=1) as client:
+    with make_client(url, max_retries=1) as client:
         with pytest.raises(mc.ServiceUnavailableError, match="engine busy"):
             client.state_dict("m1", max_workers=1)
 
 
-def test_connection_failures_are_typed_connection_errors(url):
-    with mc.Client("http://127.0.0.1:1", max_retries=0) as client:
+def test_connection_failures_are_typed_connection_errors(make_client, url):
+    with make_client("http://127.0.0.1:1", max_retries=0) as client:
         with pytest.raises(mc.APIConnectionError, match="could not talk to the service"):
             _one_shard(client, 0)
-    with mc.Client(url, timeout=0.3, max_retries=0) as client:
+    with make_client(url, timeout=0.3, max_retries=0) as client:
         call = Call("GET", "/v1/slow", lambda r: None)
         with pytest.raises(mc.APITimeoutError) as caught:
-            for _ in receive_shard(client, client._direct, call, ShardTransfer(BufferSink(2), 2)):
+            for _ in client._direct.stream(shard_body(client, call, ShardTransfer(BufferSink(2), 2))):
                 pass
     assert isinstance(caught.value, TimeoutError)
 
 
-def test_a_corrupt_partial_file_is_caught_while_resuming_and_removed(url, shards, behaviour, tmp_path):
+def test_a_corrupt_partial_file_is_caught_while_resuming_and_removed(make_client, url, shards, behaviour, tmp_path):
     target = tmp_path / "out"
     behaviour.drop_always[1] = 2500
-    with mc.Client(url, max_retries=0) as client:
+    with make_client(url, max_retries=0) as client:
         with pytest.raises(mc.APIConnectionError):
             client.download("m1", target, max_workers=1)
         pattern = f"{shards.files[1].name}.*.incomplete"

@@ -234,10 +234,8 @@ def test_download_loads_with_safetensors_and_resumes(client, service, tmp_path):
     shard_index = model.index(**options)
     last = shard_index.shards[-1]
     with mc.Client(service.base_url) as raw:
-        head = raw._request(mc._routes.Call(
-            "HEAD", mc._routes.shard_path(model.id, last.index), lambda r: r.headers,
-            params=mc._routes.state_dict_params(options["dtype"]),
-        ))
+        query = mc._routes.state_dict_query(model.id, options["dtype"])
+        head = raw._request(mc._routes.shard(query, last.index, method="HEAD"))
     from megaload_client._download import ShardFiles
 
     partial = ShardFiles(target, last).incomplete(head.get("etag"))

@@ -3,7 +3,9 @@
 A small Starlette app on a real uvicorn server (127.0.0.1, port 0) serves real safetensors
 files written by ``safetensors.torch.save_file`` with Range/If-Range/ETag, and can drop a
 connection midway, answer 503 with Retry-After, ignore ranges, change a shard's version or
-corrupt a byte. The client under test is the real one, over real sockets.
+corrupt a byte. The client under test is the real one, over real sockets: tests taking
+``make_client`` run twice, over ``Client`` and over ``AsyncClient`` (driven from this blocking
+code by :mod:`blocking_async`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 import torch
 import uvicorn
 import xxhash
+from blocking_async import BlockingAsyncClient
 from safetensors.torch import load_file, save_file
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -251,6 +254,13 @@ def behaviour(server) -> Behaviour:
     return server[1]
 
 
+@pytest.fixture(params=["sync", "async"])
+def make_client(request):
+    """``with make_client(url, **options) as client``: ``mc.Client``, or the real
+    ``mc.AsyncClient`` behind blocking calls; the test runs once with each."""
+    return mc.Client if request.param == "sync" else BlockingAsyncClient
+
+
 def _assert_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], ordered: bool = True) -> None:
     if ordered:  # the index's weight_map order, which is the order the shards were written from
         assert list(got) == list(want)
@@ -262,16 +272,16 @@ def _assert_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], o
 # ---------------------------------------------------------------------- state dict
 
 
-def test_state_dict_fetches_all_shards_in_parallel_and_matches(url, shards, behaviour):
-    with mc.Client(url) as client:
+def test_state_dict_fetches_all_shards_in_parallel_and_matches(make_client, url, shards, behaviour):
+    with make_client(url) as client:
         tensors = client.state_dict("m1", max_workers=3)
     _assert_equal(tensors, shards.tensors)
     assert len(behaviour.requests("GET", "/state_dict")) == 1
     assert sum(len(behaviour.requests("GET", f"/state_dict/{n}")) for n in range(3)) == 3
 
 
-def test_state_dict_options_reach_the_index_and_every_shard(url, behaviour):
-    with mc.Client(url) as client:
+def test_state_dict_options_reach_the_index_and_every_shard(make_client, url, behaviour):
+    with make_client(url) as client:
         client.state_dict("m1", dtype="bf16", keys=["decoder.", "embedding."], max_shard_bytes=4096)
     assert len(behaviour.log) == 4  # the index and three shards
     expected = [("max_shard_bytes", "4096"), ("dtype", "bf16"), ("keys", "decoder."), ("keys", "embedding.")]
@@ -279,9 +289,9 @@ def test_state_dict_options_reach_the_index_and_every_shard(url, behaviour):
         assert sorted(query) == sorted(expected)
 
 
-def test_state_dict_resumes_a_dropped_shard_with_range_and_if_range(url, shards, behaviour):
+def test_state_dict_resumes_a_dropped_shard_with_range_and_if_range(make_client, url, shards, behaviour):
     behaviour.drop_after[1] = 2500
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         tensors = client.state_dict("m1")
     _assert_equal(tensors, shards.tensors)
     attempts = behaviour.requests("GET", "/state_dict/1")
@@ -291,25 +301,25 @@ def test_state_dict_resumes_a_dropped_shard_with_range_and_if_range(url, shards,
     assert attempts[1]["if-range"] == '"m1-1-v1"'
 
 
-def test_a_corrupt_byte_fails_the_checksum(url, behaviour):
+def test_a_corrupt_byte_fails_the_checksum(make_client, url, behaviour):
     behaviour.corrupt = 2
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.IntegrityError, match="output_layer.weight|step"):
             client.state_dict("m1")
         client.state_dict("m1", verify=False)  # sizes only: the flip is not noticed
 
 
-def test_iter_tensors_streams_one_at_a_time_and_matches(url, shards, behaviour):
+def test_iter_tensors_streams_one_at_a_time_and_matches(make_client, url, shards, behaviour):
     behaviour.drop_after[0] = 3000  # resumed mid-tensor, before the consumer sees it
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         stream = client.iter_tensors("m1")
         got = dict(stream)
     _assert_equal(got, shards.tensors, ordered=False)  # streamed in each file's data order
     assert behaviour.requests("GET", "/state_dict/0")[1]["range"] == "bytes=3000-"
 
 
-def test_iter_tensors_stopped_early_leaves_the_client_usable(url, shards):
-    with mc.Client(url) as client:
+def test_iter_tensors_stopped_early_leaves_the_client_usable(make_client, url, shards):
+    with make_client(url) as client:
         stream = client.iter_tensors("m1")
         name, tensor = next(stream)
         stream.close()
@@ -317,8 +327,8 @@ def test_iter_tensors_stopped_early_leaves_the_client_usable(url, shards):
         assert len(client.state_dict("m1")) == len(shards.tensors)
 
 
-def test_missing_model_is_a_typed_error_with_the_detail(url):
-    with mc.Client(url) as client:
+def test_missing_model_is_a_typed_error_with_the_detail(make_client, url):
+    with make_client(url) as client:
         with pytest.raises(mc.ModelNotFoundError, match="no resident model 'nope'") as caught:
             client.state_dict("nope")
     assert isinstance(caught.value, LookupError)
@@ -327,8 +337,8 @@ def test_missing_model_is_a_typed_error_with_the_detail(url):
 # ---------------------------------------------------------------------- download
 
 
-def test_download_writes_a_directory_safetensors_tools_can_load(url, shards, tmp_path):
-    with mc.Client(url) as client:
+def test_download_writes_a_directory_safetensors_tools_can_load(make_client, url, shards, tmp_path):
+    with make_client(url) as client:
         result = client.download("m1", tmp_path / "out")
     assert result.checksums_verified
     assert result.skipped == ["decoder.layers.0._extra_state"]
@@ -345,10 +355,10 @@ def test_download_writes_a_directory_safetensors_tools_can_load(url, shards, tmp
     assert not list((tmp_path / "out").glob("*.incomplete"))
 
 
-def test_interrupted_download_resumes_from_the_incomplete_file(url, shards, behaviour, tmp_path):
+def test_interrupted_download_resumes_from_the_incomplete_file(make_client, url, shards, behaviour, tmp_path):
     target = tmp_path / "out"
     behaviour.drop_always[2] = 1500
-    with mc.Client(url, max_retries=0) as client:
+    with make_client(url, max_retries=0) as client:
         with pytest.raises(mc.APIConnectionError):
             client.download("m1", target, max_workers=1)
     partial = list(target.glob("*.incomplete"))
@@ -357,7 +367,7 @@ def test_interrupted_download_resumes_from_the_incomplete_file(url, shards, beha
 
     behaviour.drop_always.clear()
     behaviour.log.clear()
-    with mc.Client(url, max_retries=0) as client:
+    with make_client(url, max_retries=0) as client:
         result = client.download("m1", target)
     assert result.resumed == [shards.files[2].name]
     assert sorted(result.reused) == sorted(f.name for f in shards.files[:2])
@@ -367,32 +377,32 @@ def test_interrupted_download_resumes_from_the_incomplete_file(url, shards, beha
     assert (target / shards.files[2].name).read_bytes() == shards.files[2].read_bytes()
 
 
-def test_resume_against_a_changed_shard_starts_that_file_over(url, shards, behaviour, tmp_path):
+def test_resume_against_a_changed_shard_starts_that_file_over(make_client, url, shards, behaviour, tmp_path):
     target = tmp_path / "out"
     behaviour.drop_always[0] = 1200
-    with mc.Client(url, max_retries=0) as client:
+    with make_client(url, max_retries=0) as client:
         with pytest.raises(mc.APIConnectionError):
             client.download("m1", target, max_workers=1)
     behaviour.drop_always.clear()
     behaviour.version = 2  # a new ETag: the partial bytes belong to another version
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         result = client.download("m1", target)
     assert result.resumed == []  # the stale .incomplete of version 1 was discarded
     assert (target / shards.files[0].name).read_bytes() == shards.files[0].read_bytes()
     assert len(list(target.glob("*.incomplete"))) == 0
 
 
-def test_a_server_answering_200_to_a_range_request_is_handled(url, shards, behaviour, tmp_path):
+def test_a_server_answering_200_to_a_range_request_is_handled(make_client, url, shards, behaviour, tmp_path):
     behaviour.ignore_range = True
     behaviour.drop_after[1] = 2000
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         client.download("m1", tmp_path / "out")
     assert (tmp_path / "out" / shards.files[1].name).read_bytes() == shards.files[1].read_bytes()
 
 
-def test_a_corrupt_download_is_never_renamed_into_place(url, shards, behaviour, tmp_path):
+def test_a_corrupt_download_is_never_renamed_into_place(make_client, url, shards, behaviour, tmp_path):
     behaviour.corrupt = 0
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.IntegrityError, match="does not match"):
             client.download("m1", tmp_path / "out", max_workers=1)
     assert not (tmp_path / "out" / shards.files[0].name).exists()
@@ -402,71 +412,71 @@ def test_a_corrupt_download_is_never_renamed_into_place(url, shards, behaviour, 
 # ---------------------------------------------------------------------- retries, auth, timeouts, jobs
 
 
-def test_503_with_retry_after_is_retried_for_gets(url, behaviour):
+def test_503_with_retry_after_is_retried_for_gets(make_client, url, behaviour):
     behaviour.unavailable = 2
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         client._request(mc._routes.Call("GET", "/v1/info", lambda r: r.json()))
     assert len(behaviour.requests("GET", "/v1/info")) == 3
 
 
-def test_retries_give_up_after_max_retries(url, behaviour):
+def test_retries_give_up_after_max_retries(make_client, url, behaviour):
     behaviour.unavailable = 5
-    with mc.Client(url, max_retries=1) as client:
+    with make_client(url, max_retries=1) as client:
         with pytest.raises(mc.ServiceUnavailableError, match="engine starting"):
             client._request(mc._routes.Call("GET", "/v1/info", lambda r: r.json()))
     assert len(behaviour.requests("GET", "/v1/info")) == 2
 
 
-def test_a_save_is_never_repeated(url, behaviour):
-    with mc.Client(url) as client:
+def test_a_save_is_never_repeated(make_client, url, behaviour):
+    with make_client(url) as client:
         with pytest.raises(mc.ServiceUnavailableError):
             client.save("m1", "/saves/out")
     assert len(behaviour.requests("POST", "/save")) == 1
 
 
-def test_bearer_token_from_argument_or_environment(url, behaviour, monkeypatch):
+def test_bearer_token_from_argument_or_environment(make_client, url, behaviour, monkeypatch):
     behaviour.token = "t0ken"
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.AuthenticationError, match="401"):
             client.state_dict_index("m1")
-    with mc.Client(url, token="t0ken") as client:
+    with make_client(url, token="t0ken") as client:
         assert client.state_dict_index("m1").total_size > 0
     monkeypatch.setenv("MEGALOAD_TOKEN", "t0ken")
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         assert client.state_dict_index("m1").total_size > 0
 
 
-def test_read_timeout_is_a_typed_timeout(url):
-    with mc.Client(url, timeout=0.3, max_retries=0) as client:
+def test_read_timeout_is_a_typed_timeout(make_client, url):
+    with make_client(url, timeout=0.3, max_retries=0) as client:
         with pytest.raises(mc.APITimeoutError) as caught:
             client._request(mc._routes.Call("GET", "/v1/slow", lambda r: r.json()))
     assert isinstance(caught.value, TimeoutError)
 
 
-def test_connection_refused_is_a_typed_connection_error():
-    with mc.Client("http://127.0.0.1:1", max_retries=0) as client:
+def test_connection_refused_is_a_typed_connection_error(make_client):
+    with make_client("http://127.0.0.1:1", max_retries=0) as client:
         with pytest.raises(mc.APIConnectionError) as caught:
             client.state_dict_index("m1")
     assert isinstance(caught.value, ConnectionError)
 
 
-def test_job_wait_polls_until_done(url, behaviour):
-    with mc.Client(url) as client:
+def test_job_wait_polls_until_done(make_client, url, behaviour):
+    with make_client(url) as client:
         job = client.get_job("j1")
         finished = job.wait(poll_interval=0.01)
     assert finished.state is mc.JobState.SUCCEEDED and behaviour.job_polls == 3
 
 
-def test_job_wait_raises_when_the_job_fails(url, behaviour):
+def test_job_wait_raises_when_the_job_fails(make_client, url, behaviour):
     behaviour.job_final = "failed"
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.JobFailedError, match="/saves/out exists") as caught:
             client.get_job("j1").wait(poll_interval=0.01)
     assert caught.value.job.error.status == 409
 
 
-def test_job_wait_times_out(url):
-    with mc.Client(url) as client:
+def test_job_wait_times_out(make_client, url):
+    with make_client(url) as client:
         with pytest.raises(mc.JobTimeoutError) as caught:
             client.get_job("forever").wait(timeout=0.2, poll_interval=0.05)
     assert isinstance(caught.value, TimeoutError)
@@ -525,10 +535,10 @@ def test_cli_download_and_errors_without_traceback(url, shards, tmp_path):
     assert "Traceback" not in refused.stderr
 
 
-def test_progress_bars_when_asked(url, shards, behaviour, tmp_path, capfd):
+def test_progress_bars_when_asked(make_client, url, shards, behaviour, tmp_path, capfd):
     behaviour.drop_after[0] = 1500
     behaviour.ignore_range = True  # the dropped shard starts over: the bar rewinds
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         tensors = client.state_dict("m1", progress=True)
         client.download("m1", tmp_path / "out", progress=True)
         client.get_job("j1").wait(poll_interval=0.01, progress=True)
@@ -537,9 +547,9 @@ def test_progress_bars_when_asked(url, shards, behaviour, tmp_path, capfd):
     assert "state_dict m1" in err and "download m1" in err and "save j1" in err
 
 
-def test_the_default_verification_computes_checksums(url, shards, behaviour, tmp_path):
+def test_the_default_verification_computes_checksums(make_client, url, shards, behaviour, tmp_path):
     """A flipped byte keeps every size and header: only a computed checksum notices it."""
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         assert client.download("m1", tmp_path / "ok").checksums_verified
         behaviour.corrupt = 1
         for call in (lambda: client.state_dict("m1"), lambda: dict(client.iter_tensors("m1")),
@@ -548,11 +558,11 @@ def test_the_default_verification_computes_checksums(url, shards, behaviour, tmp
                 call()
 
 
-def test_without_xxhash_a_verified_call_refuses_instead_of_checking_sizes_only(url, shards, behaviour, tmp_path, monkeypatch):
+def test_without_xxhash_a_verified_call_refuses_instead_of_checking_sizes_only(make_client, url, shards, behaviour, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "xxhash", None)  # as in an interpreter where xxhash does not import
     assert not mc.checksums_available()
     behaviour.corrupt = 1
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         for call in (lambda: client.state_dict("m1"), lambda: client.download("m1", tmp_path / "out")):
             with pytest.raises(mc.ChecksumUnavailableError, match="xxhash.*verify=False") as info:
                 call()
@@ -589,10 +599,10 @@ def _shard_gets(behaviour: Behaviour) -> list[dict[str, str]]:
     return [h for m, p, _, h in behaviour.log if m == "GET" and "/state_dict/" in p]
 
 
-def test_state_dict_out_fills_the_callers_tensors_in_place(url, shards, behaviour):
+def test_state_dict_out_fills_the_callers_tensors_in_place(make_client, url, shards, behaviour):
     out = _zeros_like(shards.tensors)
     pointers = {key: t.data_ptr() for key, t in out.items()}
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         assert client.shard_transport == "direct"
         got = client.state_dict("m1", out=out, max_workers=3)
         fresh = client.state_dict("m1")
@@ -603,30 +613,30 @@ def test_state_dict_out_fills_the_callers_tensors_in_place(url, shards, behaviou
     _assert_equal(out, shards.tensors)
 
 
-def test_state_dict_out_survives_a_dropped_shard_and_a_restart(url, shards, behaviour):
+def test_state_dict_out_survives_a_dropped_shard_and_a_restart(make_client, url, shards, behaviour):
     behaviour.drop_after[1] = 2500
     out = _zeros_like(shards.tensors)
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         client.state_dict("m1", out=out)
     _assert_equal(out, shards.tensors)
     behaviour.__init__()
     behaviour.drop_after[0] = 1500
     behaviour.ignore_range = True  # the resume is answered 200: the shard starts over
     out = _zeros_like(shards.tensors)
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         client.state_dict("m1", out=out)
     _assert_equal(out, shards.tensors)
 
 
-def test_state_dict_out_checks_checksums_as_bytes_arrive(url, shards, behaviour):
+def test_state_dict_out_checks_checksums_as_bytes_arrive(make_client, url, shards, behaviour):
     behaviour.corrupt = 2
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.IntegrityError, match="output_layer.weight|step"):
             client.state_dict("m1", out=_zeros_like(shards.tensors))
 
 
-def test_state_dict_out_key_errors_come_before_any_shard_request(url, shards, behaviour):
-    with mc.Client(url) as client:
+def test_state_dict_out_key_errors_come_before_any_shard_request(make_client, url, shards, behaviour):
+    with make_client(url) as client:
         missing = _zeros_like(shards.tensors)
         del missing["output_layer.weight"]
         with pytest.raises(ValueError, match="output_layer.weight"):
@@ -652,10 +662,10 @@ def test_state_dict_out_key_errors_come_before_any_shard_request(url, shards, be
         ("step", torch.zeros(1, dtype=torch.int32), r"torch.int32.*torch.int64"),
     ],
 )
-def test_state_dict_out_shape_and_dtype_errors_come_before_any_tensor_byte(url, shards, behaviour, key, wrong, message):
+def test_state_dict_out_shape_and_dtype_errors_come_before_any_tensor_byte(make_client, url, shards, behaviour, key, wrong, message):
     out = _zeros_like(shards.tensors)
     out[key] = wrong
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(ValueError, match=f"{re.escape(key)}.*{message}") as caught:
             client.state_dict("m1", out=out)
     assert not isinstance(caught.value, mc.IntegrityError)
@@ -701,10 +711,10 @@ def _index_tensors(shards: Shards) -> dict[str, dict]:
     }
 
 
-def test_state_dict_out_with_index_tensors_makes_no_header_requests(url, shards, behaviour):
+def test_state_dict_out_with_index_tensors_makes_no_header_requests(make_client, url, shards, behaviour):
     behaviour.index_tensors = _index_tensors(shards)
     out = _zeros_like(shards.tensors)
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         assert client.state_dict("m1", out=out) is out
     _assert_equal(out, shards.tensors)
     gets = _shard_gets(behaviour)
@@ -732,13 +742,13 @@ def test_async_state_dict_out_with_index_tensors_makes_no_header_requests(url, s
         ("step", torch.zeros(1, dtype=torch.int32), r"torch.int32.*torch.int64"),
     ],
 )
-def test_state_dict_out_mismatch_from_index_tensors_comes_before_any_shard_request(
+def test_state_dict_out_mismatch_from_index_tensors_comes_before_any_shard_request(make_client, 
     url, shards, behaviour, key, wrong, message
 ):
     behaviour.index_tensors = _index_tensors(shards)
     out = _zeros_like(shards.tensors)
     out[key] = wrong
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(ValueError, match=f"{re.escape(key)}.*{message}") as caught:
             client.state_dict("m1", out=out)
     assert not isinstance(caught.value, mc.IntegrityError)
@@ -746,11 +756,11 @@ def test_state_dict_out_mismatch_from_index_tensors_comes_before_any_shard_reque
     assert all(not t.any() for t in out.values())
 
 
-def test_index_tensors_that_disagree_with_the_shards_are_integrity_errors(url, shards, behaviour):
+def test_index_tensors_that_disagree_with_the_shards_are_integrity_errors(make_client, url, shards, behaviour):
     tensors = _index_tensors(shards)
     tensors["step"] = {**tensors["step"], "shard": 0}  # weight_map says shard 2
     behaviour.index_tensors = tensors
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.IntegrityError, match="'step' in shard 0"):
             client.state_dict("m1", out=_zeros_like(shards.tensors))
     assert _shard_gets(behaviour) == []
@@ -763,18 +773,18 @@ def test_index_tensors_that_disagree_with_the_shards_are_integrity_errors(url, s
     behaviour.index_tensors = tensors
     out = _zeros_like(shards.tensors)
     out["output_layer.weight"] = torch.zeros(32, 64)
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         with pytest.raises(mc.IntegrityError, match=r"output_layer.weight.*\(64, 32\)"):
             client.state_dict("m1", out=out)
     assert not out["output_layer.weight"].any()
 
 
-def test_index_tensors_missing_a_key_fall_back_to_header_requests(url, shards, behaviour):
+def test_index_tensors_missing_a_key_fall_back_to_header_requests(make_client, url, shards, behaviour):
     tensors = _index_tensors(shards)
     del tensors["step"]
     behaviour.index_tensors = tensors
     out = _zeros_like(shards.tensors)
-    with mc.Client(url) as client:
+    with make_client(url) as client:
         client.state_dict("m1", out=out)
     _assert_equal(out, shards.tensors)
     probes = [h for h in _shard_gets(behaviour) if h.get("range", "").startswith("bytes=0-")]

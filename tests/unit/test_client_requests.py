@@ -11,8 +11,12 @@ import torch
 
 import megaload_client as mc
 from megaload_client import _routes as routes
+from megaload_client._drivers import worker_count
 from megaload_client._environment import DEFAULT_URL, resolve_token, resolve_url
-from megaload_client._handles import job_outcome, load_request, merge_shards, worker_count
+from megaload_client._handles import job_outcome
+from megaload_client._retry import Attempts
+from megaload_client._routes import load_request
+from megaload_client._shards import merge_shards
 from megaload_client.types import Job, JobState
 
 
@@ -55,10 +59,22 @@ def test_url_resolution(monkeypatch):
     assert resolve_token(None) is None
 
 
-@pytest.mark.parametrize("url", ["svc:8000", "ftp://x", "", None])
+@pytest.mark.parametrize("url", ["svc:8000", "ftp://x", ""])
 def test_base_url_must_be_http(url):
     with pytest.raises(ValueError, match="base_url"):
         mc.Client(url)
+
+
+@pytest.mark.parametrize("make", [mc.Client, mc.AsyncClient])
+def test_without_a_url_both_clients_use_the_command_lines_default(make, monkeypatch):
+    monkeypatch.delenv("MEGALOAD_URL", raising=False)
+    assert make().base_url == DEFAULT_URL == resolve_url(None)
+    monkeypatch.setenv("MEGALOAD_URL", "http://svc.example:9000/")
+    assert make().base_url == "http://svc.example:9000" and make(None).base_url == "http://svc.example:9000"
+    assert make("http://given:1").base_url == "http://given:1"  # an argument wins over the environment
+    monkeypatch.setenv("MEGALOAD_URL", "svc.example:9000")
+    with pytest.raises(ValueError, match="base_url"):  # a bad environment value is refused, not ignored
+        make()
 
 
 def test_ids_cannot_escape_their_path_segment(client):
@@ -67,9 +83,9 @@ def test_ids_cannot_escape_their_path_segment(client):
 
 
 def test_state_dict_query_repeats_keys_and_is_shared_by_index_and_shards(client):
-    params = routes.state_dict_params("bf16", ["decoder.layers.0.", "embedding"], 1 << 20)
-    index = _built(client, routes.state_dict_index("m1", params))
-    shard = _built(client, client._shard_call(routes.shard_path("m1", 3), params))
+    query = routes.state_dict_query("m1", "bf16", ["decoder.layers.0.", "embedding"], 1 << 20)
+    index = _built(client, routes.state_dict_index(query))
+    shard = _built(client, routes.shard(query, 3))
     assert index.url.path == "/prefix/v1/models/m1/state_dict"
     assert shard.url.path == "/prefix/v1/models/m1/state_dict/3"
     for request in (index, shard):
@@ -147,7 +163,7 @@ def test_readiness_503_is_an_answer_not_an_error(client):
     problem = {"type": "urn:megaload:problem:not-ready", "title": "Service not ready", "status": 503, "detail": "warming"}
     state = client._result(call, _answer(503, problem))
     assert state.status == "starting" and state.detail == "warming"
-    assert client._delay_after_status(call, _answer(503, problem), 0) is None  # not retried
+    assert _delay(client, call, _answer(503, problem), 0) is None  # not retried
 
 
 def test_error_statuses_raise_typed_errors_and_transient_ones_wait(client):
@@ -155,10 +171,17 @@ def test_error_statuses_raise_typed_errors_and_transient_ones_wait(client):
     with pytest.raises(mc.ModelNotFoundError, match="no m"):
         client._result(routes.get_model("m"), _answer(404, problem))
     busy = httpx.Response(503, headers={"retry-after": "1"}, request=httpx.Request("GET", "http://x/"))
-    assert client._delay_after_status(routes.info(), busy, 0) == 1.0
-    assert client._delay_after_status(routes.info(), busy, client.max_retries) is None
+    assert _delay(client, routes.info(), busy, 0) == 1.0
+    assert _delay(client, routes.info(), busy, client.max_retries) is None
     save = routes.save_model("m", mc.types.SaveModelRequest(path="/o"))
-    assert client._delay_after_status(save, busy, 0) is None
+    assert _delay(client, save, busy, 0) is None
+
+
+def _delay(client: mc.Client, call: routes.Call, response: httpx.Response, retries: int) -> float | None:
+    """The wait before repeating ``call`` after ``response`` when ``retries`` were made."""
+    attempts = Attempts(client.retry_policy, call)
+    attempts.retries = retries
+    return attempts.after_status(response)
 
 
 def test_job_outcome():

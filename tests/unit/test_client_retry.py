@@ -9,8 +9,11 @@ import time
 import httpx
 import pytest
 
+import megaload_client as mc
 from megaload_client import RetryPolicy
-from megaload_client._retry import parse_retry_after
+from megaload_client import _exchange as exchange
+from megaload_client import _routes as routes
+from megaload_client._retry import RESET_RETRIES_AFTER, Attempts, parse_retry_after
 
 
 def _response(status: int, **headers: str) -> httpx.Response:
@@ -100,3 +103,59 @@ def test_zero_retries_disables_retrying_and_negative_is_refused():
     assert not RetryPolicy(max_retries=0).retry_on_status(503, idempotent=True, retries_done=0)
     with pytest.raises(ValueError, match="max_retries"):
         RetryPolicy(max_retries=-1)
+
+
+# ---------------------------------------------------------------------- one call's attempts
+
+
+def _refused() -> httpx.ConnectError:
+    return httpx.ConnectError("refused", request=httpx.Request("GET", "http://x/v1/info"))
+
+
+def _broken() -> httpx.ReadError:
+    return httpx.ReadError("reset", request=httpx.Request("POST", "http://x/v1/models/m/save"))
+
+
+def test_attempts_give_up_after_max_retries_with_the_typed_error():
+    attempts = Attempts(RetryPolicy(max_retries=2), routes.info())
+    for _ in range(2):
+        assert attempts.after_error(_refused()) > 0
+        attempts.next()
+    with pytest.raises(mc.APIConnectionError, match="refused"):
+        attempts.after_error(_refused())
+
+
+def test_a_stream_that_made_progress_before_breaking_earns_its_retries_back():
+    attempts = Attempts(RetryPolicy(max_retries=1, rng=random.Random(0)), routes.info())
+    attempts.after_error(_refused())
+    attempts.next()
+    assert attempts.after_error(_refused(), progressed=RESET_RETRIES_AFTER) > 0  # budget reset, not spent
+    assert attempts.retries == 0
+    attempts.next()
+    with pytest.raises(mc.APIConnectionError):
+        attempts.after_error(_refused(), progressed=RESET_RETRIES_AFTER - 1)
+
+
+def test_a_broken_save_is_not_repeated_but_one_never_sent_is():
+    save = routes.save_model("m", mc.types.SaveModelRequest(path="/o"))
+    with pytest.raises(mc.APIConnectionError):
+        Attempts(RetryPolicy(), save).after_error(_broken())
+    assert Attempts(RetryPolicy(), save).after_error(_refused()) > 0
+
+
+def test_the_request_exchange_retries_refusals_and_503s_then_parses():
+    """The steps one call takes, driven by hand: what every driver does with sockets."""
+    with mc.Client("http://x", max_retries=3) as client:
+        call = routes.health()
+        steps = exchange.request(client, call)
+        assert steps.send(None) == exchange.Send(call)
+        sleep = steps.throw(_refused())
+        assert isinstance(sleep, exchange.Sleep) and sleep.seconds <= 0.5
+        assert isinstance(steps.send(None), exchange.Send)
+        busy = _response(503, **{"retry-after": "2"})
+        assert steps.send(busy) == exchange.Close(busy)
+        assert steps.send(None) == exchange.Sleep(2.0)
+        assert isinstance(steps.send(None), exchange.Send)
+        with pytest.raises(StopIteration) as done:
+            steps.send(httpx.Response(200, json={"status": "ok"}, request=httpx.Request("GET", "http://x/healthz")))
+    assert done.value.value == mc.Health(status="ok")

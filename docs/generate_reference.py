@@ -276,7 +276,7 @@ def _annotation(annotation: Any) -> str:
 
 def client_page() -> str:
     import megaload_client
-    from megaload_client.__main__ import build_parser
+    from megaload_client._cli import build_parser
 
     out = [
         GENERATED,

@@ -33,9 +33,8 @@ def test_wheel_ships_the_status_page_and_the_docs_assets_dependency(tmp_path):
     assert any(line.startswith("Requires-Dist: fastapi-offline") for line in metadata.splitlines()), metadata
 
 
-def test_the_client_wheel_requires_xxhash_so_verification_is_on_by_default(tmp_path):
-    """`pip install megaload-client` alone verifies checksums: xxhash is a plain requirement,
-    not behind an extra (it was optional, and a client-only install checked sizes only)."""
+def _client_wheel(tmp_path: Path) -> Path:
+    """The wheel `pip wheel client/` builds, from a copy of client/ (the build leaves nothing in the checkout)."""
     src = tmp_path / "client"
     shutil.copytree(REPO / "client", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
     subprocess.run(
@@ -43,7 +42,25 @@ def test_the_client_wheel_requires_xxhash_so_verification_is_on_by_default(tmp_p
         check=True, capture_output=True, text=True, timeout=300,
     )
     (wheel,) = (tmp_path / "w").glob("megaload_client-*.whl")
-    with zipfile.ZipFile(wheel) as zf:
+    return wheel
+
+
+def test_the_client_wheel_requires_xxhash_so_verification_is_on_by_default(tmp_path):
+    """`pip install megaload-client` alone verifies checksums: xxhash is a plain requirement,
+    not behind an extra (it was optional, and a client-only install checked sizes only)."""
+    with zipfile.ZipFile(_client_wheel(tmp_path)) as zf:
         metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))).decode("utf-8")
     requires = [line.removeprefix("Requires-Dist: ") for line in metadata.splitlines() if line.startswith("Requires-Dist: ")]
     assert [r for r in requires if r.startswith("xxhash") and "extra ==" not in r], requires
+
+
+def test_the_client_wheel_holds_every_module_and_the_command(tmp_path):
+    """Every module under client/megaload_client is in the wheel, subpackages (the command line's
+    _cli/) included, and the megaload-client script is the one `python -m megaload_client` runs."""
+    with zipfile.ZipFile(_client_wheel(tmp_path)) as zf:
+        names = set(zf.namelist())
+        entry_points = zf.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode("utf-8")
+    modules = {p.relative_to(REPO / "client").as_posix() for p in (REPO / "client/megaload_client").rglob("*.py")}
+    assert "megaload_client/_cli/__init__.py" in modules
+    assert modules - names == set()
+    assert "megaload-client = megaload_client.__main__:main" in entry_points.splitlines(), entry_points

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 import megaload_client as mc
-from megaload_client.__main__ import build_parser
+from megaload_client._cli import build_parser
 from megaload_client.types import MAX_PATH_CHARS
 
 CLI = [sys.executable, "-m", "megaload_client"]
@@ -253,7 +253,7 @@ def test_skipped_entries_are_summarized(service, model_id, tmp_path):
 
 
 def test_summary_of_many_keys():
-    from megaload_client.__main__ import summarize_keys
+    from megaload_client._cli._output import summarize_keys
 
     keys = [f"model.decoder.layers.{i}.mlp.linear_fc1._extra_state" for i in range(300)]
     line = summarize_keys(keys)
@@ -362,7 +362,7 @@ def test_progress_is_on_on_a_terminal_and_off_on_pipes(service, model_id, tmp_pa
 
 
 def test_help_and_the_client_readme_document_the_error_shape_and_types():
-    from megaload_client.__main__ import ERROR_TYPES
+    from megaload_client._cli import ERROR_TYPES
 
     text = " ".join(build_parser().format_help().split())
     assert '{"error": {"type", "status", "title", "detail"}}' in text and "141" in text

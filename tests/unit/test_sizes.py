@@ -7,7 +7,7 @@ import pytest
 from megaload.__main__ import _parse_size as export_hf_size
 from megaload.__main__ import build_parser, settings_from_args
 from megaload.settings import MemoryBudget
-from megaload_client.__main__ import build_parser as client_parser
+from megaload_client._cli import build_parser as client_parser
 from megaload_client.sizes import format_size, parse_size
 
 

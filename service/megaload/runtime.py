@@ -54,7 +54,7 @@ from .checkpoint import (
     remove_stale_saves,
 )
 from .devices import device_memory_bytes
-from .engine import Engine, EngineState
+from .engine import Engine, EngineState, commands
 from .errors import BadRequestError
 from .hf_models import HFModels
 from .jobs import JobHandle, JobManager, JobRecord
@@ -157,7 +157,7 @@ class Runtime:
 
     async def checkpoint_config(self, raw: str) -> CheckpointConfig:
         layout = await self.resolve_checkpoint(raw)
-        data = await self.engine.call("model_config", path=str(layout.iteration_dir))
+        data = await self.engine.run(commands.ModelConfig(path=str(layout.iteration_dir)))
         return CheckpointConfig(
             path=raw,
             iteration_dir=str(layout.iteration_dir),
@@ -168,7 +168,7 @@ class Runtime:
 
     async def checkpoint_tensors(self, raw: str) -> CheckpointTensors:
         layout = await self.resolve_checkpoint(raw)
-        tensors = [TensorInfo(**t) for t in await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))]
+        tensors = [TensorInfo(**t) for t in await self.engine.run(commands.TensorMetadata(path=str(layout.iteration_dir)))]
         return CheckpointTensors(
             path=raw,
             iteration_dir=str(layout.iteration_dir),
@@ -179,13 +179,13 @@ class Runtime:
 
     async def tokenizer_info(self, raw: str) -> TokenizerInfo:
         layout = await self.resolve_checkpoint(raw)
-        data = await self.engine.call("tokenizer_info", path=str(layout.iteration_dir))
+        data = await self.engine.run(commands.TokenizerInfo(path=str(layout.iteration_dir)))
         return TokenizerInfo(path=raw, iteration_dir=str(layout.iteration_dir), **data)
 
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
         layout = await self.resolve_checkpoint(req.path)
-        data = await self.engine.call(
-            "tokenize", path=str(layout.iteration_dir), text=req.text, detokenize=req.detokenize
+        data = await self.engine.run(
+            commands.Tokenize(path=str(layout.iteration_dir), text=req.text, detokenize=req.detokenize)
         )
         return TokenizeResponse(**data)
 
@@ -258,15 +258,14 @@ class Runtime:
         lease = self.registry.acquire(model_id)  # eviction waits for the save
 
         async def run(handle: JobHandle) -> JobResult:
-            await self.engine.call(
-                "save",
-                lambda: handle.started("saving"),
+            command = commands.Save(
                 model_id=model_id,
                 path=str(dest),
                 ckpt_format=req.ckpt_format,
                 hf_tokenizer_path=None if tokenizer is None else str(tokenizer),
                 overwrite=req.overwrite,
             )
+            await self.engine.run(command, lambda: handle.started("saving"))
             return JobResult(model_id=model_id, path=str(dest))
 
         try:

@@ -242,7 +242,7 @@ def _announce_when_ready(server: Any, app: Any, settings: Any) -> None:
             if server.started and runtime is not None:
                 if runtime.ready:
                     break
-                if runtime.engine.state.value in ("failed", "stopping", "stopped"):
+                if runtime.engine_gone:
                     return
             time.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port

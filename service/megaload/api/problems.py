@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megaload_client import problems as p
-from megaload_client.types import ProblemDetail, ValidationErrorItem
+from megaload_client.types import Job, ProblemDetail, ValidationErrorItem
 
 from ..checkpoint import (
     CheckpointError,
@@ -61,6 +61,7 @@ from ..errors import (
     ServiceError,
     UnauthorizedError,
 )
+from ..jobs import JobRecord
 from ..logs import current_request_id
 from ..streaming import (
     InvalidKeyPatternError,
@@ -77,6 +78,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "HUB_PREFIX",
     "problem_for",
+    "job_body",
     "problem_response",
     "install",
     "error_responses",
@@ -162,6 +164,11 @@ def problem(type_: str, detail: str | None = None, *, status: int | None = None,
         request_id=current_request_id(),
         **{k: v for k, v in extensions.items() if v is not None},
     )
+
+
+def job_body(record: JobRecord) -> Job:
+    """A job as answered: its error, if any, mapped by :func:`problem_for`."""
+    return record.to_wire(problem_for)
 
 
 def problem_for(exc: BaseException) -> ProblemDetail:

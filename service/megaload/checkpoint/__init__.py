@@ -35,6 +35,7 @@ from ._errors import (
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
 )
+from ._extra_state import extra_state_names
 from ._files import allowed_roots, confined_to
 from ._hf_dir import hf_model_dir
 from ._hf_load import hf_model_config, import_hf
@@ -60,7 +61,7 @@ from ._partition import (
 )
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
-from ._save import save_megatron_model
+from ._save import check_save_destination, save_megatron_model
 from ._staging import remove_stale_saves
 from ._tokenizer import (
     HF_TOKENIZER_FILENAMES,
@@ -102,6 +103,7 @@ __all__ = [
     "build_model",
     "load_weights",
     "model_state_dict",
+    "extra_state_names",
     "PartitionRule",
     "partition_rules",
     "rule_of",
@@ -126,6 +128,7 @@ __all__ = [
     "confined_to",
     "allowed_roots",
     "remove_stale_saves",
+    "check_save_destination",
     "import_hf",
     "hf_model_config",
     "hf_model_dir",

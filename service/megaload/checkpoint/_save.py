@@ -43,7 +43,7 @@ from ._run_config import run_config_for_provider
 from ._staging import Staging, remove_stale_saves
 from ._writer import SyncTorchDistSaveStrategy
 
-__all__ = ["save_megatron_model", "provider_for_model", "SOURCE_ATTR"]
+__all__ = ["save_megatron_model", "check_save_destination", "provider_for_model", "SOURCE_ATTR"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,12 @@ def _is_checkpoint_dir(path: Path) -> bool:
     return (path / TRACKER_FILENAME).exists() or any(p.name.startswith("iter_") or p.name == "release" for p in path.iterdir())
 
 
-def _check_destination(path: Path, overwrite: bool) -> None:
+def check_save_destination(path: Path, overwrite: bool) -> None:
+    """Raise what :func:`save_megatron_model` would refuse ``path`` for: a parent that does
+    not exist, a file or symlink there, a directory holding something other than a
+    checkpoint, or a checkpoint when ``overwrite`` is false (CheckpointExistsError). An
+    unreadable directory raises the OSError. Called by the save itself, and by callers that
+    want the answer before they start one."""
     if not path.exists() and not path.is_symlink():
         if not path.parent.is_dir():
             raise CheckpointError(f"cannot save to {path}: parent directory {path.parent} does not exist", path=path)
@@ -232,7 +237,7 @@ def save_megatron_model(
         rank = dist.get_rank()
         stage = None
         if rank == 0:
-            _check_destination(path, overwrite)
+            check_save_destination(path, overwrite)
             remove_stale_saves(path.parent, name=path.name)
             stage = Staging.create(path)
         box = [str(stage.path) if stage else None]

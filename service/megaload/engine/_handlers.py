@@ -310,8 +310,8 @@ def _release(command: c.Release, engine: Engine) -> None:
     if loaded is None:
         return
     # Megatron modules hold no reference cycles: dropping the last references frees the
-    # tensors at once. No gc.collect() here: a full collection holds the GIL for hundreds
-    # of milliseconds and would stall the event loop.
+    # tensors at once. No gc.collect() here: a full collection holds the GIL long enough to
+    # stall the event loop.
     loaded.state_dict.clear()
     loaded.local_state_dict.clear()
     loaded.model.clear()

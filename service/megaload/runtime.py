@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -79,30 +80,20 @@ logger = logging.getLogger(__name__)
 DEFAULT_BUDGET_FRACTION = {"cpu": 0.5, "cuda": 0.8}
 
 
+@dataclass(eq=False)
 class Runtime:
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        metrics: Metrics,
-        paths: PathPolicy,
-        engine: Engine,
-        registry: Registry,
-        jobs: JobManager,
-        hf_models: HFModels,
-        shard_plans: ShardPlans,
-        hub_repos: HubRepos,
-    ) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.paths = paths
-        self.engine = engine
-        self.registry = registry
-        self.jobs = jobs
-        self.hf_models = hf_models
-        self.shard_plans = shard_plans
-        self.hub_repos = hub_repos
-        self.started_at = time.time()
+    """See the module docstring; :meth:`create` builds one from the settings."""
+
+    settings: Settings
+    metrics: Metrics
+    paths: PathPolicy
+    engine: Engine
+    registry: Registry
+    jobs: JobManager
+    hf_models: HFModels
+    shard_plans: ShardPlans
+    hub_repos: HubRepos
+    started_at: float = field(default_factory=time.time)
 
     @classmethod
     def create(cls, settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
@@ -110,19 +101,7 @@ class Runtime:
         thread started yet."""
         metrics = metrics if metrics is not None else Metrics()
         paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
-        engine = Engine(
-            device=settings.device,
-            backend=settings.backend,
-            world_size=settings.world_size,
-            rank=settings.rank,
-            local_rank=settings.local_rank,
-            tensor_parallel=settings.tensor_parallel,
-            pipeline_parallel=settings.pipeline_parallel,
-            collective_timeout_seconds=settings.collective_timeout_seconds,
-            metrics=metrics,
-            checkpoint_roots=paths.checkpoint_roots,
-            save_roots=paths.save_roots,
-        )
+        engine = Engine.from_settings(settings, metrics=metrics)
         total = device_memory_bytes(engine.device, settings.local_rank)
         if settings.memory_budget is not None:
             budget = settings.memory_budget.resolve(total)
@@ -134,7 +113,7 @@ class Runtime:
         hf_models = HFModels(engine, registry, paths)
         shard_plans = ShardPlans(registry)
         return cls(
-            settings,
+            settings=settings,
             metrics=metrics,
             paths=paths,
             engine=engine,

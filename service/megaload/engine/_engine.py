@@ -22,6 +22,7 @@ from ._worker import Worker
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
+    from ..settings import Settings
 
 __all__ = ["Engine", "EngineState"]
 
@@ -84,6 +85,23 @@ class Engine:
         self._on_fatal = on_fatal
         self._ready = threading.Event()
         self._worker = Worker(self._run, idle=self._heartbeat, idle_seconds=self._idle_seconds)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> Engine:
+        """The engine of this rank as the service's settings describe it."""
+        return cls(
+            device=settings.device,
+            backend=settings.backend,
+            world_size=settings.world_size,
+            rank=settings.rank,
+            local_rank=settings.local_rank,
+            tensor_parallel=settings.tensor_parallel,
+            pipeline_parallel=settings.pipeline_parallel,
+            collective_timeout_seconds=settings.collective_timeout_seconds,
+            metrics=metrics,
+            checkpoint_roots=settings.checkpoint_roots,
+            save_roots=settings.save_roots,
+        )
 
     # ------------------------------------------------------------------ life cycle
 

@@ -8,6 +8,7 @@ dicts of them).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,50 +32,48 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Command:
-    """Base of every command. ``name`` is what logs and ``/v1/info`` call it; ``broadcast``
-    says whether rank 0 sends it to the other ranks before running it (start-up and
-    shutdown are each rank's own)."""
+    """Base of every command. ``name`` is what logs call it (the class name in snake case
+    unless given: ``class HFView(Command, name="hf_view")``); ``broadcast`` says whether
+    rank 0 sends it to the other ranks before running it (start-up and shutdown are each
+    rank's own: ``broadcast=False``)."""
 
-    name: ClassVar[str] = "command"
     broadcast: ClassVar[bool] = True
 
+    def __init_subclass__(cls, *, name: str | None = None, broadcast: bool = True, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.name = name or re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
+        cls.broadcast = broadcast
+
 
 @dataclass(frozen=True)
-class Startup(Command):
+class Startup(Command, broadcast=False):
     """Build the distributed context and the model-parallel groups."""
 
-    name: ClassVar[str] = "startup"
-    broadcast: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
-class Shutdown(Command):
+class Shutdown(Command, broadcast=False):
     """Tear the context down (rank 0 first tells the other ranks to do the same)."""
 
-    name: ClassVar[str] = "shutdown"
-    broadcast: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
 class Heartbeat(Command):
     """A barrier rank 0 runs when idle, so followers never time out waiting."""
 
-    name: ClassVar[str] = "heartbeat"
 
 
 @dataclass(frozen=True)
 class ModelConfig(Command):
     """The checkpoint's model config and Megatron arguments, as JSON-ready dicts."""
 
-    name: ClassVar[str] = "model_config"
     path: str
 
 
 @dataclass(frozen=True)
-class HFView(Command):
+class HFView(Command, name="hf_view"):
     """The Hugging Face view of a checkpoint and the tokenizer files it ships (rank 0)."""
 
-    name: ClassVar[str] = "hf_view"
     path: str
     dtype: str | None
 
@@ -83,7 +82,6 @@ class HFView(Command):
 class TensorMetadata(Command):
     """Tensor names, global shapes, dtypes and sizes from the checkpoint metadata."""
 
-    name: ClassVar[str] = "tensor_metadata"
     path: str
 
 
@@ -91,7 +89,6 @@ class TensorMetadata(Command):
 class EstimateBytes(Command):
     """The bytes a load of the checkpoint (as ``dtype``) will hold on this rank."""
 
-    name: ClassVar[str] = "estimate_bytes"
     path: str
     dtype: str | None
 
@@ -100,7 +97,6 @@ class EstimateBytes(Command):
 class Load(Command):
     """Build the model from the checkpoint and keep it under ``model_id``."""
 
-    name: ClassVar[str] = "load"
     model_id: str
     path: str
     model_type: str | None
@@ -112,7 +108,6 @@ class Load(Command):
 class GatherTensor(Command):
     """The full tensor ``name`` of a model split over ranks (rank 0 receives it)."""
 
-    name: ClassVar[str] = "gather_tensor"
     model_id: str
     tensor: str
 
@@ -121,7 +116,6 @@ class GatherTensor(Command):
 class Release(Command):
     """Drop the model ``model_id`` and free its tensors."""
 
-    name: ClassVar[str] = "release"
     model_id: str
 
 
@@ -129,7 +123,6 @@ class Release(Command):
 class Save(Command):
     """Save the model ``model_id`` as a Megatron checkpoint at ``path``."""
 
-    name: ClassVar[str] = "save"
     model_id: str
     path: str
     ckpt_format: str
@@ -141,7 +134,6 @@ class Save(Command):
 class TokenizerInfo(Command):
     """The checkpoint's tokenizer: type, vocabulary size, special ids."""
 
-    name: ClassVar[str] = "tokenizer_info"
     path: str
 
 
@@ -149,7 +141,6 @@ class TokenizerInfo(Command):
 class Tokenize(Command):
     """Token ids of ``text`` with the checkpoint's tokenizer (and the text decoded back)."""
 
-    name: ClassVar[str] = "tokenize"
     path: str
     text: str
     detokenize: bool

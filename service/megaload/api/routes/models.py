@@ -12,6 +12,7 @@ from megaload_client.types import Job, LoadModelRequest, ModelInfo, ModelList, S
 
 from ..deps import RuntimeDep
 from ..problems import error_responses, job_body
+from .checkpoints import CHECKPOINT_PATH_ERRORS
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -32,15 +33,7 @@ def _created(body: ModelInfo | Job, status: int, location: str) -> JSONResponse:
         201: {"model": ModelInfo, "description": "loaded by this request; Location: /v1/models/{id}"},
         202: {"model": Job, "description": "wait=false: a load job; Location: /v1/jobs/{id}"},
         **error_responses(
-            p.VALIDATION,
-            p.BAD_REQUEST,
-            p.UNAUTHORIZED,
-            p.FORBIDDEN_PATH,
-            p.CHECKPOINT_NOT_FOUND,
-            p.NOT_A_CHECKPOINT,
-            p.UNSUPPORTED_CHECKPOINT,
-            p.CORRUPT_CHECKPOINT,
-            p.UNSAFE_CHECKPOINT,
+            *CHECKPOINT_PATH_ERRORS,
             p.INCOMPATIBLE_CONFIG,
             p.INVALID_DTYPE,
             p.PAYLOAD_TOO_LARGE,

@@ -57,20 +57,8 @@ class JobRecord:
 
     def to_wire(self, to_problem: Callable[[BaseException], ProblemDetail]) -> Job:
         """The wire job, its error mapped to a problem by ``to_problem``."""
-        return Job(
-            id=self.id,
-            kind=self.kind,
-            state=self.state,
-            progress=self.progress,
-            phase=self.phase,
-            model_id=self.model_id,
-            target=self.target,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            result=self.result,
-            error=None if self.error is None else to_problem(self.error),
-        )
+        fields = {name: getattr(self, name) for name in Job.model_fields if name != "error"}
+        return Job(**fields, error=None if self.error is None else to_problem(self.error))
 
 
 class JobHandle:

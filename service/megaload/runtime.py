@@ -17,6 +17,7 @@ app's lifespan)::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import platform
@@ -78,6 +79,16 @@ logger = logging.getLogger(__name__)
 # Share of the device's memory resident models may use when no budget is configured: loading
 # needs head-room beyond the resident bytes (the checkpoint reader's buffers, the allocator).
 DEFAULT_BUDGET_FRACTION = {"cpu": 0.5, "cuda": 0.8}
+
+# What /v1/info says of the engine, by the engine's own names.
+_ENGINE_INFO = (
+    "backend",
+    "device",
+    "world_size",
+    "rank",
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+)
 
 
 @dataclass(eq=False)
@@ -373,16 +384,9 @@ class Runtime:
 
     def memory_info(self) -> MemoryInfo:
         m = self.registry.memory()
-        return MemoryInfo(
-            budget_bytes=m.budget_bytes,
-            used_bytes=m.used_bytes,
-            reserved_bytes=m.reserved_bytes,
-            available_bytes=m.available_bytes,
-            evictable_bytes=m.evictable_bytes,
-        )
+        return MemoryInfo(**dataclasses.asdict(m), available_bytes=m.available_bytes)
 
     def info(self) -> Info:
-        engine = self.engine
         return Info(
             version=__version__,
             versions=VersionInfo(
@@ -391,12 +395,7 @@ class Runtime:
                 torch=_dist_version("torch"),
                 megatron_core=_dist_version("megatron-core"),
             ),
-            backend=engine.backend,
-            device=engine.device,
-            world_size=engine.world_size,
-            rank=engine.rank,
-            tensor_model_parallel_size=engine.tensor_model_parallel_size,
-            pipeline_model_parallel_size=engine.pipeline_model_parallel_size,
+            **{name: getattr(self.engine, name) for name in _ENGINE_INFO},
             ready=self.ready,
             memory=self.memory_info(),
             checkpoint_roots=[str(r) for r in self.paths.checkpoint_roots],

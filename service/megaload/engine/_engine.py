@@ -29,6 +29,21 @@ __all__ = ["Engine", "EngineState"]
 logger = logging.getLogger(__name__)
 
 
+# The settings that are the engine's parameters, by the same names.
+_ENGINE_SETTINGS = (
+    "device",
+    "backend",
+    "world_size",
+    "rank",
+    "local_rank",
+    "tensor_parallel",
+    "pipeline_parallel",
+    "collective_timeout_seconds",
+    "checkpoint_roots",
+    "save_roots",
+)
+
+
 class EngineState(str, enum.Enum):
     STARTING = "starting"
     READY = "ready"
@@ -89,19 +104,7 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Settings, *, metrics: Metrics | None = None) -> Engine:
         """The engine of this rank as the service's settings describe it."""
-        return cls(
-            device=settings.device,
-            backend=settings.backend,
-            world_size=settings.world_size,
-            rank=settings.rank,
-            local_rank=settings.local_rank,
-            tensor_parallel=settings.tensor_parallel,
-            pipeline_parallel=settings.pipeline_parallel,
-            collective_timeout_seconds=settings.collective_timeout_seconds,
-            metrics=metrics,
-            checkpoint_roots=settings.checkpoint_roots,
-            save_roots=settings.save_roots,
-        )
+        return cls(**{name: getattr(settings, name) for name in _ENGINE_SETTINGS}, metrics=metrics)
 
     # ------------------------------------------------------------------ life cycle
 

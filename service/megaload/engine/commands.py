@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Command",
+    "CheckpointCommand",
+    "ModelCommand",
     "Startup",
     "Shutdown",
     "Heartbeat",
@@ -33,7 +35,7 @@ __all__ = [
 @dataclass(frozen=True)
 class Command:
     """Base of every command. ``name`` is what logs call it (the class name in snake case
-    unless given: ``class HFView(Command, name="hf_view")``); ``broadcast`` says whether
+    unless given: ``class HFView(CheckpointCommand, name="hf_view")``); ``broadcast`` says whether
     rank 0 sends it to the other ranks before running it (start-up and shutdown are each
     rank's own: ``broadcast=False``)."""
 
@@ -49,55 +51,54 @@ class Command:
 class Startup(Command, broadcast=False):
     """Build the distributed context and the model-parallel groups."""
 
-
-
 @dataclass(frozen=True)
 class Shutdown(Command, broadcast=False):
     """Tear the context down (rank 0 first tells the other ranks to do the same)."""
-
-
 
 @dataclass(frozen=True)
 class Heartbeat(Command):
     """A barrier rank 0 runs when idle, so followers never time out waiting."""
 
-
-
 @dataclass(frozen=True)
-class ModelConfig(Command):
-    """The checkpoint's model config and Megatron arguments, as JSON-ready dicts."""
+class CheckpointCommand(Command):
+    """A command about the checkpoint at ``path`` (its iteration directory)."""
 
     path: str
 
 
 @dataclass(frozen=True)
-class HFView(Command, name="hf_view"):
-    """The Hugging Face view of a checkpoint and the tokenizer files it ships (rank 0)."""
-
-    path: str
-    dtype: str | None
-
-
-@dataclass(frozen=True)
-class TensorMetadata(Command):
-    """Tensor names, global shapes, dtypes and sizes from the checkpoint metadata."""
-
-    path: str
-
-
-@dataclass(frozen=True)
-class EstimateBytes(Command):
-    """The bytes a load of the checkpoint (as ``dtype``) will hold on this rank."""
-
-    path: str
-    dtype: str | None
-
-
-@dataclass(frozen=True)
-class Load(Command):
-    """Build the model from the checkpoint and keep it under ``model_id``."""
+class ModelCommand(Command):
+    """A command about the resident model ``model_id``."""
 
     model_id: str
+
+
+@dataclass(frozen=True)
+class ModelConfig(CheckpointCommand):
+    """The checkpoint's model config and Megatron arguments, as JSON-ready dicts."""
+
+@dataclass(frozen=True)
+class HFView(CheckpointCommand, name="hf_view"):
+    """The Hugging Face view of a checkpoint and the tokenizer files it ships (rank 0)."""
+
+    dtype: str | None
+
+
+@dataclass(frozen=True)
+class TensorMetadata(CheckpointCommand):
+    """Tensor names, global shapes, dtypes and sizes from the checkpoint metadata."""
+
+@dataclass(frozen=True)
+class EstimateBytes(CheckpointCommand):
+    """The bytes a load of the checkpoint (as ``dtype``) will hold on this rank."""
+
+    dtype: str | None
+
+
+@dataclass(frozen=True)
+class Load(ModelCommand):
+    """Build the model from the checkpoint and keep it under ``model_id``."""
+
     path: str
     model_type: str | None
     dtype: str | None
@@ -105,25 +106,20 @@ class Load(Command):
 
 
 @dataclass(frozen=True)
-class GatherTensor(Command):
-    """The full tensor ``name`` of a model split over ranks (rank 0 receives it)."""
+class GatherTensor(ModelCommand):
+    """The full tensor ``tensor`` of a model split over ranks (rank 0 receives it)."""
 
-    model_id: str
     tensor: str
 
 
 @dataclass(frozen=True)
-class Release(Command):
+class Release(ModelCommand):
     """Drop the model ``model_id`` and free its tensors."""
 
-    model_id: str
-
-
 @dataclass(frozen=True)
-class Save(Command):
+class Save(ModelCommand):
     """Save the model ``model_id`` as a Megatron checkpoint at ``path``."""
 
-    model_id: str
     path: str
     ckpt_format: str
     hf_tokenizer_path: str | None
@@ -131,16 +127,12 @@ class Save(Command):
 
 
 @dataclass(frozen=True)
-class TokenizerInfo(Command):
+class TokenizerInfo(CheckpointCommand):
     """The checkpoint's tokenizer: type, vocabulary size, special ids."""
 
-    path: str
-
-
 @dataclass(frozen=True)
-class Tokenize(Command):
+class Tokenize(CheckpointCommand):
     """Token ids of ``text`` with the checkpoint's tokenizer (and the text decoded back)."""
 
-    path: str
     text: str
     detokenize: bool

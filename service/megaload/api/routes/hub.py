@@ -32,7 +32,7 @@ from ...hub_repos import MAX_TREE_PAGE, HubRepos
 from ...runtime import Runtime
 from ...streaming import iter_shard_bytes
 from ..deps import RuntimeDep
-from ..file_answers import file_answer
+from ..file_answers import add_get_and_head, file_answer
 from ..problems import error_responses
 from ..streaming_body import leased_stream
 
@@ -196,19 +196,17 @@ async def _resolve_endpoint(
     return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=request.method == "HEAD")
 
 
-for _method, _name, _summary in (
-    ("GET", "resolve", "A file of the repository (ETag, X-Repo-Commit, Range, If-Range, If-None-Match)"),
-    ("HEAD", "resolve_head", "Headers of a file (ETag, X-Repo-Commit, Content-Length) without the body"),
-):
-    router.add_api_route(
-        "/{namespace}/{name}/resolve/{revision}/{filename:path}",
-        _resolve_endpoint,
-        methods=[_method],
-        name=_name,
-        response_class=Response,
-        summary=_summary,
-        responses=_RESOLVE_RESPONSES,
-    )
+add_get_and_head(
+    router,
+    "/{namespace}/{name}/resolve/{revision}/{filename:path}",
+    _resolve_endpoint,
+    names=("resolve", "resolve_head"),
+    summaries=(
+        "A file of the repository (ETag, X-Repo-Commit, Range, If-Range, If-None-Match)",
+        "Headers of a file (ETag, X-Repo-Commit, Content-Length) without the body",
+    ),
+    responses=_RESOLVE_RESPONSES,
+)
 
 
 @router.api_route(

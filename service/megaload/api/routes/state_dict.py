@@ -48,7 +48,7 @@ from ...streaming import (
     ShardOptions,
 )
 from ..deps import RuntimeDep
-from ..file_answers import file_answer
+from ..file_answers import add_get_and_head, file_answer
 from ..problems import error_responses
 from ..streaming_body import leased_stream
 
@@ -206,16 +206,14 @@ async def _shard(
             lease.release()
 
 
-for _method, _name, _summary in (
-    ("GET", "get_shard", "Shard n as a complete safetensors file (ETag, Range, If-Range, If-None-Match)"),
-    ("HEAD", "head_shard", "Headers of shard n (Content-Length, ETag) without the body"),
-):
-    router.add_api_route(
-        "/{model_id}/state_dict/{n}",
-        _shard,
-        methods=[_method],
-        name=_name,
-        response_class=Response,
-        summary=_summary,
-        responses=_SHARD_RESPONSES,
-    )
+add_get_and_head(
+    router,
+    "/{model_id}/state_dict/{n}",
+    _shard,
+    names=("get_shard", "head_shard"),
+    summaries=(
+        "Shard n as a complete safetensors file (ETag, Range, If-Range, If-None-Match)",
+        "Headers of shard n (Content-Length, ETag) without the body",
+    ),
+    responses=_SHARD_RESPONSES,
+)

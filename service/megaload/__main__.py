@@ -252,7 +252,7 @@ def _announce_when_ready(server: Any, app: Any, settings: Any) -> None:
             if server.started and runtime is not None:
                 if runtime.ready:
                     break
-                if runtime.engine.state.value in ("failed", "stopping", "stopped"):
+                if runtime.engine_gone:
                     return
             time.sleep(0.05)
         port = server.servers[0].sockets[0].getsockname()[1] if server.servers else settings.port
@@ -286,18 +286,7 @@ def _follow(settings: Any) -> int:
     signal.signal(signal.SIGTERM, wait_for_rank_0)
     signal.signal(signal.SIGINT, wait_for_rank_0)
     log.info("rank %d (pid %d) follows rank 0", settings.rank, os.getpid())
-    engine = Engine(
-        device=settings.device,
-        backend=settings.backend,
-        world_size=settings.world_size,
-        rank=settings.rank,
-        local_rank=settings.local_rank,
-        tensor_parallel=settings.tensor_parallel,
-        pipeline_parallel=settings.pipeline_parallel,
-        collective_timeout_seconds=settings.collective_timeout_seconds,
-        checkpoint_roots=settings.checkpoint_roots,
-        save_roots=settings.save_roots,
-    )
+    engine = Engine.from_settings(settings)
     engine.follow()
     return 0
 

@@ -1,8 +1,9 @@
 """The FastAPI application factory.
 
-``create_app(settings)`` builds an app whose lifespan creates exactly one
-:class:`~megaload.runtime.Runtime` (engine + registry + jobs) on ``app.state.runtime`` and
-tears it down on shutdown. Nothing is built at import time.
+``create_app(settings)`` builds an app and its metrics (shared by the request middleware and
+the runtime); its lifespan creates exactly one :class:`~megaload.runtime.Runtime` (the owner
+of engine, registry, jobs, shard plans) on ``app.state.runtime`` and tears it down on
+shutdown. Nothing is built at import time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .api.auth import Authenticator, require_token
 from .api.middleware import RequestContextMiddleware
 from .api.routes import HUB_ROUTERS, OPEN_ROUTERS, V1_ROUTERS
 from .api.routes.pages import install_docs
+from .metrics import Metrics
 from .runtime import Runtime
 from .settings import Settings
 
@@ -45,12 +47,12 @@ error is `application/problem+json` (RFC 9457) with a stable `type` URI
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app for ``settings`` (read from the environment when not given)."""
     settings = settings if settings is not None else Settings()
+    metrics = Metrics()  # the request middleware's and the runtime's
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = Runtime(settings, to_problem=problems.problem_for)
+        runtime = Runtime.create(settings, metrics=metrics)
         app.state.runtime = runtime
-        app.state.metrics_ref[0] = runtime.metrics
         await runtime.start()
         logger.info(
             "megaload %s: device=%s backend=%s budget=%d bytes, checkpoint roots=%s, save roots=%s, auth=%s",
@@ -77,7 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth = Authenticator.from_settings(settings)
-    app.state.metrics_ref = [None]
     problems.install(app)
     for router in OPEN_ROUTERS:
         app.include_router(router)
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
     for router in HUB_ROUTERS:
         app.include_router(router, prefix=problems.HUB_PREFIX, dependencies=[Depends(require_token)])
-    app.add_middleware(_MetricsBoundMiddleware, app_state=app.state)
+    app.add_middleware(RequestContextMiddleware, auth=app.state.auth, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
@@ -96,18 +97,6 @@ def _auth_summary(settings: Settings) -> str:
         return "off"
     readers = len(settings.read_tokens)
     return f"operator token and {readers} read token{'s' if readers != 1 else ''}" if readers else "operator token"
-
-
-class _MetricsBoundMiddleware(RequestContextMiddleware):
-    """The request middleware, finding the runtime's metrics once the lifespan built them."""
-
-    def __init__(self, app: Any, app_state: Any) -> None:
-        super().__init__(app, auth=app_state.auth)
-        self._state = app_state
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        self.metrics = self._state.metrics_ref[0]
-        await super().__call__(scope, receive, send)
 
 
 _METHODS = ("get", "head", "post", "put", "patch", "delete", "options")

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import torch
 
+from .engine.commands import HFView
 from .streaming import LazyTensors, TensorSpec
 
 if TYPE_CHECKING:
@@ -150,7 +151,7 @@ class HFModels:
         from .checkpoint import CheckpointError
 
         try:
-            view, found = await self.engine.call("hf_view", path=entry.spec.iteration_dir, dtype=entry.spec.dtype)
+            view, found = await self.engine.run(HFView(path=entry.spec.iteration_dir, dtype=entry.spec.dtype))
             tensors = await anyio.to_thread.run_sync(_plan_tensors, view, entry.state_dict)
         except BaseException as e:
             if not isinstance(e, CheckpointError):  # not the checkpoint's fault: try again next time

@@ -7,8 +7,8 @@ and calls :meth:`JobHandle.started` when the engine begins its work (until then 
     queued ──started()──> running ──> succeeded | failed
        └──cancel()/shutdown──> cancelled
 
-Errors become problem details through the one mapping the service was built with
-(``to_problem``), so a failed job reports exactly what the synchronous route would have.
+A failed (or shut-down) job keeps its exception; :meth:`JobRecord.to_wire` takes the HTTP
+layer's mapping, so a failed job reports exactly what the synchronous route would have.
 """
 
 from __future__ import annotations
@@ -52,24 +52,13 @@ class JobRecord:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     result: JobResult | None = None
-    error: ProblemDetail | None = None
+    error: BaseException | None = None
     task: asyncio.Task | None = field(default=None, repr=False)
 
-    def to_wire(self) -> Job:
-        return Job(
-            id=self.id,
-            kind=self.kind,
-            state=self.state,
-            progress=self.progress,
-            phase=self.phase,
-            model_id=self.model_id,
-            target=self.target,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            result=self.result,
-            error=self.error,
-        )
+    def to_wire(self, to_problem: Callable[[BaseException], ProblemDetail]) -> Job:
+        """The wire job, its error mapped to a problem by ``to_problem``."""
+        fields = {name: getattr(self, name) for name in Job.model_fields if name != "error"}
+        return Job(**fields, error=None if self.error is None else to_problem(self.error))
 
 
 class JobHandle:
@@ -100,14 +89,7 @@ Runner = Callable[[JobHandle], Awaitable[JobResult]]
 class JobManager:
     """Creates, tracks, cancels and forgets jobs. Use from the event loop only."""
 
-    def __init__(
-        self,
-        to_problem: Callable[[BaseException], ProblemDetail],
-        *,
-        metrics: Metrics | None = None,
-        max_finished: int = 1000,
-    ) -> None:
-        self._to_problem = to_problem
+    def __init__(self, *, metrics: Metrics | None = None, max_finished: int = 1000) -> None:
         self._metrics = metrics
         self._max_finished = max_finished
         self._jobs: dict[str, JobRecord] = {}
@@ -169,7 +151,7 @@ class JobManager:
                 record.state = JobState.FAILED
                 record.finished_at = _now()
                 record.phase = "abandoned"
-                record.error = self._to_problem(EngineStoppedError(reason))
+                record.error = EngineStoppedError(reason)
                 if record.task is not None:
                     record.task.cancel()
                 abandoned.append(record)
@@ -190,13 +172,13 @@ class JobManager:
         except Exception as e:
             if record.state in _FINISHED:
                 return
-            record.error = self._to_problem(e)
+            record.error = _without_tracebacks(e)
             record.state = JobState.FAILED
             record.phase = "failed"
             record.finished_at = _now()
             if record.started_at is None:
                 record.started_at = record.finished_at
-            logger.warning("job %s (%s) failed: %s", record.id, record.kind.value, record.error.detail)
+            logger.warning("job %s (%s) failed: %s: %s", record.id, record.kind.value, type(e).__name__, e)
         else:
             if record.state in _FINISHED:
                 return
@@ -217,7 +199,7 @@ class JobManager:
         record.phase = "cancelled"
         record.finished_at = _now()
         if shutdown_reason is not None:
-            record.error = self._to_problem(EngineStoppedError(shutdown_reason))
+            record.error = EngineStoppedError(shutdown_reason)
         self._update_gauges()
 
     def _forget_old(self) -> None:
@@ -235,3 +217,15 @@ class JobManager:
             counts[(record.kind, record.state)] += 1
         for (kind, state), n in counts.items():
             self._metrics.jobs.labels(kind=kind.value, state=state.value).set(n)
+
+
+def _without_tracebacks(error: BaseException) -> BaseException:
+    """``error`` (and its causes) without their tracebacks: a finished job is kept for a while,
+    and a traceback keeps every frame it passed through alive (a failed load's tensors)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    return error

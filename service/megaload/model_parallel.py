@@ -33,7 +33,6 @@ from .checkpoint import (
     PartitionRule,
     assemble_full,
     global_layer_names,
-    padded_vocab_rows,
     partition_rules,
     rule_of,
     tp_slice,
@@ -245,8 +244,3 @@ class SlicedTensors(LazyTensors):
         full = self.source.fetch(name) if isinstance(self.source, LazyTensors) else self.source[name]
         out = tp_slice(full, self.rules.get(name, _WHOLE), self.tp_rank, self.tp_size, self.vocab_rows)
         return out if out.is_contiguous() else out.contiguous()
-
-
-def slice_rows(chunks: Any, tp_size: int) -> int | None:
-    """Vocabulary rows of ``chunks``' model at ``tp_size``."""
-    return padded_vocab_rows(chunks, tp_size)

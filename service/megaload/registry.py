@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import itertools
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
 
 from .errors import InsufficientMemoryError, MemoryWaitTimeoutError, ModelNotFoundError
+from .resident import Lease, LoadSpec, MemoryUsage, ModelEntry, ModelLoader, now
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -46,106 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["Registry", "ModelEntry", "LoadSpec", "Lease", "ModelLoader", "MemoryUsage"]
 
 logger = logging.getLogger(__name__)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class LoadSpec:
-    """What to load. Everything but ``checkpoint_path`` (as the caller spelled it) and
-    ``fingerprint``'s role as a cache-buster goes into the model id."""
-
-    checkpoint_path: str
-    iteration_dir: str  # resolved, symlinks followed
-    iteration: int | None
-    format: str
-    fingerprint: tuple[int, ...]  # identity of the files on disk (inode, size, mtime of .metadata)
-    model_type: str | None = None
-    dtype: str | None = None  # canonical torch name ("bfloat16") or None: as stored
-    mp_overrides: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def model_id(self) -> str:
-        """Stable for the same resolved checkpoint (same files) and load options."""
-        key = json.dumps(
-            [self.iteration_dir, list(self.fingerprint), self.model_type, self.dtype, list(self.mp_overrides)],
-            sort_keys=True,
-        )
-        return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
-
-
-class ModelLoader(Protocol):
-    """What the registry needs from the engine."""
-
-    async def estimate_bytes(self, iteration_dir: str, dtype: str | None, on_start: Callable[[], None] | None) -> int: ...
-
-    async def load(self, model_id: str, spec: LoadSpec, on_start: Callable[[], None] | None) -> Any: ...
-
-    async def release(self, model_id: str) -> None: ...
-
-
-@dataclass
-class ModelEntry:
-    """A resident model. ``loaded`` is the loader's handle (``state_dict``, sizes, dtype)."""
-
-    id: str
-    spec: LoadSpec
-    loaded: Any
-    size_bytes: int
-    pinned: bool = False
-    loaded_at: datetime = field(default_factory=_now)
-    last_used_at: datetime = field(default_factory=_now)
-    leases: int = 0
-    evicting: bool = False
-    _lru: int = 0
-    _drained: asyncio.Event = field(default_factory=asyncio.Event)
-    _released: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self._drained.set()
-
-    @property
-    def state_dict(self) -> dict[str, Any]:
-        """Flat ``{key: tensor}`` of the model's own tensors (zero-copy). Hold a lease while reading."""
-        return self.loaded.state_dict
-
-
-@dataclass(frozen=True)
-class MemoryUsage:
-    budget_bytes: int
-    used_bytes: int
-    reserved_bytes: int
-    evictable_bytes: int
-
-    @property
-    def available_bytes(self) -> int:
-        return max(0, self.budget_bytes - self.used_bytes - self.reserved_bytes)
-
-
-class Lease:
-    """A read lease on a resident model: eviction waits until it is released."""
-
-    def __init__(self, registry: Registry, entry: ModelEntry) -> None:
-        self._registry = registry
-        self.entry = entry
-        self._released = False
-
-    def release(self) -> None:
-        """Idempotent; call from the event loop thread."""
-        if self._released:
-            return
-        self._released = True
-        self.entry.leases -= 1
-        if self.entry.leases == 0:
-            self.entry._drained.set()
-
-    async def __aenter__(self) -> ModelEntry:
-        return self.entry
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.release()
 
 
 # What a load is doing, as (fraction done, phase) for the progress of load jobs.
@@ -465,7 +363,7 @@ class Registry:
 
     def _touch(self, entry: ModelEntry) -> None:
         entry._lru = next(self._tick)
-        entry.last_used_at = _now()
+        entry.last_used_at = now()
 
     def _held_bytes(self) -> int:
         return sum(e.size_bytes for e in self._entries.values()) + sum(e.size_bytes for e in self._evicting.values())

@@ -1,9 +1,12 @@
-"""The runtime: engine + registry + jobs + path policy + metrics, built once per app.
+"""The runtime: the one owner of the service's state (engine, registry, jobs, shard plans, Hub
+repositories, path policy, metrics), built once per app.
 
-Route handlers stay thin by calling the methods here; each takes and returns wire models (or
-registry entries) and raises only typed errors. Life cycle (driven by the app's lifespan)::
+Route handlers stay thin by calling the methods here, and only these: each takes and returns
+wire models (or registry entries and job records) and raises only typed errors; a failed
+job keeps its exception, which the HTTP layer maps when it answers. Life cycle (driven by the
+app's lifespan)::
 
-    runtime = Runtime(settings, to_problem=problem_for)
+    runtime = Runtime.create(settings, metrics=metrics)
                                      # resolves device, backend and budget; no thread yet
     await runtime.start()            # leftovers of saves killed before they finished removed
                                      # from the save roots; engine thread up; /readyz turns 200
@@ -14,12 +17,14 @@ registry entries) and raises only typed errors. Life cycle (driven by the app's 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
-import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -34,7 +39,7 @@ from megaload_client.types import (
     LoadModelRequest,
     MemoryInfo,
     ModelInfo,
-    ProblemDetail,
+    ModelList,
     SaveModelRequest,
     TensorInfo,
     TokenizeRequest,
@@ -45,9 +50,10 @@ from megaload_client.types import (
 
 from . import __version__
 from .checkpoint import (
-    CheckpointExistsError,
+    CheckpointError,
     CheckpointLayout,
     CheckpointNotFoundError,
+    check_save_destination,
     confined_to,
     inspect_layout,
     parse_dtype,
@@ -55,15 +61,18 @@ from .checkpoint import (
     with_stream_keys,
 )
 from .devices import device_memory_bytes
-from .engine import Engine, EngineState
-from .errors import BadRequestError
+from .engine import Engine, EngineState, commands
+from .errors import BadRequestError, NotReadyError
 from .hf_models import HFModels
+from .hub_repos import HubRepos
 from .jobs import JobHandle, JobManager, JobRecord
 from .load_options import effective_load_options
 from .metrics import Metrics
 from .paths import PathPolicy
-from .registry import LoadSpec, ModelEntry, Registry
+from .registry import Lease, LoadSpec, ModelEntry, Registry
 from .settings import Settings
+from .shard_plans import Reshard, ShardPlans, ShardRead
+from .streaming import LazyTensors, ShardOptions
 
 __all__ = ["Runtime", "DEFAULT_BUDGET_FRACTION"]
 
@@ -73,39 +82,60 @@ logger = logging.getLogger(__name__)
 # needs head-room beyond the resident bytes (the checkpoint reader's buffers, the allocator).
 DEFAULT_BUDGET_FRACTION = {"cpu": 0.5, "cuda": 0.8}
 
+# What /v1/info says of the engine, by the engine's own names.
+_ENGINE_INFO = (
+    "backend",
+    "device",
+    "world_size",
+    "rank",
+    "tensor_model_parallel_size",
+    "pipeline_model_parallel_size",
+)
 
+
+@dataclass(eq=False)
 class Runtime:
-    def __init__(self, settings: Settings, *, to_problem: Callable[[BaseException], ProblemDetail]) -> None:
-        """``to_problem`` is the HTTP layer's error mapping, used for failed jobs' ``error``."""
-        self.settings = settings
-        self.metrics = Metrics()
-        self.paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
-        self.engine = Engine(
-            device=settings.device,
-            backend=settings.backend,
-            world_size=settings.world_size,
-            rank=settings.rank,
-            local_rank=settings.local_rank,
-            tensor_parallel=settings.tensor_parallel,
-            pipeline_parallel=settings.pipeline_parallel,
-            collective_timeout_seconds=settings.collective_timeout_seconds,
-            metrics=self.metrics,
-            checkpoint_roots=self.paths.checkpoint_roots,
-            save_roots=self.paths.save_roots,
-        )
-        total = device_memory_bytes(self.engine.device, settings.local_rank)
+    """See the module docstring; :meth:`create` builds one from the settings."""
+
+    settings: Settings
+    metrics: Metrics
+    paths: PathPolicy
+    engine: Engine
+    registry: Registry
+    jobs: JobManager
+    hf_models: HFModels
+    shard_plans: ShardPlans
+    hub_repos: HubRepos
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def create(cls, settings: Settings, *, metrics: Metrics | None = None) -> Runtime:
+        """The runtime ``settings`` describe: device, backend and memory budget resolved, no
+        thread started yet."""
+        metrics = metrics if metrics is not None else Metrics()
+        paths = PathPolicy(settings.checkpoint_roots, settings.save_roots)
+        engine = Engine.from_settings(settings, metrics=metrics)
+        total = device_memory_bytes(engine.device, settings.local_rank)
         if settings.memory_budget is not None:
             budget = settings.memory_budget.resolve(total)
         else:
-            budget = int(total * DEFAULT_BUDGET_FRACTION[self.engine.device])
+            budget = int(total * DEFAULT_BUDGET_FRACTION[engine.device])
         if budget <= 0:
-            raise ValueError(f"memory budget resolves to {budget} bytes on this {self.engine.device} device")
-        self.registry = Registry(
-            self.engine, budget, metrics=self.metrics, memory_wait_seconds=settings.memory_wait_seconds
+            raise ValueError(f"memory budget resolves to {budget} bytes on this {engine.device} device")
+        registry = Registry(engine, budget, metrics=metrics, memory_wait_seconds=settings.memory_wait_seconds)
+        hf_models = HFModels(engine, registry, paths)
+        shard_plans = ShardPlans(registry)
+        return cls(
+            settings=settings,
+            metrics=metrics,
+            paths=paths,
+            engine=engine,
+            registry=registry,
+            jobs=JobManager(metrics=metrics, max_finished=settings.max_finished_jobs),
+            hf_models=hf_models,
+            shard_plans=shard_plans,
+            hub_repos=HubRepos(registry, hf_models, shard_plans),
         )
-        self.hf_models = HFModels(self.engine, self.registry, self.paths)
-        self.jobs = JobManager(to_problem, metrics=self.metrics, max_finished=settings.max_finished_jobs)
-        self.started_at = time.time()
 
     # ------------------------------------------------------------------ life cycle
 
@@ -133,12 +163,31 @@ class Runtime:
     def ready(self) -> bool:
         return self.engine.state is EngineState.READY
 
+    @property
+    def engine_gone(self) -> bool:
+        """The engine failed or is stopping: it will not turn ready."""
+        return self.engine.state in (EngineState.FAILED, EngineState.STOPPING, EngineState.STOPPED)
+
+    def check_readiness(self) -> None:
+        """``/readyz``: NotReadyError saying the engine's state (and why it failed) unless ready."""
+        if self.ready:
+            return
+        state = self.engine.state.value
+        detail = f"engine {state}"
+        if self.engine.error is not None:
+            detail += f": {self.engine.error}"
+        raise NotReadyError(detail, retry_after=1 if state == "starting" else None)
+
+    def render_metrics(self) -> bytes:
+        self.metrics.engine_queue_depth.set(self.engine.queue_depth)
+        return self.metrics.render()
+
     # ------------------------------------------------------------------ paths
 
     async def resolve_checkpoint(self, raw: str, *, field: str = "path") -> CheckpointLayout:
         """Police ``raw`` against the checkpoint roots, then find its iteration directory."""
         path = self.paths.resolve_checkpoint(raw, field=field)
-        layout = await anyio.to_thread.run_sync(self._inspect_layout, path)
+        layout = await anyio.to_thread.run_sync(self._confined, inspect_layout, path)
         real = self.paths.ensure_inside_checkpoint_roots(layout.iteration_dir, field=field)
         if real != layout.iteration_dir:
             layout = CheckpointLayout(
@@ -149,22 +198,17 @@ class Runtime:
             )
         return layout
 
-    def _with_stream_keys(self, iteration_dir: Path, listed: list) -> tuple[str, list]:
-        """:func:`with_stream_keys` (worker thread), confined to the checkpoint roots."""
+    def _confined(self, fn, *args):
+        """``fn(*args)`` (worker thread: inspect_layout, with_stream_keys), every file it reads
+        confined to the checkpoint roots."""
         with confined_to(self.paths.checkpoint_roots):
-            return with_stream_keys(iteration_dir, listed)
-
-    def _inspect_layout(self, path: Path) -> CheckpointLayout:
-        """:func:`inspect_layout` (worker thread), its reads (tracker, metadata.json) confined
-        to the checkpoint roots."""
-        with confined_to(self.paths.checkpoint_roots):
-            return inspect_layout(path)
+            return fn(*args)
 
     # ------------------------------------------------------------------ checkpoints
 
     async def checkpoint_config(self, raw: str) -> CheckpointConfig:
         layout = await self.resolve_checkpoint(raw)
-        data = await self.engine.call("model_config", path=str(layout.iteration_dir))
+        data = await self.engine.run(commands.ModelConfig(path=str(layout.iteration_dir)))
         return CheckpointConfig(
             path=raw,
             iteration_dir=str(layout.iteration_dir),
@@ -175,8 +219,10 @@ class Runtime:
 
     async def checkpoint_tensors(self, raw: str) -> CheckpointTensors:
         layout = await self.resolve_checkpoint(raw)
-        listed = await self.engine.call("tensor_metadata", path=str(layout.iteration_dir))
-        naming, listed = await anyio.to_thread.run_sync(self._with_stream_keys, layout.iteration_dir, listed)
+        listed = await self.engine.run(commands.TensorMetadata(path=str(layout.iteration_dir)))
+        naming, listed = await anyio.to_thread.run_sync(
+            self._confined, with_stream_keys, layout.iteration_dir, listed
+        )
         tensors = [TensorInfo(**t) for t in listed]
         return CheckpointTensors(
             path=raw,
@@ -189,13 +235,13 @@ class Runtime:
 
     async def tokenizer_info(self, raw: str) -> TokenizerInfo:
         layout = await self.resolve_checkpoint(raw)
-        data = await self.engine.call("tokenizer_info", path=str(layout.iteration_dir))
+        data = await self.engine.run(commands.TokenizerInfo(path=str(layout.iteration_dir)))
         return TokenizerInfo(path=raw, iteration_dir=str(layout.iteration_dir), **data)
 
     async def tokenize(self, req: TokenizeRequest) -> TokenizeResponse:
         layout = await self.resolve_checkpoint(req.path)
-        data = await self.engine.call(
-            "tokenize", path=str(layout.iteration_dir), text=req.text, detokenize=req.detokenize
+        data = await self.engine.run(
+            commands.Tokenize(path=str(layout.iteration_dir), text=req.text, detokenize=req.detokenize)
         )
         return TokenizeResponse(**data)
 
@@ -242,6 +288,24 @@ class Runtime:
 
         return self.jobs.submit(JobKind.LOAD, run, target=spec.iteration_dir, model_id=spec.model_id)
 
+    def list_models(self) -> ModelList:
+        return ModelList(models=[self.model_info(e) for e in self.registry.list()], memory=self.memory_info())
+
+    def get_model(self, model_id: str) -> ModelInfo:
+        return self.model_info(self.registry.get(model_id))
+
+    async def evict(self, model_id: str) -> None:
+        await self.registry.evict(model_id)
+
+    def acquire(self, model_id: str) -> Lease:
+        """A read lease on a resident model (release it, or hand it to a streamed body)."""
+        return self.registry.acquire(model_id)
+
+    @asynccontextmanager
+    async def lease(self, model_id: str) -> AsyncIterator[ModelEntry]:
+        async with self.registry.lease(model_id) as entry:
+            yield entry
+
     def model_info(self, entry: ModelEntry) -> ModelInfo:
         spec, loaded = entry.spec, entry.loaded
         return ModelInfo(
@@ -275,15 +339,14 @@ class Runtime:
         lease = self.registry.acquire(model_id)  # eviction waits for the save
 
         async def run(handle: JobHandle) -> JobResult:
-            await self.engine.call(
-                "save",
-                lambda: handle.started("saving"),
+            command = commands.Save(
                 model_id=model_id,
                 path=str(dest),
                 ckpt_format=req.ckpt_format,
                 hf_tokenizer_path=None if tokenizer is None else str(tokenizer),
                 overwrite=req.overwrite,
             )
+            await self.engine.run(command, lambda: handle.started("saving"))
             return JobResult(model_id=model_id, path=str(dest))
 
         try:
@@ -295,20 +358,49 @@ class Runtime:
         record.task.add_done_callback(lambda _task: lease.release())
         return record
 
+    # ------------------------------------------------------------------ state dicts
+
+    async def _hf_tensors(self, entry: ModelEntry, hf: bool, reshard: Reshard | None) -> LazyTensors | None:
+        """The model's Hugging Face tensors for ``names=hf`` (``None`` for its own names)."""
+        if not hf:
+            return None
+        if reshard is not None:
+            raise BadRequestError("names=hf cannot be combined with tp_rank/tp_size", field="names")
+        return (await self.hf_models.get(entry)).tensors
+
+    async def state_dict_index(
+        self, model_id: str, options: ShardOptions, reshard: Reshard | None, *, hf: bool
+    ) -> bytes:
+        """The index of the model's shards under ``options`` (with checksums), as JSON."""
+        async with self.registry.lease(model_id) as entry:
+            tensors = await self._hf_tensors(entry, hf, reshard)
+            return await self.shard_plans.index_json(entry, options, reshard, tensors)
+
+    async def state_dict_shard(
+        self, entry: ModelEntry, n: int, options: ShardOptions, reshard: Reshard | None, *, hf: bool
+    ) -> ShardRead:
+        """Shard ``n`` of the model under ``options``; the caller holds a lease on ``entry``."""
+        tensors = await self._hf_tensors(entry, hf, reshard)
+        return await self.shard_plans.shard(entry, n, options, reshard, tensors)
+
+    # ------------------------------------------------------------------ jobs
+
+    def list_jobs(self) -> list[JobRecord]:
+        return self.jobs.list()
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.jobs.get(job_id)
+
+    def cancel_job(self, job_id: str) -> JobRecord:
+        return self.jobs.cancel(job_id)
+
     # ------------------------------------------------------------------ info
 
     def memory_info(self) -> MemoryInfo:
         m = self.registry.memory()
-        return MemoryInfo(
-            budget_bytes=m.budget_bytes,
-            used_bytes=m.used_bytes,
-            reserved_bytes=m.reserved_bytes,
-            available_bytes=m.available_bytes,
-            evictable_bytes=m.evictable_bytes,
-        )
+        return MemoryInfo(**dataclasses.asdict(m), available_bytes=m.available_bytes)
 
     def info(self) -> Info:
-        engine = self.engine
         return Info(
             version=__version__,
             versions=VersionInfo(
@@ -317,12 +409,7 @@ class Runtime:
                 torch=_dist_version("torch"),
                 megatron_core=_dist_version("megatron-core"),
             ),
-            backend=engine.backend,
-            device=engine.device,
-            world_size=engine.world_size,
-            rank=engine.rank,
-            tensor_model_parallel_size=engine.tensor_model_parallel_size,
-            pipeline_model_parallel_size=engine.pipeline_model_parallel_size,
+            **{name: getattr(self.engine, name) for name in _ENGINE_INFO},
             ready=self.ready,
             memory=self.memory_info(),
             checkpoint_roots=[str(r) for r in self.paths.checkpoint_roots],
@@ -344,30 +431,16 @@ def _fingerprint(iteration_dir: Path) -> tuple[int, ...]:
 
 
 def _check_save_destination(dest: Path, overwrite: bool) -> None:
-    """Answer 409 up front for what the library would refuse anyway (it re-checks at save)."""
+    """Answer 409 up front for what the library would refuse at save time (its own check, run
+    again by the save), after making the destination's parents inside the save root."""
     if not dest.exists() and not dest.is_symlink():
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return
-    if dest.is_symlink() or not dest.is_dir():
-        raise CheckpointExistsError(f"cannot save to {dest}: it exists and is not a directory", path=dest)
     try:
-        children = [c.name for c in os.scandir(dest)]
-    except OSError as e:
+        check_save_destination(dest, overwrite)
+    except CheckpointError:  # CheckpointExistsError is an OSError too
+        raise
+    except OSError as e:  # an unreadable directory
         raise BadRequestError(f"path: cannot read {dest}: {e.strerror}", field="path") from None
-    if not children:
-        return
-    is_checkpoint = "latest_checkpointed_iteration.txt" in children or any(
-        c.startswith("iter_") or c == "release" for c in children
-    )
-    if not is_checkpoint:
-        raise CheckpointExistsError(
-            f"cannot save to {dest}: the directory holds files that are not a checkpoint; refusing to replace them",
-            path=dest,
-        )
-    if not overwrite:
-        raise CheckpointExistsError(
-            f"a checkpoint already exists at {dest}; pass overwrite=true to replace it", path=dest
-        )
 
 
 def _dist_version(name: str) -> str | None:

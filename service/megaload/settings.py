@@ -299,18 +299,23 @@ def _check_token(token: str) -> None:
         raise ValueError("API token must be visible ASCII characters without spaces")
 
 
-def _read_read_token_file(path: Path) -> list[str]:
+def _read_ascii_file(path: Path, kind: str, limit: int) -> str:
+    """The text of the ``kind`` file at ``path`` (at most ``limit`` bytes of ASCII)."""
     try:
         with open(path, "rb") as f:
-            raw = f.read(_MAX_READ_TOKEN_FILE_BYTES + 1)
+            raw = f.read(limit + 1)
     except OSError as e:
-        raise ValueError(f"cannot read read-token file {path}: {e.strerror}") from None
-    if len(raw) > _MAX_READ_TOKEN_FILE_BYTES:
-        raise ValueError(f"read-token file {path} is larger than {_MAX_READ_TOKEN_FILE_BYTES} bytes")
+        raise ValueError(f"cannot read {kind} file {path}: {e.strerror}") from None
+    if len(raw) > limit:
+        raise ValueError(f"{kind} file {path} is larger than {limit} bytes")
     try:
-        text = raw.decode("ascii")
+        return raw.decode("ascii")
     except UnicodeDecodeError:
-        raise ValueError(f"read-token file {path} is not ASCII text") from None
+        raise ValueError(f"{kind} file {path} is not ASCII text") from None
+
+
+def _read_read_token_file(path: Path) -> list[str]:
+    text = _read_ascii_file(path, "read-token", _MAX_READ_TOKEN_FILE_BYTES)
     tokens = [line.strip() for line in text.splitlines() if line.strip()]
     if not tokens:
         raise ValueError(f"read-token file {path} holds no token")
@@ -318,17 +323,7 @@ def _read_read_token_file(path: Path) -> list[str]:
 
 
 def _read_token_file(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_MAX_TOKEN_FILE_BYTES + 1)
-    except OSError as e:
-        raise ValueError(f"cannot read token file {path}: {e.strerror}") from None
-    if len(raw) > _MAX_TOKEN_FILE_BYTES:
-        raise ValueError(f"token file {path} is larger than {_MAX_TOKEN_FILE_BYTES} bytes")
-    try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise ValueError(f"token file {path} is not ASCII text") from None
+    token = _read_ascii_file(path, "token", _MAX_TOKEN_FILE_BYTES).strip()
     if not token:
         raise ValueError(f"token file {path} is empty")
     return token

@@ -3,6 +3,7 @@ destination is left half-written."""
 
 from __future__ import annotations
 
+from megaload.api.problems import job_body
 from megaload_client import problems
 
 
@@ -33,8 +34,9 @@ def test_shutdown_with_saves_in_flight(start):
             assert _complete_checkpoint(dest), dest
         else:
             assert record.state.value == "cancelled", (record.state, record.error)
-            assert record.error is not None and record.error.type == problems.NOT_READY
-            assert "shut down" in record.error.detail
+            error = job_body(record).error  # as GET /v1/jobs/{id} answers it
+            assert error is not None and error.type == problems.NOT_READY
+            assert "shut down" in error.detail
             assert not dest.exists()
         assert record.finished_at is not None
     assert "cancelled" in states.values()

@@ -411,7 +411,7 @@ def test_streamed_bytes_are_counted(service):
 def test_checksums_are_computed_once_per_model_and_options(service, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    import megaload.api.shard_plans as shard_plans
+    import megaload.shard_plans as shard_plans
 
     calls: list[dict] = []
     real = shard_plans.fill_checksums

@@ -2,10 +2,9 @@
 
     async def get_model(model_id: str, runtime: RuntimeDep) -> ModelInfo: ...
 
-``AuthDep`` guards the ``/v1`` router (and any router that declares it): when a token is
-configured, the request must carry ``Authorization: Bearer <token>`` holding the operator's
-token, or a read token for GET/HEAD and routes marked read-only (:mod:`megaload.api.auth`);
-comparisons are constant-time (:func:`hmac.compare_digest`).
+The runtime is the routes' one entry point (:class:`~megaload.runtime.Runtime`). The bearer
+token is checked by :func:`megaload.api.auth.require_token`, which the app mounts on the
+``/v1`` and ``/hf`` routers; :data:`READ_ONLY` marks a non-GET route read tokens may call.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ..runtime import Runtime
-from .auth import READ_ONLY, require_token
+from .auth import READ_ONLY
 
-__all__ = ["RuntimeDep", "AuthDep", "get_runtime", "require_token", "READ_ONLY"]
+__all__ = ["RuntimeDep", "get_runtime", "READ_ONLY"]
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -25,5 +24,3 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-
-AuthDep = Depends(require_token)

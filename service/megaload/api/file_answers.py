@@ -15,13 +15,16 @@ produces bytes ``[start, end)``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from fastapi import APIRouter, Response
 from starlette.requests import Request
 
 from ..streaming import content_range, matches_if_none_match, matches_if_range, parse_range
 
-__all__ = ["FileAnswer", "file_answer"]
+__all__ = ["FileAnswer", "file_answer", "add_get_and_head"]
 
 
 @dataclass(frozen=True)
@@ -60,3 +63,26 @@ def file_answer(request: Request, *, etag: str, size: int, head: bool) -> FileAn
     start, end = span
     headers = {**base, "Content-Length": str(end - start), "Content-Range": content_range(start, end, size)}
     return FileAnswer(206, start, end, head, headers)
+
+
+def add_get_and_head(
+    router: APIRouter,
+    path: str,
+    endpoint: Callable[..., Any],
+    *,
+    names: tuple[str, str],
+    summaries: tuple[str, str],
+    responses: dict[int | str, dict[str, Any]],
+) -> None:
+    """Route GET and HEAD of ``path`` to one ``endpoint`` (it tells them apart by
+    ``request.method``), as two operations named and summarized each its own way."""
+    for method, name, summary in zip(("GET", "HEAD"), names, summaries, strict=True):
+        router.add_api_route(
+            path,
+            endpoint,
+            methods=[method],
+            name=name,
+            response_class=Response,
+            summary=summary,
+            responses=responses,
+        )

@@ -26,23 +26,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from megaload_client import problems as p
-from megaload_client.types import ProblemDetail, ValidationErrorItem
+from megaload_client.types import Job, ProblemDetail, ValidationErrorItem
 
-from ..checkpoint import (
-    CheckpointError,
-    CheckpointExistsError,
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    DistributedContextError,
-    IncompatibleConfigError,
-    InvalidDtypeError,
-    NotACheckpointError,
-    OutsideRootsError,
-    TokenizerError,
-    UnmappableModelError,
-    UnsafeCheckpointError,
-    UnsupportedCheckpointError,
-)
+from .. import checkpoint, streaming
 from ..errors import (
     BadRequestError,
     EngineStoppedError,
@@ -61,16 +47,8 @@ from ..errors import (
     ServiceError,
     UnauthorizedError,
 )
+from ..jobs import JobRecord
 from ..logs import current_request_id
-from ..streaming import (
-    InvalidKeyPatternError,
-    InvalidShardOptionsError,
-    KeysNotFoundError,
-    PlanMismatchError,
-    RangeNotSatisfiableError,
-    ShardNotFoundError,
-    StreamingError,
-)
 from .methods import allowed_methods
 
 __all__ = [
@@ -78,6 +56,7 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "HUB_PREFIX",
     "problem_for",
+    "job_body",
     "problem_response",
     "install",
     "error_responses",
@@ -94,19 +73,19 @@ _MAX_ERROR_MESSAGE_CHARS = 1000
 
 PROBLEM_TYPES: dict[type[BaseException], str] = {
     # the library's CheckpointError tree
-    CheckpointError: p.BAD_REQUEST,
-    CheckpointNotFoundError: p.CHECKPOINT_NOT_FOUND,
-    NotACheckpointError: p.NOT_A_CHECKPOINT,
-    UnsupportedCheckpointError: p.UNSUPPORTED_CHECKPOINT,
-    UnmappableModelError: p.UNMAPPABLE_MODEL,
-    CorruptCheckpointError: p.CORRUPT_CHECKPOINT,
-    UnsafeCheckpointError: p.UNSAFE_CHECKPOINT,
-    IncompatibleConfigError: p.INCOMPATIBLE_CONFIG,
-    InvalidDtypeError: p.INVALID_DTYPE,
-    TokenizerError: p.TOKENIZER_ERROR,
-    CheckpointExistsError: p.CHECKPOINT_EXISTS,
-    OutsideRootsError: p.FORBIDDEN_PATH,
-    DistributedContextError: p.INTERNAL,
+    checkpoint.CheckpointError: p.BAD_REQUEST,
+    checkpoint.CheckpointNotFoundError: p.CHECKPOINT_NOT_FOUND,
+    checkpoint.NotACheckpointError: p.NOT_A_CHECKPOINT,
+    checkpoint.UnsupportedCheckpointError: p.UNSUPPORTED_CHECKPOINT,
+    checkpoint.UnmappableModelError: p.UNMAPPABLE_MODEL,
+    checkpoint.CorruptCheckpointError: p.CORRUPT_CHECKPOINT,
+    checkpoint.UnsafeCheckpointError: p.UNSAFE_CHECKPOINT,
+    checkpoint.IncompatibleConfigError: p.INCOMPATIBLE_CONFIG,
+    checkpoint.InvalidDtypeError: p.INVALID_DTYPE,
+    checkpoint.TokenizerError: p.TOKENIZER_ERROR,
+    checkpoint.CheckpointExistsError: p.CHECKPOINT_EXISTS,
+    checkpoint.OutsideRootsError: p.FORBIDDEN_PATH,
+    checkpoint.DistributedContextError: p.INTERNAL,
     # the service's ServiceError tree
     ServiceError: p.INTERNAL,
     BadRequestError: p.BAD_REQUEST,
@@ -125,13 +104,13 @@ PROBLEM_TYPES: dict[type[BaseException], str] = {
     RevisionNotFoundError: p.REVISION_NOT_FOUND,
     EntryNotFoundError: p.ENTRY_NOT_FOUND,
     # the streaming library
-    StreamingError: p.INTERNAL,
-    InvalidShardOptionsError: p.VALIDATION,
-    InvalidKeyPatternError: p.BAD_REQUEST,
-    ShardNotFoundError: p.SHARD_NOT_FOUND,
-    KeysNotFoundError: p.KEYS_NOT_FOUND,
-    RangeNotSatisfiableError: p.RANGE_NOT_SATISFIABLE,
-    PlanMismatchError: p.INTERNAL,
+    streaming.StreamingError: p.INTERNAL,
+    streaming.InvalidShardOptionsError: p.VALIDATION,
+    streaming.InvalidKeyPatternError: p.BAD_REQUEST,
+    streaming.ShardNotFoundError: p.SHARD_NOT_FOUND,
+    streaming.KeysNotFoundError: p.KEYS_NOT_FOUND,
+    streaming.RangeNotSatisfiableError: p.RANGE_NOT_SATISFIABLE,
+    streaming.PlanMismatchError: p.INTERNAL,
 }
 
 _STATUS_TYPES = {
@@ -166,6 +145,11 @@ def problem(type_: str, detail: str | None = None, *, status: int | None = None,
     )
 
 
+def job_body(record: JobRecord) -> Job:
+    """A job as answered: its error, if any, mapped by :func:`problem_for`."""
+    return record.to_wire(problem_for)
+
+
 def problem_for(exc: BaseException) -> ProblemDetail:
     """The problem detail of an exception (mapped through :data:`PROBLEM_TYPES`)."""
     type_ = _problem_type(exc)
@@ -178,9 +162,9 @@ def problem_for(exc: BaseException) -> ProblemDetail:
             ext[name] = value
     if isinstance(exc, InsufficientMemoryError):
         ext["budget_bytes"] = exc.budget_bytes
-    if isinstance(exc, KeysNotFoundError):
+    if isinstance(exc, streaming.KeysNotFoundError):
         ext["key_prefixes"] = exc.key_prefixes
-    if isinstance(exc, InvalidShardOptionsError) and not isinstance(exc, InvalidKeyPatternError):
+    if isinstance(exc, streaming.InvalidShardOptionsError) and not isinstance(exc, streaming.InvalidKeyPatternError):
         if not isinstance(exc.limit, int):
             ext.pop("limit", None)
     return problem(type_, str(exc), **ext)
@@ -194,7 +178,7 @@ def _headers_for(exc: BaseException | None, prob: ProblemDetail) -> dict[str, st
         headers["WWW-Authenticate"] = f'Bearer realm="megaload", error="insufficient_scope", scope="{exc.scope}"'
     if isinstance(exc, NotReadyError) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
-    if isinstance(exc, RangeNotSatisfiableError):
+    if isinstance(exc, streaming.RangeNotSatisfiableError):
         headers["Content-Range"] = f"bytes */{exc.size}"
     if isinstance(exc, HubError):
         headers["X-Error-Code"] = exc.hub_code
@@ -285,7 +269,7 @@ def install(app: FastAPI) -> None:
     """Register the problem handlers on ``app``."""
     app.add_exception_handler(RequestValidationError, _on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
-    for cls in (CheckpointError, ServiceError, StreamingError):
+    for cls in (checkpoint.CheckpointError, ServiceError, streaming.StreamingError):
         app.add_exception_handler(cls, _on_error)
     # Other exceptions reach RequestContextMiddleware, which answers a 500 problem.
 

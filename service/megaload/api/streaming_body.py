@@ -47,8 +47,9 @@ from ..server import CONNECTION_EXTENSION, HEAD_EXTENSION
 
 if TYPE_CHECKING:
     from ..registry import Lease
+    from ..runtime import Runtime
 
-__all__ = ["LeasedStreamingResponse", "StreamStalled", "DEFAULT_IDLE_TIMEOUT"]
+__all__ = ["LeasedStreamingResponse", "leased_stream", "StreamStalled", "DEFAULT_IDLE_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,3 +183,27 @@ def _counted(pieces: Iterator[memoryview], on_bytes: Callable[[int], None] | Non
         if on_bytes is not None:
             on_bytes(len(piece))
         yield piece
+
+
+def leased_stream(
+    runtime: Runtime,
+    pieces: Iterator[memoryview],
+    lease: Lease,
+    *,
+    status_code: int,
+    headers: Mapping[str, str],
+    media_type: str,
+    count_stalls: bool,
+) -> LeasedStreamingResponse:
+    """A :class:`LeasedStreamingResponse` counted in the runtime's metrics (bytes streamed,
+    and stalls with ``count_stalls``) under the runtime's idle timeout."""
+    return LeasedStreamingResponse(
+        pieces,
+        lease,
+        status_code=status_code,
+        headers=headers,
+        media_type=media_type,
+        on_bytes=runtime.metrics.stream_bytes.inc,
+        on_stalled=runtime.metrics.streams_stalled.inc if count_stalls else None,
+        idle_timeout=runtime.settings.stream_idle_timeout_seconds,
+    )

@@ -10,6 +10,7 @@ A caller that allows reading only below some directories says so with
 is then checked against them (:class:`OutsideRootsError` otherwise).
 """
 
+from . import _errors, _tokenizer
 from ._config import load_model_config, transformer_config_from_args
 from ._distributed import (
     initialize_distributed,
@@ -20,21 +21,8 @@ from ._distributed import (
     temporary_distributed_context,
 )
 from ._dtypes import dtype_from_hf, dtype_from_str, parse_dtype, torch_dtype_from_mcore_config
-from ._errors import (
-    CheckpointError,
-    CheckpointExistsError,
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
-    DistributedContextError,
-    IncompatibleConfigError,
-    InvalidDtypeError,
-    NotACheckpointError,
-    OutsideRootsError,
-    TokenizerError,
-    UnmappableModelError,
-    UnsafeCheckpointError,
-    UnsupportedCheckpointError,
-)
+from ._errors import *  # noqa: F403 (its __all__, re-exported below)
+from ._extra_state import extra_state_names
 from ._files import allowed_roots, confined_to
 from ._hf_dir import hf_model_dir
 from ._hf_load import hf_model_config, import_hf
@@ -61,18 +49,10 @@ from ._partition import (
 )
 from ._provider import GPTModelProvider, padded_vocab_size
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
-from ._save import save_megatron_model
+from ._save import check_save_destination, save_megatron_model
 from ._staging import remove_stale_saves
 from ._stream_names import stream_key, with_stream_keys
-from ._tokenizer import (
-    HF_TOKENIZER_FILENAMES,
-    SUPPORTED_TOKENIZER_TYPES,
-    build_tokenizer,
-    bundle_tokenizer_files,
-    load_tokenizer,
-    read_tokenizer_config,
-    tokenizer_files,
-)
+from ._tokenizer import *  # noqa: F403 (its __all__, re-exported below)
 from ._tokenizer_config import TokenizerConfig
 from ._tokenizer_types import MegatronTokenizer
 
@@ -82,7 +62,6 @@ __all__ = [
     "megatron_cpu_init_context",
     "temporary_distributed_context",
     "load_model_config",
-    "load_tokenizer",
     "build_and_load_model",
     "load_megatron_model",
     "save_megatron_model",
@@ -92,12 +71,7 @@ __all__ = [
     "parse_dtype",
     "MegatronTokenizer",
     "TokenizerConfig",
-    "build_tokenizer",
-    "read_tokenizer_config",
-    "bundle_tokenizer_files",
-    "tokenizer_files",
-    "HF_TOKENIZER_FILENAMES",
-    "SUPPORTED_TOKENIZER_TYPES",
+    *_tokenizer.__all__,
     "GPTModelProvider",
     "padded_vocab_size",
     "transformer_config_from_args",
@@ -107,6 +81,7 @@ __all__ = [
     "with_stream_keys",
     "load_weights",
     "model_state_dict",
+    "extra_state_names",
     "PartitionRule",
     "partition_rules",
     "rule_of",
@@ -131,21 +106,10 @@ __all__ = [
     "confined_to",
     "allowed_roots",
     "remove_stale_saves",
+    "check_save_destination",
     "import_hf",
     "hf_model_config",
     "hf_model_dir",
     # errors
-    "CheckpointError",
-    "CheckpointNotFoundError",
-    "NotACheckpointError",
-    "UnsupportedCheckpointError",
-    "UnmappableModelError",
-    "CorruptCheckpointError",
-    "UnsafeCheckpointError",
-    "IncompatibleConfigError",
-    "InvalidDtypeError",
-    "TokenizerError",
-    "CheckpointExistsError",
-    "DistributedContextError",
-    "OutsideRootsError",
+    *_errors.__all__,
 ]

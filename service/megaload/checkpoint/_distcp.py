@@ -5,8 +5,8 @@ torch.distributed.checkpoint writes each item of a torch_dist checkpoint at an o
 raw bytes, a tensor as a whole ``torch.save`` archive (zip format, the storage stored
 uncompressed). DCP's own reader ``torch.load``s each tensor archive through a Python file
 object; the storage bytes are then read inside one C call that keeps the GIL for as long as
-the read takes (tens to hundreds of milliseconds per large tensor), so a server's event loop
-in the same process cannot answer meanwhile.
+the read takes, so a server's event loop in the same process cannot answer meanwhile (the
+figures: docs/benchmarks.md, "Measurements formerly in docstrings").
 
 Here the archive is taken apart instead:
 
@@ -22,8 +22,7 @@ Here the archive is taken apart instead:
    image of it; through a small reused scratch buffer, chunk by chunk ``copy_``-ed (which
    releases the GIL too), when only the dtype or the device differs; else into a fresh
    buffer that the caller copies from (a transposed record, a non-contiguous target).
-   Freeing a large buffer holds the GIL (``munmap``, about 0.1 ms per MiB), which the
-   scratch buffer avoids.
+   Freeing a large buffer holds the GIL (``munmap``), which the scratch buffer avoids.
 
 An archive that does not fit this shape (several storages, compression, a foreign byte
 order) is read whole and decoded by ``torch.load(weights_only=True)`` as DCP does, after the

@@ -39,9 +39,6 @@ __all__ = [
     "CheckpointExistsError",
     "DistributedContextError",
     "OutsideRootsError",
-    "summarize",
-    "MAX_MESSAGE_CHARS",
-    "MAX_SUMMARY_CHARS",
 ]
 
 MAX_SUMMARY_CHARS = 200

@@ -109,7 +109,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bool
     ``overwrite`` is false; nothing is written at ``out`` on any error."""
     from ._errors import CheckpointNotFoundError, NotACheckpointError
     from ._model import load_megatron_model
-    from ._save import _check_destination, save_megatron_model
+    from ._save import check_save_destination, save_megatron_model
 
     src = Path(os.fspath(hf_dir)).expanduser().absolute()
     if not src.exists():
@@ -118,7 +118,7 @@ def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, overwrite: bool
         raise NotACheckpointError(f"{src} is not a Hugging Face model directory (config.json with model.safetensors "
                                   f"or model.safetensors.index.json)", path=src)
     dest = Path(os.fspath(out)).expanduser().absolute()
-    _check_destination(dest, overwrite)  # before the (long) load
+    check_save_destination(dest, overwrite)  # before the (long) load
     model = load_megatron_model(src, use_cpu_init=True)
     has_tokenizer = any((src / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
     save_megatron_model(model, dest, hf_tokenizer_path=src if has_tokenizer else None, overwrite=overwrite)

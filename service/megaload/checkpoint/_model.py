@@ -170,8 +170,18 @@ def _build_mlm_gpt(config: Any, args: argparse.Namespace, pre_process: bool, pos
     if hasattr(args, "rope_scaling_factor"):
         kwargs["rope_scaling_factor"] = args.rope_scaling_factor
     return GPTModel(
-        config=config,
         transformer_layer_spec=spec,
+        **_mlm_model_kwargs(config, args, pre_process, post_process),
+        rope_scaling=getattr(args, "use_rope_scaling", False),
+        vp_stage=vp_stage,
+        **kwargs,
+    )
+
+
+def _mlm_model_kwargs(config: Any, args: argparse.Namespace, pre_process: bool, post_process: bool) -> dict:
+    """The arguments GPTModel and MambaModel take alike, from Megatron-LM's ``args``."""
+    return dict(
+        config=config,
         vocab_size=_mlm_vocab_size(args, config.tensor_model_parallel_size),
         max_sequence_length=args.max_position_embeddings,
         pre_process=pre_process,
@@ -182,9 +192,6 @@ def _build_mlm_gpt(config: Any, args: argparse.Namespace, pre_process: bool, pos
         position_embedding_type=args.position_embedding_type,
         rotary_percent=getattr(args, "rotary_percent", 1.0),
         rotary_base=getattr(args, "rotary_base", 10000),
-        rope_scaling=getattr(args, "use_rope_scaling", False),
-        vp_stage=vp_stage,
-        **kwargs,
     )
 
 
@@ -198,21 +205,11 @@ def _build_mlm_mamba(config: Any, args: argparse.Namespace, pre_process: bool, p
             f"Mamba/hybrid models need the mamba_ssm and causal_conv1d kernels, which are not installed here ({e})"
         ) from e
     return MambaModel(
-        config=config,
         mamba_stack_spec=mamba_stack_spec,
-        vocab_size=_mlm_vocab_size(args, config.tensor_model_parallel_size),
-        max_sequence_length=args.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
         hybrid_attention_ratio=getattr(args, "hybrid_attention_ratio", 0.0),
         hybrid_mlp_ratio=getattr(args, "hybrid_mlp_ratio", 0.0),
         hybrid_override_pattern=getattr(args, "hybrid_override_pattern", None),
-        fp16_lm_cross_entropy=getattr(args, "fp16_lm_cross_entropy", False),
-        parallel_output=True,
-        share_embeddings_and_output_weights=not getattr(args, "untie_embeddings_and_output_weights", False),
-        position_embedding_type=args.position_embedding_type,
-        rotary_percent=getattr(args, "rotary_percent", 1.0),
-        rotary_base=getattr(args, "rotary_base", 10000),
+        **_mlm_model_kwargs(config, args, pre_process, post_process),
     )
 
 

@@ -32,7 +32,6 @@ import yaml
 
 from ._errors import (
     CheckpointError,
-    CheckpointExistsError,
     IncompatibleConfigError,
     UnsupportedCheckpointError,
 )
@@ -40,10 +39,10 @@ from ._layout import RUN_CONFIG_FILENAME, TOKENIZER_DIRNAME, TRACKER_FILENAME, i
 from ._model import SOURCE_ATTR, model_config
 from ._provider import GPT_PROVIDER_FIELDS, GPTModelProvider
 from ._run_config import run_config_for_provider
-from ._staging import Staging, remove_stale_saves
+from ._staging import Staging, check_destination, remove_stale_saves
 from ._writer import SyncTorchDistSaveStrategy
 
-__all__ = ["save_megatron_model", "provider_for_model", "SOURCE_ATTR"]
+__all__ = ["save_megatron_model", "check_save_destination", "provider_for_model", "SOURCE_ATTR"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,22 +133,20 @@ def _is_checkpoint_dir(path: Path) -> bool:
     return (path / TRACKER_FILENAME).exists() or any(p.name.startswith("iter_") or p.name == "release" for p in path.iterdir())
 
 
-def _check_destination(path: Path, overwrite: bool) -> None:
-    if not path.exists() and not path.is_symlink():
-        if not path.parent.is_dir():
-            raise CheckpointError(f"cannot save to {path}: parent directory {path.parent} does not exist", path=path)
-        return
-    if path.is_symlink() or not path.is_dir():
-        raise CheckpointExistsError(f"cannot save to {path}: it exists and is not a directory", path=path)
-    if not any(path.iterdir()):
-        return
-    if not _is_checkpoint_dir(path):
-        raise CheckpointExistsError(
-            f"cannot save to {path}: the directory holds files that are not a checkpoint; refusing to replace them",
-            path=path,
-        )
-    if not overwrite:
-        raise CheckpointExistsError(f"a checkpoint already exists at {path}; pass overwrite=True to replace it", path=path)
+def check_save_destination(path: Path, overwrite: bool) -> None:
+    """Raise what :func:`save_megatron_model` would refuse ``path`` for: a parent that does
+    not exist, a file or symlink there, a directory holding something other than a
+    checkpoint, or a checkpoint when ``overwrite`` is false (CheckpointExistsError). An
+    unreadable directory raises the OSError. Called by the save itself, and by callers that
+    want the answer before they start one."""
+    check_destination(
+        path,
+        overwrite,
+        verb="save",
+        replaceable=_is_checkpoint_dir,
+        refusal="the directory holds files that are not a checkpoint; refusing to replace them",
+        taken=f"a checkpoint already exists at {path}",
+    )
 
 
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -232,7 +229,7 @@ def save_megatron_model(
         rank = dist.get_rank()
         stage = None
         if rank == 0:
-            _check_destination(path, overwrite)
+            check_save_destination(path, overwrite)
             remove_stale_saves(path.parent, name=path.name)
             stage = Staging.create(path)
         box = [str(stage.path) if stage else None]

@@ -44,11 +44,20 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Staging", "remove_stale_saves", "fsync_dir", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
+from ._errors import CheckpointError, CheckpointExistsError
+
+__all__ = [
+    "Staging",
+    "remove_stale_saves",
+    "fsync_dir",
+    "check_destination",
+    "HEARTBEAT_SECONDS",
+    "STALE_AFTER_SECONDS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +351,25 @@ def remove_stale_saves(
     for path in removed:
         logger.info("removed %s, left by a save that did not finish", path)
     return removed
+
+
+def check_destination(
+    path: Path, overwrite: bool, *, verb: str, replaceable: Callable[[Path], bool], refusal: str, taken: str
+) -> None:
+    """What a directory staged and renamed to ``path`` (a save, an export) must not replace: a
+    parent that does not exist (CheckpointError), a file or symlink, a non-empty directory
+    ``replaceable`` refuses (``refusal`` says why), or, without ``overwrite``, one it accepts
+    (``taken`` says what is there): CheckpointExistsError. An unreadable directory raises the
+    OSError."""
+    if not path.exists() and not path.is_symlink():
+        if not path.parent.is_dir():
+            raise CheckpointError(f"cannot {verb} to {path}: parent directory {path.parent} does not exist", path=path)
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise CheckpointExistsError(f"cannot {verb} to {path}: it exists and is not a directory", path=path)
+    if not any(path.iterdir()):
+        return
+    if not replaceable(path):
+        raise CheckpointExistsError(f"cannot {verb} to {path}: {refusal}", path=path)
+    if not overwrite:
+        raise CheckpointExistsError(f"{taken}; pass overwrite=True to replace it", path=path)

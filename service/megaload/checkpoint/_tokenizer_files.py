@@ -66,11 +66,18 @@ def locate_file(config: TokenizerConfig, field: str, bundled_name: str, iter_dir
         return bundled
     if outside is not None:
         raise outside
+    raise _nowhere(config.tokenizer_type, field, value, bundled, "is not there either")
+
+
+def _nowhere(
+    tokenizer_type: str, field: str, value: str | None, bundled: Path | None, absent: str, *, hint: str = ""
+) -> TokenizerError:
+    """The checkpoint names no usable ``field`` and nothing is bundled at ``bundled``."""
     recorded = f"records {field}={value}, which does not exist here" if value else f"records no {field}"
-    raise TokenizerError(
-        f"a {config.tokenizer_type} needs {field}: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} is not there either; "
-        f"pass {field}=... to load_tokenizer",
+    return TokenizerError(
+        f"a {tokenizer_type} needs {field}: the checkpoint {recorded}, and "
+        f"{bundled if bundled is not None else 'no iteration directory'} {absent}; "
+        f"pass {field}=...{hint} to load_tokenizer",
         path=bundled if bundled is not None else value,
     )
 
@@ -118,13 +125,8 @@ def hf_source(config: TokenizerConfig, iter_dir: Path | None, given: frozenset[s
         raise outside
     if value and _HUB_NAME.match(value) and ".." not in value:
         return value  # a hub name: the local cache is tried, offline
-    recorded = f"records tokenizer_model={value}, which does not exist here" if value else "records no tokenizer_model"
-    raise TokenizerError(
-        f"a HuggingFaceTokenizer needs tokenizer_model: the checkpoint {recorded}, and "
-        f"{bundled if bundled is not None else 'no iteration directory'} holds no tokenizer files; "
-        f"pass tokenizer_model=... (a local directory) to load_tokenizer",
-        path=bundled if bundled is not None else value,
-    )
+    raise _nowhere("HuggingFaceTokenizer", "tokenizer_model", value, bundled, "holds no tokenizer files",
+                   hint=" (a local directory)")
 
 
 def cached_snapshot(repo_id: str) -> Path:

@@ -23,17 +23,9 @@ A Bridge import exports as the architecture it came from (:func:`provider_hint`)
 """
 
 from ..checkpoint import UnmappableModelError
+from . import _export
 from ._architectures import ARCHITECTURES, Architecture, architecture_named
-from ._export import (
-    DEFAULT_MAX_SHARD_BYTES,
-    TOKENIZER_FILE_NAMES,
-    config_files,
-    export_hf,
-    index_json,
-    json_file_bytes,
-    tokenizer_files,
-    write_hf_directory,
-)
+from ._export import *  # noqa: F403 (its __all__, re-exported below)
 from ._facts import ModelFacts, model_facts
 from ._hints import architecture_of_provider, provider_hint
 from ._import import MegatronTensor
@@ -48,14 +40,6 @@ __all__ = [
     "UnmappableModelError",
     "architecture_of_provider",
     "provider_hint",
-    "export_hf",
-    "write_hf_directory",
-    "tokenizer_files",
-    "index_json",
-    "config_files",
-    "json_file_bytes",
-    "DEFAULT_MAX_SHARD_BYTES",
-    "TOKENIZER_FILE_NAMES",
     "ARCHITECTURES",
     "Architecture",
     "architecture_named",
@@ -68,4 +52,5 @@ __all__ = [
     "VOCAB",
     "QKV",
     "GLU",
+    *_export.__all__,
 ]

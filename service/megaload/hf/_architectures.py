@@ -74,36 +74,34 @@ EXPERT_FC2 = _src(
     COPY, "hidden", "moe_ffn",
 )
 
-_ATTENTION = (
-    Entry(_H + "self_attn.q_proj.weight", QKV_WEIGHT, "q"),
-    Entry(_H + "self_attn.k_proj.weight", QKV_WEIGHT, "k"),
-    Entry(_H + "self_attn.v_proj.weight", QKV_WEIGHT, "v"),
-    Entry(_H + "self_attn.o_proj.weight", PROJ),
-)
-_ATTENTION_QKV_BIAS = (
-    Entry(_H + "self_attn.q_proj.weight", QKV_WEIGHT, "q"),
-    Entry(_H + "self_attn.q_proj.bias", QKV_BIAS, "q"),
-    Entry(_H + "self_attn.k_proj.weight", QKV_WEIGHT, "k"),
-    Entry(_H + "self_attn.k_proj.bias", QKV_BIAS, "k"),
-    Entry(_H + "self_attn.v_proj.weight", QKV_WEIGHT, "v"),
-    Entry(_H + "self_attn.v_proj.bias", QKV_BIAS, "v"),
-    Entry(_H + "self_attn.o_proj.weight", PROJ),
-)
+def _attention(*, bias: bool) -> tuple[Entry, ...]:
+    """q, k, v (each with its bias when ``bias``) and the output projection."""
+    entries = []
+    for part in ("q", "k", "v"):
+        entries.append(Entry(_H + f"self_attn.{part}_proj.weight", QKV_WEIGHT, part))
+        if bias:
+            entries.append(Entry(_H + f"self_attn.{part}_proj.bias", QKV_BIAS, part))
+    return (*entries, Entry(_H + "self_attn.o_proj.weight", PROJ))
+
+
+def _glu_mlp(prefix: str, fc1: Source, fc2: Source) -> tuple[Entry, ...]:
+    """A gated MLP's gate, up and down projections under ``prefix``."""
+    return (
+        Entry(prefix + "gate_proj.weight", fc1, "gate"),
+        Entry(prefix + "up_proj.weight", fc1, "up"),
+        Entry(prefix + "down_proj.weight", fc2),
+    )
+
+
+_ATTENTION = _attention(bias=False)
+_ATTENTION_QKV_BIAS = _attention(bias=True)
 _QK_NORM = (
     Entry(_H + "self_attn.q_norm.weight", Q_NORM),
     Entry(_H + "self_attn.k_norm.weight", K_NORM),
 )
-_DENSE_MLP = (
-    Entry(_H + "mlp.gate_proj.weight", FC1, "gate"),
-    Entry(_H + "mlp.up_proj.weight", FC1, "up"),
-    Entry(_H + "mlp.down_proj.weight", FC2),
-)
+_DENSE_MLP = _glu_mlp(_H + "mlp.", FC1, FC2)
 _ROUTER = (Entry(_H + "mlp.gate.weight", ROUTER),)
-_EXPERT = (
-    Entry(_H + "mlp.experts.{expert}.gate_proj.weight", EXPERT_FC1, "gate"),
-    Entry(_H + "mlp.experts.{expert}.up_proj.weight", EXPERT_FC1, "up"),
-    Entry(_H + "mlp.experts.{expert}.down_proj.weight", EXPERT_FC2),
-)
+_EXPERT = _glu_mlp(_H + "mlp.experts.{expert}.", EXPERT_FC1, EXPERT_FC2)
 _NORMS = (
     Entry(_H + "input_layernorm.weight", INPUT_NORM),
     Entry(_H + "post_attention_layernorm.weight", MLP_NORM),

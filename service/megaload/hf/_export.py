@@ -25,7 +25,6 @@ from typing import Any
 
 from ..checkpoint import (
     CheckpointError,
-    CheckpointExistsError,
     inspect_layout,
     load_megatron_model,
     load_model_config,
@@ -33,7 +32,7 @@ from ..checkpoint import (
     model_state_dict,
 )
 from ..checkpoint._layout import TOKENIZER_DIRNAME
-from ..checkpoint._staging import Staging, fsync_dir, remove_stale_saves
+from ..checkpoint._staging import Staging, check_destination, fsync_dir, remove_stale_saves
 from ..streaming import ShardOptions, iter_shard_bytes, plan_shards
 from ._view import HFView, hf_view
 
@@ -108,22 +107,15 @@ def config_files(view: HFView) -> dict[str, bytes]:
 
 
 def _check_destination(out: Path, overwrite: bool) -> None:
-    if not out.exists() and not out.is_symlink():
-        if not out.parent.is_dir():
-            raise CheckpointError(f"cannot export to {out}: parent directory {out.parent} does not exist", path=out)
-        return
-    if out.is_symlink() or not out.is_dir():
-        raise CheckpointExistsError(f"cannot export to {out}: it exists and is not a directory", path=out)
-    if not any(out.iterdir()):
-        return
-    if not (out / "config.json").is_file():
-        raise CheckpointExistsError(
-            f"cannot export to {out}: the directory holds files and is not a Hugging Face model directory "
-            f"(no config.json); refusing to replace it",
-            path=out,
-        )
-    if not overwrite:
-        raise CheckpointExistsError(f"{out} already holds a model; pass overwrite=True to replace it", path=out)
+    check_destination(
+        out,
+        overwrite,
+        verb="export",
+        replaceable=lambda path: (path / "config.json").is_file(),
+        refusal="the directory holds files and is not a Hugging Face model directory (no config.json); "
+        "refusing to replace it",
+        taken=f"{out} already holds a model",
+    )
 
 
 def _write_file(path: Path, pieces) -> None:

@@ -31,17 +31,10 @@ tensor data. Pieces yielded are ``memoryview`` objects of at most ``chunk_bytes`
 valid after the next one is produced.
 """
 
+from . import _errors
 from ._checksums import compute_checksums, fill_checksums
 from ._dtypes import SAFETENSORS_DTYPE_NAMES, safetensors_dtype_name
-from ._errors import (
-    InvalidKeyPatternError,
-    InvalidShardOptionsError,
-    KeysNotFoundError,
-    PlanMismatchError,
-    RangeNotSatisfiableError,
-    ShardNotFoundError,
-    StreamingError,
-)
+from ._errors import *  # noqa: F403 (its __all__, re-exported below)
 from ._etags import ETAG_FORMAT_VERSION, matches_if_none_match, matches_if_range, shard_etag
 from ._header import encode_header
 from ._lazy import LazyTensors
@@ -104,11 +97,5 @@ __all__ = [
     "matches_if_range",
     "ETAG_FORMAT_VERSION",
     # errors
-    "StreamingError",
-    "InvalidShardOptionsError",
-    "InvalidKeyPatternError",
-    "KeysNotFoundError",
-    "ShardNotFoundError",
-    "RangeNotSatisfiableError",
-    "PlanMismatchError",
+    *_errors.__all__,
 ]

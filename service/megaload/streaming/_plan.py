@@ -22,6 +22,14 @@ from typing import Any
 
 import torch
 
+from megaload_client.types import (
+    ShardInfo,
+    StateDictIndex,
+    StateDictIndexMetadata,
+    StateDictOptions,
+    StateDictTensor,
+)
+
 from ._dtypes import is_castable, safetensors_dtype_name
 from ._errors import KeysNotFoundError, ShardNotFoundError
 from ._header import RESERVED_NAME, encode_header
@@ -161,36 +169,34 @@ class ShardPlan:
         """The content of Hugging Face's ``model.safetensors.index.json``."""
         return {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready index in the shape of the client's ``StateDictIndex``: the HF index keys
+    def to_index(self) -> StateDictIndex:
+        """The index as the wire model (the client's ``StateDictIndex``): the HF index keys
         (``metadata``, ``weight_map``, so the answer also serves as an HF index) plus
         ``total_size``, ``tensors`` (name -> wire dtype, shape, shard index), the shards, the
         skipped names (and ``skipped_reasons``: name -> reason), ``checksums`` (name -> hex;
         empty until :func:`fill_checksums`) and options."""
-        return {
-            "total_size": self.total_size,
-            "metadata": {"total_size": self.total_size},
-            "weight_map": self.weight_map,
-            "tensors": {
-                name: {"dtype": e.safetensors_dtype, "shape": list(e.shape), "shard": e.shard}
-                for name, e in self.tensors.items()
-            },
-            "shards": [
-                {
-                    "index": s.index,
-                    "filename": s.filename,
-                    "size": s.size,
-                    "tensor_count": s.tensor_count,
-                    "names": list(s.names),
-                }
+        return StateDictIndex(
+            metadata=StateDictIndexMetadata(total_size=self.total_size),
+            total_size=self.total_size,
+            shards=[
+                ShardInfo(index=s.index, filename=s.filename, size=s.size, tensor_count=s.tensor_count, names=list(s.names))
                 for s in self.shards
             ],
-            "skipped": [s.name for s in self.skipped],
-            "skipped_reasons": {s.name: s.reason for s in self.skipped},
-            "checksum_algorithm": CHECKSUM_ALGORITHM,
-            "checksums": self.checksums or {},
-            "options": self.options.to_dict(),
-        }
+            weight_map=self.weight_map,
+            tensors={
+                name: StateDictTensor(dtype=e.safetensors_dtype, shape=list(e.shape), shard=e.shard)
+                for name, e in self.tensors.items()
+            },
+            checksum_algorithm=CHECKSUM_ALGORITHM,
+            checksums=self.checksums or {},
+            skipped=[s.name for s in self.skipped],
+            skipped_reasons={s.name: s.reason for s in self.skipped},
+            options=StateDictOptions.model_validate(self.options.to_dict()),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """:meth:`to_index` as JSON-ready data."""
+        return self.to_index().model_dump(mode="json")
 
 
 def shard_filename(index: int, count: int) -> str:

@@ -110,11 +110,7 @@ def resolve_tensor(entry: TensorEntry, tensors: Mapping[str, Any]) -> torch.Tens
             f"planned as {entry.source_dtype} {list(entry.shape)}",
             name=entry.name,
         )
-    if value.layout != torch.strided:
-        raise PlanMismatchError(f"tensor {entry.name!r} has layout {value.layout}", name=entry.name)
-    if value.device.type == "meta":
-        raise PlanMismatchError(f"tensor {entry.name!r} is a meta tensor: it has no data", name=entry.name)
-    return value.detach()
+    return _with_data(entry, value)
 
 
 def resolve_rows(entry: TensorEntry, value: Any) -> torch.Tensor:
@@ -131,6 +127,11 @@ def resolve_rows(entry: TensorEntry, value: Any) -> torch.Tensor:
             f"planned as {entry.source_dtype} {list(entry.shape)}",
             name=entry.name,
         )
+    return _with_data(entry, value)
+
+
+def _with_data(entry: TensorEntry, value: torch.Tensor) -> torch.Tensor:
+    """``value`` detached, once it is a strided tensor with data (not on the meta device)."""
     if value.layout != torch.strided:
         raise PlanMismatchError(f"tensor {entry.name!r} has layout {value.layout}", name=entry.name)
     if value.device.type == "meta":

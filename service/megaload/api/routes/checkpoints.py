@@ -34,7 +34,7 @@ PathQuery = Annotated[
     ),
 ]
 
-_PATH_ERRORS = (
+CHECKPOINT_PATH_ERRORS = (
     p.VALIDATION,
     p.BAD_REQUEST,
     p.UNAUTHORIZED,
@@ -44,8 +44,9 @@ _PATH_ERRORS = (
     p.UNSUPPORTED_CHECKPOINT,
     p.CORRUPT_CHECKPOINT,
     p.UNSAFE_CHECKPOINT,
-    p.NOT_READY,
 )
+"""What a route naming a checkpoint by path may answer (models.py's load too)."""
+_PATH_ERRORS = (*CHECKPOINT_PATH_ERRORS, p.NOT_READY)
 
 
 @router.get(

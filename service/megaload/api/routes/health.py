@@ -7,7 +7,6 @@ from fastapi import APIRouter, Response
 from megaload_client import problems as p
 from megaload_client.types import Health, Readiness
 
-from ...errors import NotReadyError
 from ...metrics import CONTENT_TYPE_LATEST
 from ..deps import RuntimeDep
 from ..problems import error_responses
@@ -27,12 +26,7 @@ async def healthz() -> Health:
     responses=error_responses(p.NOT_READY),
 )
 async def readyz(runtime: RuntimeDep) -> Readiness:
-    if not runtime.ready:
-        state = runtime.engine.state.value
-        detail = f"engine {state}"
-        if runtime.engine.error is not None:
-            detail += f": {runtime.engine.error}"
-        raise NotReadyError(detail, retry_after=1 if state == "starting" else None)
+    runtime.check_readiness()
     return Readiness(status="ready")
 
 
@@ -43,5 +37,4 @@ async def readyz(runtime: RuntimeDep) -> Readiness:
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "metrics"}},
 )
 async def metrics(runtime: RuntimeDep) -> Response:
-    runtime.metrics.engine_queue_depth.set(runtime.engine.queue_depth)
-    return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(runtime.render_metrics(), media_type=CONTENT_TYPE_LATEST)

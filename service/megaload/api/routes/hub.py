@@ -15,7 +15,7 @@ Misses answer 404 problems with the ``X-Error-Code`` huggingface_hub maps to its
 ``EntryNotFound`` (a file or folder the repository does not have: optional files probed by
 transformers land here). A model no Hugging Face architecture expresses answers 422
 ``unmappable-model`` naming the field. The bearer token applies as on ``/v1``. The files and
-what they hold: :mod:`megaload.api.hub_repos`.
+what they hold: :mod:`megaload.hub_repos`.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ from fastapi.responses import JSONResponse
 from megaload_client import problems as p
 
 from ...errors import BadRequestError, RepoNotFoundError
+from ...hub_repos import MAX_TREE_PAGE, HubRepos
 from ...runtime import Runtime
 from ...streaming import iter_shard_bytes
 from ..deps import RuntimeDep
-from ..file_answers import file_answer
-from ..hub_repos import MAX_TREE_PAGE, HubRepos
+from ..file_answers import add_get_and_head, file_answer
 from ..problems import error_responses
-from ..streaming_body import LeasedStreamingResponse
-from .state_dict import ShardPlansDep
+from ..streaming_body import leased_stream
 
 router = APIRouter(tags=["hugging face hub"])
 
@@ -46,12 +45,8 @@ Folder = Annotated[str, Path(max_length=1024, description="a folder of the repos
 Filename = Annotated[str, Path(max_length=1024, description="a file of the repository, as the tree lists it")]
 
 
-def get_hub_repos(request: Request, runtime: RuntimeDep, plans: ShardPlansDep) -> HubRepos:
-    """The app's repositories, made on first use for the runtime of this lifespan."""
-    repos = getattr(request.app.state, "hub_repos", None)
-    if repos is None or repos.plans is not plans:
-        repos = request.app.state.hub_repos = HubRepos(runtime.registry, runtime.hf_models, plans)
-    return repos
+def get_hub_repos(runtime: RuntimeDep) -> HubRepos:
+    return runtime.hub_repos
 
 
 HubReposDep = Annotated[HubRepos, Depends(get_hub_repos)]
@@ -168,13 +163,14 @@ async def _resolve(
             body = found.data[answer.start : answer.end]
             return Response(body, status_code=answer.status, headers=headers, media_type=found.media_type)
         pieces = iter_shard_bytes(repo.plan, found.shard, repo.hf.tensors, start=answer.start, end=answer.end)
-        response = LeasedStreamingResponse(
+        response = leased_stream(
+            runtime,
             pieces,
             lease,
             status_code=answer.status,
             headers=headers,
             media_type=found.media_type,
-            on_bytes=runtime.metrics.stream_bytes.inc,
+            count_stalls=False,
         )
         handed_over = True
         return response
@@ -191,30 +187,26 @@ _RESOLVE_RESPONSES = {
 }
 
 
-@router.get(
-    "/{namespace}/{name}/resolve/{revision}/{filename:path}",
-    response_class=Response,
-    summary="A file of the repository (ETag, X-Repo-Commit, Range, If-Range, If-None-Match)",
-    responses=_RESOLVE_RESPONSES,
-)
-async def resolve(
+async def _resolve_endpoint(
     namespace: Namespace, name: Name, revision: Revision, filename: Filename, request: Request, runtime: RuntimeDep,
     repos: HubReposDep,
 ) -> Response:
-    return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=False)
+    # GET: the file; HEAD: its headers. No docstring: it would become both operations'
+    # description in the OpenAPI document.
+    return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=request.method == "HEAD")
 
 
-@router.head(
+add_get_and_head(
+    router,
     "/{namespace}/{name}/resolve/{revision}/{filename:path}",
-    response_class=Response,
-    summary="Headers of a file (ETag, X-Repo-Commit, Content-Length) without the body",
+    _resolve_endpoint,
+    names=("resolve", "resolve_head"),
+    summaries=(
+        "A file of the repository (ETag, X-Repo-Commit, Range, If-Range, If-None-Match)",
+        "Headers of a file (ETag, X-Repo-Commit, Content-Length) without the body",
+    ),
     responses=_RESOLVE_RESPONSES,
 )
-async def resolve_head(
-    namespace: Namespace, name: Name, revision: Revision, filename: Filename, request: Request, runtime: RuntimeDep,
-    repos: HubReposDep,
-) -> Response:
-    return await _resolve(runtime, repos, namespace, name, revision, filename, request, head=True)
 
 
 @router.api_route(

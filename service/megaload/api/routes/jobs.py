@@ -10,7 +10,7 @@ from megaload_client import problems as p
 from megaload_client.types import Job, JobList
 
 from ..deps import RuntimeDep
-from ..problems import error_responses
+from ..problems import error_responses, job_body
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -19,7 +19,7 @@ JobId = Annotated[str, Path(min_length=1, max_length=128, description="a job id"
 
 @router.get("", response_model=JobList, summary="Known jobs, oldest first", responses=error_responses(p.UNAUTHORIZED))
 async def list_jobs(runtime: RuntimeDep) -> JobList:
-    return JobList(jobs=[r.to_wire() for r in runtime.jobs.list()])
+    return JobList(jobs=[job_body(r) for r in runtime.list_jobs()])
 
 
 @router.get(
@@ -29,7 +29,7 @@ async def list_jobs(runtime: RuntimeDep) -> JobList:
     responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.JOB_NOT_FOUND),
 )
 async def get_job(job_id: JobId, runtime: RuntimeDep) -> Job:
-    return runtime.jobs.get(job_id).to_wire()
+    return job_body(runtime.get_job(job_id))
 
 
 @router.delete(
@@ -40,5 +40,5 @@ async def get_job(job_id: JobId, runtime: RuntimeDep) -> Job:
     responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.JOB_NOT_FOUND, p.JOB_NOT_CANCELLABLE),
 )
 async def cancel_job(job_id: JobId, runtime: RuntimeDep) -> Response:
-    runtime.jobs.cancel(job_id)
+    runtime.cancel_job(job_id)
     return Response(status_code=204)

@@ -11,7 +11,8 @@ from megaload_client import problems as p
 from megaload_client.types import Job, LoadModelRequest, ModelInfo, ModelList, SaveModelRequest
 
 from ..deps import RuntimeDep
-from ..problems import error_responses
+from ..problems import error_responses, job_body
+from .checkpoints import CHECKPOINT_PATH_ERRORS
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -32,15 +33,7 @@ def _created(body: ModelInfo | Job, status: int, location: str) -> JSONResponse:
         201: {"model": ModelInfo, "description": "loaded by this request; Location: /v1/models/{id}"},
         202: {"model": Job, "description": "wait=false: a load job; Location: /v1/jobs/{id}"},
         **error_responses(
-            p.VALIDATION,
-            p.BAD_REQUEST,
-            p.UNAUTHORIZED,
-            p.FORBIDDEN_PATH,
-            p.CHECKPOINT_NOT_FOUND,
-            p.NOT_A_CHECKPOINT,
-            p.UNSUPPORTED_CHECKPOINT,
-            p.CORRUPT_CHECKPOINT,
-            p.UNSAFE_CHECKPOINT,
+            *CHECKPOINT_PATH_ERRORS,
             p.INCOMPATIBLE_CONFIG,
             p.INVALID_DTYPE,
             p.PAYLOAD_TOO_LARGE,
@@ -52,14 +45,14 @@ def _created(body: ModelInfo | Job, status: int, location: str) -> JSONResponse:
 async def load_model(body: LoadModelRequest, runtime: RuntimeDep) -> JSONResponse:
     if not body.wait:
         job = await runtime.submit_load(body)
-        return _created(job.to_wire(), 202, f"/v1/jobs/{job.id}")
+        return _created(job_body(job), 202, f"/v1/jobs/{job.id}")
     entry, created = await runtime.load_model(body)
     return _created(runtime.model_info(entry), 201 if created else 200, f"/v1/models/{entry.id}")
 
 
 @router.get("", response_model=ModelList, summary="Resident models", responses=error_responses(p.UNAUTHORIZED))
 async def list_models(runtime: RuntimeDep) -> ModelList:
-    return ModelList(models=[runtime.model_info(e) for e in runtime.registry.list()], memory=runtime.memory_info())
+    return runtime.list_models()
 
 
 @router.get(
@@ -69,7 +62,7 @@ async def list_models(runtime: RuntimeDep) -> ModelList:
     responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.MODEL_NOT_FOUND),
 )
 async def get_model(model_id: ModelId, runtime: RuntimeDep) -> ModelInfo:
-    return runtime.model_info(runtime.registry.get(model_id))
+    return runtime.get_model(model_id)
 
 
 @router.delete(
@@ -80,7 +73,7 @@ async def get_model(model_id: ModelId, runtime: RuntimeDep) -> ModelInfo:
     responses=error_responses(p.VALIDATION, p.UNAUTHORIZED, p.MODEL_NOT_FOUND),
 )
 async def delete_model(model_id: ModelId, runtime: RuntimeDep) -> Response:
-    await runtime.registry.evict(model_id)
+    await runtime.evict(model_id)
     return Response(status_code=204)
 
 
@@ -103,4 +96,4 @@ async def delete_model(model_id: ModelId, runtime: RuntimeDep) -> Response:
 )
 async def save_model(model_id: ModelId, body: SaveModelRequest, runtime: RuntimeDep) -> JSONResponse:
     job = await runtime.submit_save(model_id, body)
-    return _created(job.to_wire(), 202, f"/v1/jobs/{job.id}")
+    return _created(job_body(job), 202, f"/v1/jobs/{job.id}")

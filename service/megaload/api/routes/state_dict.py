@@ -40,24 +40,19 @@ from megaload_client.types import DtypeName, StateDictIndex
 
 from ...checkpoint import parse_dtype
 from ...errors import BadRequestError
-from ...registry import ModelEntry
-from ...runtime import Runtime
+from ...shard_plans import Reshard
 from ...streaming import (
     DEFAULT_MAX_SHARD_BYTES,
     MAX_KEY_PATTERN_LENGTH,
     MAX_KEY_PATTERNS,
     MAX_MAX_SHARD_BYTES,
     MIN_MAX_SHARD_BYTES,
-    LazyTensors,
     ShardOptions,
-    iter_shard_bytes,
-    shard_etag,
 )
 from ..deps import RuntimeDep
-from ..file_answers import file_answer
+from ..file_answers import add_get_and_head, file_answer
 from ..problems import error_responses
-from ..shard_plans import Reshard, ShardPlans, shard_identity, tensor_view
-from ..streaming_body import LeasedStreamingResponse
+from ..streaming_body import leased_stream
 
 router = APIRouter(prefix="/models", tags=["state dict"])
 
@@ -145,28 +140,9 @@ NamesQuery = Annotated[
 ]
 
 
-def get_shard_plans(request: Request, runtime: RuntimeDep) -> ShardPlans:
-    """The app's plan cache, made on first use for the runtime of this lifespan."""
-    plans = getattr(request.app.state, "shard_plans", None)
-    if plans is None or plans.registry is not runtime.registry:
-        plans = request.app.state.shard_plans = ShardPlans(runtime.registry)
-    return plans
-
-
-ShardPlansDep = Annotated[ShardPlans, Depends(get_shard_plans)]
-
 _OPTION_ERRORS = (
     p.VALIDATION, p.INVALID_DTYPE, p.BAD_REQUEST, p.UNAUTHORIZED, p.MODEL_NOT_FOUND, p.KEYS_NOT_FOUND, p.UNMAPPABLE_MODEL
 )
-
-
-async def hf_tensors(runtime: Runtime, entry: ModelEntry, names: Names, reshard: Reshard | None) -> LazyTensors | None:
-    """The model's Hugging Face tensors for ``names=hf`` (``None`` for its own names)."""
-    if names != "hf":
-        return None
-    if reshard is not None:
-        raise BadRequestError("names=hf cannot be combined with tp_rank/tp_size", field="names")
-    return (await runtime.hf_models.get(entry)).tensors
 
 
 @router.get(
@@ -180,12 +156,9 @@ async def state_dict_index(
     options: ShardOptionsDep,
     reshard: ReshardDep,
     runtime: RuntimeDep,
-    plans: ShardPlansDep,
     names: NamesQuery = "megatron",
 ) -> Response:
-    async with runtime.registry.lease(model_id) as entry:
-        hf = await hf_tensors(runtime, entry, names, reshard)
-        body = await plans.index_json(entry, options, reshard, hf)
+    body = await runtime.state_dict_index(model_id, options, reshard, hf=names == "hf")
     return Response(body, media_type="application/json")
 
 
@@ -197,84 +170,52 @@ _SHARD_RESPONSES = {
 }
 
 
-@router.get(
-    "/{model_id}/state_dict/{n}",
-    response_class=Response,
-    summary="Shard n as a complete safetensors file (ETag, Range, If-Range, If-None-Match)",
-    responses=_SHARD_RESPONSES,
-)
-async def get_shard(
+async def _shard(
     model_id: ModelId,
     n: ShardIndex,
     request: Request,
     options: ShardOptionsDep,
     reshard: ReshardDep,
     runtime: RuntimeDep,
-    plans: ShardPlansDep,
     names: NamesQuery = "megatron",
 ) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, reshard, names, request, head=False)
-
-
-@router.head(
-    "/{model_id}/state_dict/{n}",
-    response_class=Response,
-    summary="Headers of shard n (Content-Length, ETag) without the body",
-    responses=_SHARD_RESPONSES,
-)
-async def head_shard(
-    model_id: ModelId,
-    n: ShardIndex,
-    request: Request,
-    options: ShardOptionsDep,
-    reshard: ReshardDep,
-    runtime: RuntimeDep,
-    plans: ShardPlansDep,
-    names: NamesQuery = "megatron",
-) -> Response:
-    return await _shard_response(runtime, plans, model_id, n, options, reshard, names, request, head=True)
-
-
-async def _shard_response(
-    runtime: Runtime,
-    plans: ShardPlans,
-    model_id: str,
-    n: int,
-    options: ShardOptions,
-    reshard: Reshard | None,
-    names: Names,
-    request: Request,
-    *,
-    head: bool,
-) -> Response:
-    lease = runtime.registry.acquire(model_id)
+    # GET: shard n; HEAD: its headers (see the module docstring). No docstring: it would
+    # become both operations' description in the OpenAPI document.
+    lease = runtime.acquire(model_id)
     handed_over = False
     try:
-        entry = lease.entry
-        hf = await hf_tensors(runtime, entry, names, reshard)
-        plan = await plans.plan(entry, options, reshard, hf)
-        shard = plan.shard(n)
-        etag = shard_etag(shard_identity(entry, reshard, hf), plan, n)
-        answer = file_answer(request, etag=etag, size=shard.size, head=head)
+        read = await runtime.state_dict_shard(lease.entry, n, options, reshard, hf=names == "hf")
+        shard = read.shard
+        answer = file_answer(request, etag=read.etag, size=shard.size, head=request.method == "HEAD")
         if answer.not_modified:
             return Response(status_code=304, headers=answer.headers)
         headers = {**answer.headers, "Content-Disposition": f'attachment; filename="{shard.filename}"'}
         if not answer.has_body:
             return Response(status_code=200, headers=headers, media_type=SAFETENSORS_MEDIA_TYPE)
-        view = tensor_view(entry, reshard, hf)
-        pieces = iter_shard_bytes(plan, n, view, start=answer.start, end=answer.end)
-        response = LeasedStreamingResponse(
-            pieces,
+        response = leased_stream(
+            runtime,
+            read.pieces(answer.start, answer.end),
             lease,
             status_code=answer.status,
             headers=headers,
             media_type=SAFETENSORS_MEDIA_TYPE,
-            on_bytes=runtime.metrics.stream_bytes.inc,
-            on_stalled=runtime.metrics.streams_stalled.inc,
-            idle_timeout=runtime.settings.stream_idle_timeout_seconds,
+            count_stalls=True,
         )
         handed_over = True
         return response
     finally:
         if not handed_over:
             lease.release()
+
+
+add_get_and_head(
+    router,
+    "/{model_id}/state_dict/{n}",
+    _shard,
+    names=("get_shard", "head_shard"),
+    summaries=(
+        "Shard n as a complete safetensors file (ETag, Range, If-Range, If-None-Match)",
+        "Headers of shard n (Content-Length, ETag) without the body",
+    ),
+    responses=_SHARD_RESPONSES,
+)

@@ -30,23 +30,31 @@ index's ``skipped`` with the reason.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import torch
 
-from ..errors import ModelNotFoundError
-from ..streaming import LazyTensors, ShardOptions, ShardPlan, fill_checksums, plan_shards
+from .checkpoint import extra_state_names
+from .errors import ModelNotFoundError
+from .streaming import (
+    LazyTensors,
+    Shard,
+    ShardOptions,
+    ShardPlan,
+    fill_checksums,
+    iter_shard_bytes,
+    plan_shards,
+    shard_etag,
+)
 
 if TYPE_CHECKING:
-    from ..registry import ModelEntry, Registry
+    from .registry import ModelEntry, Registry
 
-__all__ = ["ShardPlans", "Reshard", "tensor_view", "shard_identity", "DEFAULT_MAX_PLANS"]
+__all__ = ["ShardPlans", "ShardRead", "Reshard", "tensor_view", "shard_identity", "DEFAULT_MAX_PLANS"]
 
 DEFAULT_MAX_PLANS = 32
 
@@ -59,6 +67,24 @@ class Reshard:
 
     tp_rank: int
     tp_size: int
+
+
+@dataclass(frozen=True)
+class ShardRead:
+    """Shard ``index`` of ``plan``, ready to answer: its ETag, and its bytes when read
+    (:meth:`pieces`, from a worker thread, under the caller's lease)."""
+
+    plan: ShardPlan
+    index: int
+    etag: str
+    tensors: Callable[[], Mapping[str, Any]]
+
+    @property
+    def shard(self) -> Shard:
+        return self.plan.shard(self.index)
+
+    def pieces(self, start: int, end: int) -> Iterator[memoryview]:
+        return iter_shard_bytes(self.plan, self.index, self.tensors(), start=start, end=end)
 
 
 _Key = tuple[str, datetime, ShardOptions, "Reshard | None", bool]
@@ -90,10 +116,20 @@ class ShardPlans:
         """The plan of ``entry``'s state dict under ``options``. The caller holds a lease."""
         return await self._plan(self._slot(entry, options, reshard, hf), entry, options, reshard, hf)
 
+    async def shard(
+        self, entry: ModelEntry, n: int, options: ShardOptions, reshard: Reshard | None, hf: LazyTensors | None
+    ) -> ShardRead:
+        """Shard ``n`` of the plan (ShardNotFoundError when there is none). The caller holds a
+        lease."""
+        plan = await self.plan(entry, options, reshard, hf)
+        plan.shard(n)
+        etag = shard_etag(shard_identity(entry, reshard, hf), plan, n)
+        return ShardRead(plan, n, etag, lambda: tensor_view(entry, reshard, hf))
+
     async def index_json(
         self, entry: ModelEntry, options: ShardOptions, reshard: Reshard | None = None, hf: LazyTensors | None = None
     ) -> bytes:
-        """The state-dict index (``ShardPlan.to_dict()`` with checksums) as JSON bytes. The
+        """The state-dict index (``ShardPlan.to_index()`` with checksums) as JSON bytes. The
         caller holds a lease."""
         slot = self._slot(entry, options, reshard, hf)
         plan = await self._plan(slot, entry, options, reshard, hf)
@@ -127,7 +163,7 @@ class ShardPlans:
             if lease.entry is not entry:  # evicted and loaded again since the caller's lease
                 raise ModelNotFoundError(entry.id)
             filled = await anyio.to_thread.run_sync(fill_checksums, plan, tensor_view(entry, reshard, hf))
-            body = json.dumps(filled.to_dict(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            body = filled.to_index().model_dump_json().encode("utf-8")
         except BaseException:
             slot.indexing = None
             raise
@@ -176,8 +212,8 @@ def tensor_view(entry: ModelEntry, reshard: Reshard | None, hf: LazyTensors | No
         return hf
     if reshard is None:
         return entry.state_dict
-    from ..checkpoint import padded_vocab_rows, partition_rules
-    from ..model_parallel import SlicedTensors
+    from .checkpoint import padded_vocab_rows, partition_rules
+    from .model_parallel import SlicedTensors
 
     loaded = entry.loaded
     directory = getattr(loaded, "directory", None)
@@ -212,26 +248,3 @@ def streamable_view(entry: ModelEntry, reshard: Reshard | None = None) -> Mappin
     view = dict(tensors)
     view.update(dict.fromkeys(extra))
     return view
-
-
-def extra_state_names(chunks: Any) -> list[str]:
-    """The ``_extra_state`` keys ``state_dict()`` gives for ``chunks`` (a module or a list of
-    virtual-pipeline chunks), flattened as :func:`megaload.checkpoint.model_state_dict` keys
-    them, found from the module tree alone: torch adds the key for every module whose class
-    overrides ``get_extra_state``, so nothing is serialized to learn the names."""
-    if chunks is None:
-        return []
-    if isinstance(chunks, torch.nn.Module):
-        chunks = [chunks]
-    names: list[str] = []
-    for i, chunk in enumerate(chunks):
-        if not isinstance(chunk, torch.nn.Module):
-            continue
-        prefix = "model." if len(chunks) == 1 else f"model{i}."
-        for path, module in chunk.named_modules(remove_duplicate=False):
-            if type(module).get_extra_state is not torch.nn.Module.get_extra_state:
-                names.append(f"{prefix}{path}.{_EXTRA_STATE}" if path else f"{prefix}{_EXTRA_STATE}")
-    return names
-
-
-_EXTRA_STATE = "_extra_state"

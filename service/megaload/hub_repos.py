@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import EntryNotFoundError, ModelNotFoundError, RepoNotFoundError, RevisionNotFoundError
-from ..streaming import ShardOptions, ShardPlan, safetensors_dtype_name, shard_etag
+from .errors import EntryNotFoundError, ModelNotFoundError, RepoNotFoundError, RevisionNotFoundError
 from .shard_plans import ShardPlans, shard_identity
+from .streaming import ShardOptions, ShardPlan, safetensors_dtype_name, shard_etag
 
 if TYPE_CHECKING:
-    from ..hf_models import HFModel, HFModels
-    from ..registry import Lease, ModelEntry, Registry
+    from .hf_models import HFModel, HFModels
+    from .registry import Lease, ModelEntry, Registry
 
 __all__ = [
     "HubRepos",
@@ -282,7 +282,7 @@ def _read_files(files: Mapping[str, Path]) -> dict[str, bytes]:
 
 
 def _is_checkpoint_error(error: BaseException | None) -> bool:
-    from ..checkpoint import CheckpointError
+    from .checkpoint import CheckpointError
 
     return isinstance(error, CheckpointError)
 

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-finished-jobs", type=int, metavar="N", help="finished jobs kept for GET /v1/jobs (default 1000)")
     a("--memory-wait-seconds", type=float, metavar="S",
       help="how long a load waits for memory that loads in progress or evictions will free, before 503 (default 600)")
+    a("--huge-pages", choices=["auto", "on", "off"],
+      help="transparent huge pages for the parameters a load fills (default auto: on unless THP is off or a VM "
+      "balloon reports free pages to its host; MEGALOAD_HUGE_PAGES for the library)")
     a("--stream-idle-timeout-seconds", type=float, metavar="S",
       help="a streamed response whose client takes no data for this long loses its lease and its connection "
       "(default 30)")

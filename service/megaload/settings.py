@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         description="how long a load that fits once other loads finish (or models are evicted) waits for its "
         "memory before failing with 503",
     )
+    huge_pages: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="transparent huge pages for the parameters a load fills (fewer page faults): auto is on unless "
+        "THP is off or a VM balloon reports free pages to its host, where a fresh huge page costs more",
+    )
     stream_idle_timeout_seconds: float = Field(
         30.0,
         ge=0.1,

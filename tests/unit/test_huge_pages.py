@@ -106,3 +106,17 @@ def test_advice_lands_on_the_tensor_memory_and_keeps_its_values():
 
 def test_tensors_not_in_cpu_memory_are_left_alone():
     assert hp.advise_huge_pages([torch.empty(4 << 20, dtype=torch.uint8, device="meta")]) == 0
+
+
+def test_the_service_setting_reaches_the_library_as_its_variable(monkeypatch):
+    """``--huge-pages`` / MEGALOAD_HUGE_PAGES of the service: the engine sets the library's
+    variable once at start-up (engine/_process.py names it without importing the library)."""
+    from megaload.engine import _process
+    from megaload.settings import Settings
+
+    assert _process.HUGE_PAGES_ENV == hp.HUGE_PAGES_ENV
+    monkeypatch.setenv(hp.HUGE_PAGES_ENV, "auto")
+    _process.set_huge_page_policy(Settings(huge_pages="off").huge_pages)
+    assert hp.huge_pages_enabled() is False
+    with pytest.raises(ValueError, match="huge_pages"):
+        Settings(huge_pages="sometimes")

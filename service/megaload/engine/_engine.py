@@ -16,7 +16,7 @@ from ..errors import EngineStoppedError, NotReadyError
 from . import commands as c
 from ._handlers import handle
 from ._model import LoadedModel, Tokenizers
-from ._process import shorten_gil_switch_interval
+from ._process import set_huge_page_policy, shorten_gil_switch_interval
 from ._ranks import RankProtocol, exit_soon, heartbeat_interval
 from ._worker import Worker
 
@@ -41,6 +41,7 @@ _ENGINE_SETTINGS = (
     "collective_timeout_seconds",
     "checkpoint_roots",
     "save_roots",
+    "huge_pages",
 )
 
 
@@ -73,8 +74,10 @@ class Engine:
         metrics: Metrics | None = None,
         checkpoint_roots: Sequence[Path] | None = None,
         save_roots: Sequence[Path] = (),
+        huge_pages: str = "auto",
         on_fatal: Callable[[], None] = exit_soon,
     ) -> None:
+        self.huge_pages = huge_pages
         self.device = resolve_device(device)
         # Every file a command reads lies inside these (the library checks what checkpoints
         # name: data files, tokenizer files, symlinks); a save also reads what it writes.
@@ -110,8 +113,10 @@ class Engine:
 
     def start(self) -> concurrent.futures.Future:
         """Start the worker thread; its first command initializes the distributed context.
-        The process-wide GIL switch interval is shortened here, once (see ``_process``)."""
+        The process-wide GIL switch interval and the loads' huge-page policy are set here, once
+        (see ``_process``)."""
         shorten_gil_switch_interval()
+        set_huge_page_policy(self.huge_pages)
         return self._worker.start(c.Startup())
 
     async def wait_ready(self) -> None:

@@ -27,7 +27,7 @@ install-run: $(RUN_STAMP)
 
 install: $(STAMP)
 
-test: $(STAMP) test-browser
+test: $(STAMP) lint test-browser
 	$(PY) -m pytest tests
 
 # The status page's test opens it in a real headless browser: Debian's Chromium, installed here

@@ -25,7 +25,6 @@ QKV, which the writer reads in bounded runs, so no HF tensor is ever copied whol
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ import anyio
 import torch
 
 from .engine.commands import HFView
+from .per_model import PerModel
 from .streaming import LazyTensors, TensorSpec
 
 if TYPE_CHECKING:
@@ -125,9 +125,6 @@ def megatron_specs(state_dict: Mapping[str, Any]) -> dict[str, tuple[tuple[int, 
     return out
 
 
-_Key = tuple[str, datetime]
-
-
 class HFModels:
     """See the module docstring. One per runtime; used from the event loop only."""
 
@@ -135,28 +132,15 @@ class HFModels:
         self.engine = engine
         self.registry = registry
         self.paths = paths
-        self._made: dict[_Key, asyncio.Task[HFModel]] = {}
+        self._models: PerModel[HFModel] = PerModel(registry, self._make, name="hf-view")
 
     async def get(self, entry: ModelEntry) -> HFModel:
         """The HF view of ``entry`` (the caller holds a lease); raises what making it raised."""
-        key = (entry.id, entry.loaded_at)
-        task = self._made.get(key)
-        if task is None:
-            self._drop_stale()
-            task = self._made[key] = asyncio.create_task(self._make(entry), name=f"hf-view-{entry.id}")
-            task.add_done_callback(_retrieve)
-        return await asyncio.shield(task)
+        return await self._models.get(entry)
 
     async def _make(self, entry: ModelEntry) -> HFModel:
-        from .checkpoint import CheckpointError
-
-        try:
-            view, found = await self.engine.run(HFView(path=entry.spec.iteration_dir, dtype=entry.spec.dtype))
-            tensors = await anyio.to_thread.run_sync(_plan_tensors, view, entry.state_dict)
-        except BaseException as e:
-            if not isinstance(e, CheckpointError):  # not the checkpoint's fault: try again next time
-                self._made.pop((entry.id, entry.loaded_at), None)
-            raise
+        view, found = await self.engine.run(HFView(path=entry.spec.iteration_dir, dtype=entry.spec.dtype))
+        tensors = await anyio.to_thread.run_sync(_plan_tensors, view, entry.state_dict)
         return HFModel(
             model_id=entry.id,
             loaded_at=entry.loaded_at,
@@ -174,18 +158,7 @@ class HFModels:
                 logger.warning("tokenizer file %s resolves outside the checkpoint roots; not served", raw)
         return kept
 
-    def _drop_stale(self) -> None:
-        resident = {(e.id, e.loaded_at) for e in self.registry.list()}
-        for key in [k for k in self._made if k not in resident]:
-            del self._made[key]
-
 
 def _plan_tensors(view: Any, state_dict: Mapping[str, Any]) -> HFTensors:
     plan = view.tensor_plan(megatron_specs(state_dict))
     return HFTensors(plan, state_dict)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    """Mark a failure as seen: every awaiter may have gone away before it came."""
-    if not task.cancelled():
-        task.exception()

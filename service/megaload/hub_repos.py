@@ -28,7 +28,6 @@ resident.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import math
@@ -41,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .errors import EntryNotFoundError, ModelNotFoundError, RepoNotFoundError, RevisionNotFoundError
+from .per_model import PerModel
 from .shard_plans import ShardPlans, shard_identity
 from .streaming import ShardOptions, ShardPlan, safetensors_dtype_name, shard_etag
 
@@ -188,9 +188,6 @@ def repo_id_of(model_id: str) -> str:
     return f"{HUB_NAMESPACE}/{model_id}"
 
 
-_Key = tuple[str, datetime]
-
-
 class HubRepos:
     """See the module docstring. One per service; used from the event loop only."""
 
@@ -198,7 +195,7 @@ class HubRepos:
         self.registry = registry
         self.hf_models = hf_models
         self.plans = plans
-        self._made: dict[_Key, asyncio.Task[HubRepo]] = {}
+        self._repos: PerModel[HubRepo] = PerModel(registry, self._make, name="hub-repo")
 
     async def acquire(self, namespace: str, name: str) -> tuple[Lease, HubRepo]:
         """A lease on the model of repository ``namespace/name`` and its repository. The
@@ -217,23 +214,9 @@ class HubRepos:
                 repo_id=repo_id,
             ) from None
         try:
-            return lease, await self._repo(lease.entry)
+            return lease, await self._repos.get(lease.entry)
         except BaseException:
             lease.release()
-            raise
-
-    async def _repo(self, entry: ModelEntry) -> HubRepo:
-        key = (entry.id, entry.loaded_at)
-        task = self._made.get(key)
-        if task is None:
-            self._drop_stale()
-            task = self._made[key] = asyncio.create_task(self._make(entry), name=f"hub-repo-{entry.id}")
-            task.add_done_callback(_retrieve)
-        try:
-            return await asyncio.shield(task)
-        except BaseException:
-            if task.done() and not task.cancelled() and not _is_checkpoint_error(task.exception()):
-                self._made.pop(key, None)  # not the checkpoint's fault: try again next time
             raise
 
     async def _make(self, entry: ModelEntry) -> HubRepo:
@@ -242,11 +225,6 @@ class HubRepos:
         identity = shard_identity(entry, None, hf.tensors)
         tokenizer = await anyio.to_thread.run_sync(_read_files, dict(hf.tokenizer_files))
         return _assemble(repo_id_of(entry.id), entry, hf, plan, identity, tokenizer)
-
-    def _drop_stale(self) -> None:
-        resident = {(e.id, e.loaded_at) for e in self.registry.list()}
-        for key in [k for k in self._made if k not in resident]:
-            del self._made[key]
 
 
 def _assemble(
@@ -279,14 +257,3 @@ def _json_file(document: Mapping[str, Any]) -> bytes:
 
 def _read_files(files: Mapping[str, Path]) -> dict[str, bytes]:
     return {name: Path(path).read_bytes() for name, path in files.items()}
-
-
-def _is_checkpoint_error(error: BaseException | None) -> bool:
-    from .checkpoint import CheckpointError
-
-    return isinstance(error, CheckpointError)
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()

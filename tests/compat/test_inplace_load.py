@@ -51,7 +51,8 @@ def test_gated_halves_are_read_into_the_parameter_itself(tmp_path):
     """The returned fc1 is the model's parameter (its two halves read in place), not a
     concatenated copy of them."""
     from megaload.checkpoint import load_model_config
-    from megaload.checkpoint._model import _single_rank_config, build_model, load_weights
+    from megaload.checkpoint._model import _single_rank_config, build_model
+    from megaload.checkpoint._weights import load_weights
 
     _saved_gated_model(tmp_path / "ckpt")
     config, _ = load_model_config(tmp_path / "ckpt")

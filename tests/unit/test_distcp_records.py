@@ -24,8 +24,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
 
 from megaload.checkpoint import CorruptCheckpointError, UnsafeCheckpointError, temporary_distributed_context
-from megaload.checkpoint._model import _first_failure
 from megaload.checkpoint._reader import _SafeFileSystemReader
+from megaload.checkpoint._weights import _first_failure
 
 
 def _saved() -> dict[str, torch.Tensor]:

@@ -25,20 +25,20 @@ from __future__ import annotations
 import os
 import reprlib
 
-__all__ = [
+__all__ = [  # alphabetical
     "CheckpointError",
+    "CheckpointExistsError",
     "CheckpointNotFoundError",
-    "NotACheckpointError",
-    "UnsupportedCheckpointError",
-    "UnmappableModelError",
     "CorruptCheckpointError",
-    "UnsafeCheckpointError",
+    "DistributedContextError",
     "IncompatibleConfigError",
     "InvalidDtypeError",
-    "TokenizerError",
-    "CheckpointExistsError",
-    "DistributedContextError",
+    "NotACheckpointError",
     "OutsideRootsError",
+    "TokenizerError",
+    "UnmappableModelError",
+    "UnsafeCheckpointError",
+    "UnsupportedCheckpointError",
 ]
 
 MAX_SUMMARY_CHARS = 200

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["extra_state_names"]
+__all__ = ["extra_state_names", "EXTRA_STATE"]
 
-_EXTRA_STATE = "_extra_state"
+EXTRA_STATE = "_extra_state"
 
 
 def extra_state_names(chunks: Any) -> list[str]:
@@ -27,5 +27,5 @@ def extra_state_names(chunks: Any) -> list[str]:
         prefix = "model." if len(chunks) == 1 else f"model{i}."
         for path, module in chunk.named_modules(remove_duplicate=False):
             if type(module).get_extra_state is not torch.nn.Module.get_extra_state:
-                names.append(f"{prefix}{path}.{_EXTRA_STATE}" if path else f"{prefix}{_EXTRA_STATE}")
+                names.append(f"{prefix}{path}.{EXTRA_STATE}" if path else f"{prefix}{EXTRA_STATE}")
     return names

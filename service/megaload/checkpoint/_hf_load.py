@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from ._errors import IncompatibleConfigError, UnmappableModelError
+from ._extra_state import EXTRA_STATE
 from ._hf_config import provider_from_hf_config
 from ._hf_dir import HF_CONFIG, HFWeights, hf_model_dir, read_hf_config
 from ._provider import GPTModelProvider
 
 __all__ = ["hf_model_config", "fill_from_hf", "import_hf"]
 
-_EXTRA_STATE = "_extra_state"
 
 
 def hf_model_config(hf_dir: str | os.PathLike) -> GPTModelProvider:
@@ -58,7 +58,7 @@ def fill_from_hf(model: list, hf_dir: Path, config: Any, *, return_state_dict: b
         raise UnmappableModelError(named + e.message, field=e.field, architecture=e.architecture,
                                    path=where or hf_dir) from e
     chunk = model[0]
-    targets = {k: v for k, v in chunk.state_dict(keep_vars=True).items() if _EXTRA_STATE not in k}
+    targets = {k: v for k, v in chunk.state_dict(keep_vars=True).items() if EXTRA_STATE not in k}
     planned = {name.removeprefix("model."): spec for name, spec in plan.items()}
     missing = sorted(set(targets) - set(planned))
     extra = sorted(set(planned) - set(targets))
@@ -78,7 +78,7 @@ def fill_from_hf(model: list, hf_dir: Path, config: Any, *, return_state_dict: b
     finally:
         weights.close()
     if return_state_dict:
-        return {"model": {k: v.detach() for k, v in chunk.state_dict().items() if _EXTRA_STATE not in k}}
+        return {"model": {k: v.detach() for k, v in chunk.state_dict().items() if EXTRA_STATE not in k}}
     return None
 
 

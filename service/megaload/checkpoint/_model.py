@@ -29,18 +29,15 @@ from ._distributed import megatron_cpu_init_context, temporary_distributed_conte
 from ._dtypes import torch_dtype_from_mcore_config
 from ._errors import (
     CheckpointError,
-    CorruptCheckpointError,
     IncompatibleConfigError,
     UnsupportedCheckpointError,
 )
+from ._extra_state import EXTRA_STATE
 from ._hf_dir import hf_model_dir
 from ._hf_load import fill_from_hf
-from ._huge_pages import advise_huge_pages, huge_pages_enabled
-from ._inplace import prepare_sharded_state_dict
 from ._layout import inspect_layout
-from ._pickle import load_common_state_dict
 from ._provider import GPTModelProvider, gpt_layer_spec, padded_vocab_size
-from ._reader import load_checkpoint, read_tensor_metadata
+from ._weights import load_weights
 
 # Set on each loaded chunk: where it came from (a later save carries the tokenizer and, for
 # Megatron-LM checkpoints, the GPT fields of the saved args over).
@@ -77,9 +74,6 @@ MP_OVERRIDE_FIELDS = frozenset(
         "hierarchical_context_parallel_sizes",
     }
 )
-
-_EXTRA_STATE = "_extra_state"
-
 
 def _single_rank_config(config: Any, *, use_cpu_init: bool, mp_overrides: Mapping[str, Any] | None) -> Any:
     """Reset parallel sizes to one rank (as the reference does), then apply overrides."""
@@ -267,74 +261,6 @@ def _match_mixed_precision(chunk: torch.nn.Module, config: Any, megatron_args: a
             keep_float32()
 
 
-def _drop_extra_state(state: dict[str, Any]) -> None:
-    for key in [k for k in state if k.startswith("model")]:
-        sub = state[key]
-        if isinstance(sub, dict):
-            for name in [n for n in sub if _EXTRA_STATE in n]:
-                del sub[name]
-
-
-def load_weights(model: list, checkpoint_path: str | os.PathLike, *, return_state_dict: bool = False):
-    """Read the checkpoint's weights into ``model`` (or return them as a state dict)."""
-    from megatron.core.dist_checkpointing.core import CheckpointingException
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    iter_dir = inspect_layout(checkpoint_path).iteration_dir
-    common = load_common_state_dict(iter_dir)
-    metadata = common.get("content_metadata")
-    if len(model) == 1:
-        sharded = {"model": model[0].sharded_state_dict(metadata=metadata)}
-    else:
-        sharded = {f"model{i}": m.sharded_state_dict(metadata=metadata) for i, m in enumerate(model)}
-    prepare_sharded_state_dict(sharded, {name: meta.shape for name, meta in read_tensor_metadata(iter_dir).items()})
-    if huge_pages_enabled():
-        advise_huge_pages(p for chunk in model for p in chunk.parameters())
-    try:
-        state = load_checkpoint(sharded, str(iter_dir), strict="assume_ok_unexpected")
-    except CheckpointError:
-        raise
-    except CheckpointException as e:  # a BaseException: catch it explicitly
-        inner = _first_failure(e)
-        if isinstance(inner, CheckpointError):
-            raise inner from e
-        raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(inner).__name__}: {inner}", path=iter_dir) from e
-    except (CheckpointingException, RuntimeError, ValueError, KeyError, OSError, EOFError, AssertionError,
-            TypeError) as e:
-        raise CorruptCheckpointError(f"reading {iter_dir} failed: {type(e).__name__}: {e}", path=iter_dir) from e
-    _drop_extra_state(state)
-    if return_state_dict:
-        return state
-    for i, chunk in enumerate(model):
-        key = "model" if len(model) == 1 else f"model{i}"
-        if key not in state:
-            continue
-        result = chunk.load_state_dict(state[key], strict=False)
-        missing = [k for k in result.missing_keys if _EXTRA_STATE not in k]
-        if missing or result.unexpected_keys:
-            raise CorruptCheckpointError(
-                f"{iter_dir}: weights do not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}",
-                path=iter_dir,
-            )
-    return None
-
-
-def _first_failure(exc: BaseException) -> BaseException:
-    """The first rank's underlying error inside a DCP CheckpointException (the exception
-    itself when it carries none), following ``__cause__`` to our own error where there is one."""
-    failures = getattr(exc, "failures", None)
-    inner: BaseException = exc
-    if isinstance(failures, dict) and failures:
-        err = next(iter(failures.values()))
-        inner = err[0] if isinstance(err, tuple) else err
-    seen = inner
-    while seen is not None:
-        if isinstance(seen, CheckpointError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return inner
-
-
 def _build_for(checkpoint_path, config: Any, model_type, megatron_args) -> list:
     """:func:`build_model`, with megatron-core's construction errors turned into one typed error
     that names the checkpoint (its config is what could not be built)."""
@@ -446,7 +372,7 @@ def model_state_dict(model: list | Any) -> dict[str, torch.Tensor]:
     for i, chunk in enumerate(chunks):
         prefix = "model." if len(chunks) == 1 else f"model{i}."
         for name, value in chunk.state_dict(keep_vars=False).items():
-            if _EXTRA_STATE in name or not isinstance(value, torch.Tensor):
+            if EXTRA_STATE in name or not isinstance(value, torch.Tensor):
                 continue
             out[prefix + name] = value
     return out

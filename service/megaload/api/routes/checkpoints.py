@@ -3,7 +3,8 @@ loading a model."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
@@ -18,6 +19,7 @@ from megaload_client.types import (
     TokenizerInfo,
 )
 
+from ...runtime import Runtime
 from ..deps import READ_ONLY, RuntimeDep
 from ..problems import error_responses
 
@@ -49,34 +51,34 @@ CHECKPOINT_PATH_ERRORS = (
 _PATH_ERRORS = (*CHECKPOINT_PATH_ERRORS, p.NOT_READY)
 
 
-@router.get(
-    "/config",
-    response_model=CheckpointConfig,
-    summary="The checkpoint's model config (no model is built)",
-    responses=error_responses(*_PATH_ERRORS, p.INCOMPATIBLE_CONFIG),
-)
-async def get_config(path: PathQuery, runtime: RuntimeDep) -> CheckpointConfig:
-    return await runtime.checkpoint_config(path)
+def _read_route(
+    route: str, model: type, summary: str, read: Callable[[Runtime, str], Awaitable[Any]], *errors: str
+) -> None:
+    """``GET /v1/checkpoints/<route>?path=...``: ``read(runtime, path)``, answered as ``model``.
+    The endpoint's name (``get_<route>``) makes its operationId."""
+
+    async def endpoint(path: PathQuery, runtime: RuntimeDep) -> Any:
+        return await read(runtime, path)
+
+    endpoint.__name__ = endpoint.__qualname__ = f"get_{route}"
+    router.get(f"/{route}", response_model=model, summary=summary, responses=error_responses(*_PATH_ERRORS, *errors))(
+        endpoint
+    )
 
 
-@router.get(
-    "/tensors",
-    response_model=CheckpointTensors,
-    summary="Stored tensor names, global shapes and dtypes (no weights read), and the keys each streams as once loaded",
-    responses=error_responses(*_PATH_ERRORS),
-)
-async def get_tensors(path: PathQuery, runtime: RuntimeDep) -> CheckpointTensors:
-    return await runtime.checkpoint_tensors(path)
-
-
-@router.get(
-    "/tokenizer",
-    response_model=TokenizerInfo,
-    summary="The checkpoint's tokenizer: type, vocabulary size, special ids",
-    responses=error_responses(*_PATH_ERRORS, p.TOKENIZER_ERROR),
-)
-async def get_tokenizer(path: PathQuery, runtime: RuntimeDep) -> TokenizerInfo:
-    return await runtime.tokenizer_info(path)
+_read_route(
+    "config", CheckpointConfig, "The checkpoint's model config (no model is built)", Runtime.checkpoint_config,
+    p.INCOMPATIBLE_CONFIG,
+)  # fmt: skip
+_read_route(
+    "tensors", CheckpointTensors,
+    "Stored tensor names, global shapes and dtypes (no weights read), and the keys each streams as once loaded",
+    Runtime.checkpoint_tensors,
+)  # fmt: skip
+_read_route(
+    "tokenizer", TokenizerInfo, "The checkpoint's tokenizer: type, vocabulary size, special ids", Runtime.tokenizer_info,
+    p.TOKENIZER_ERROR,
+)  # fmt: skip
 
 
 @router.post(

@@ -38,17 +38,10 @@ from pydantic import StringConstraints
 from megaload_client import problems as p
 from megaload_client.types import DtypeName, StateDictIndex
 
+from ... import streaming
 from ...checkpoint import parse_dtype
 from ...errors import BadRequestError
 from ...shard_plans import Reshard
-from ...streaming import (
-    DEFAULT_MAX_SHARD_BYTES,
-    MAX_KEY_PATTERN_LENGTH,
-    MAX_KEY_PATTERNS,
-    MAX_MAX_SHARD_BYTES,
-    MIN_MAX_SHARD_BYTES,
-    ShardOptions,
-)
 from ..deps import RuntimeDep
 from ..file_answers import add_get_and_head, file_answer
 from ..problems import error_responses
@@ -66,10 +59,11 @@ def shard_options(
     max_shard_bytes: Annotated[
         int | None,
         Query(
-            ge=MIN_MAX_SHARD_BYTES,
-            le=MAX_MAX_SHARD_BYTES,
-            description=f"bound on the tensor bytes of one shard (default {DEFAULT_MAX_SHARD_BYTES}, between "
-            f"{MIN_MAX_SHARD_BYTES} and {MAX_MAX_SHARD_BYTES}); a larger tensor gets a shard of its own",
+            ge=streaming.MIN_MAX_SHARD_BYTES,
+            le=streaming.MAX_MAX_SHARD_BYTES,
+            description=f"bound on the tensor bytes of one shard (default {streaming.DEFAULT_MAX_SHARD_BYTES}, "
+            f"between {streaming.MIN_MAX_SHARD_BYTES} and {streaming.MAX_MAX_SHARD_BYTES}); a larger tensor gets a "
+            "shard of its own",
         ),
     ] = None,
     dtype: Annotated[
@@ -77,25 +71,25 @@ def shard_options(
         Query(description="cast floating-point tensors to this dtype on the fly (bf16, fp16, float32...)"),
     ] = None,
     keys: Annotated[
-        list[Annotated[str, StringConstraints(max_length=MAX_KEY_PATTERN_LENGTH)]] | None,
+        list[Annotated[str, StringConstraints(max_length=streaming.MAX_KEY_PATTERN_LENGTH)]] | None,
         Query(
-            max_length=MAX_KEY_PATTERNS,
+            max_length=streaming.MAX_KEY_PATTERNS,
             description="regular expressions matched at the start of each key (a plain prefix works); "
             "repeat to keep keys matching any of them. Run in time linear in the key (RE2: Python's re "
             "syntax without back-references or look-around, which are refused with 400)",
         ),
     ] = None,
-) -> ShardOptions:
+) -> streaming.ShardOptions:
     """The query shared by the index and the shards, validated."""
     target = None if dtype is None else parse_dtype(dtype)
-    return ShardOptions(
-        max_shard_bytes=DEFAULT_MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes,
+    return streaming.ShardOptions(
+        max_shard_bytes=streaming.DEFAULT_MAX_SHARD_BYTES if max_shard_bytes is None else max_shard_bytes,
         dtype=target,
         keys=tuple(keys or ()),
     )
 
 
-ShardOptionsDep = Annotated[ShardOptions, Depends(shard_options)]
+ShardOptionsDep = Annotated[streaming.ShardOptions, Depends(shard_options)]
 
 MAX_TP_SIZE = 1024
 

@@ -15,6 +15,7 @@ from . import _routes as routes
 from ._exceptions import JobCancelledError, JobFailedError, JobTimeoutError
 from ._exchange import Deadline, Exchange, Sleep, request
 from ._progress import ProgressBar, progress_bar
+from .sizes import format_size
 from .types import Job, JobKind, JobResult, JobState, ModelInfo, StateDictIndex
 
 if TYPE_CHECKING:
@@ -242,7 +243,7 @@ def wait_job(
     deadline = Deadline(timeout)
     with handle._bar(progress) as bar:
         while True:
-            bar.set_to(100 * handle.job.progress, handle.job.phase)
+            bar.set_to(100 * handle.job.progress, _phase_text(handle.job))
             if handle.done:
                 return job_outcome(handle.job)
             if deadline.expired:
@@ -265,3 +266,10 @@ def job_outcome(job: Job) -> Job:
     if job.state is JobState.CANCELLED:
         raise JobCancelledError(f"job {job.id} ({job.kind.value}) was cancelled", job)
     return job
+
+
+def _phase_text(job: Job) -> str | None:
+    """The job's phase, with the bytes read where a load reports them (``loading 412.0 MiB/1.1 GiB``)."""
+    if job.bytes_read is None or job.bytes_to_read is None or job.phase is None:
+        return job.phase
+    return f"{job.phase} {format_size(job.bytes_read)}/{format_size(job.bytes_to_read)}"

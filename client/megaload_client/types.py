@@ -350,6 +350,10 @@ class Job(_Response):
     state: JobState
     progress: float = Field(ge=0.0, le=1.0)
     phase: str | None = Field(default=None, description="what the job is doing now")
+    bytes_read: int | None = Field(
+        default=None, ge=0, description="a load reading its checkpoint: tensor bytes read so far"
+    )
+    bytes_to_read: int | None = Field(default=None, ge=0, description="a load: tensor bytes it reads in all")
     model_id: str | None = None
     target: str | None = Field(default=None, description="checkpoint read (load) or written (save)")
     created_at: datetime

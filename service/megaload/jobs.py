@@ -48,6 +48,8 @@ class JobRecord:
     state: JobState = JobState.QUEUED
     progress: float = 0.0
     phase: str | None = "queued"
+    bytes_read: int | None = None
+    bytes_to_read: int | None = None
     created_at: datetime = field(default_factory=_now)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -77,10 +79,13 @@ class JobHandle:
             rec.phase = phase
             self._manager._update_gauges()
 
-    def progress(self, fraction: float, phase: str | None = None) -> None:
+    def progress(self, fraction: float, phase: str | None = None, read: tuple[int, int] | None = None) -> None:
+        """``read``: a load's ``(done, total)`` bytes of its checkpoint read so far."""
         self._record.progress = min(1.0, max(0.0, fraction))
         if phase is not None:
             self._record.phase = phase
+        if read is not None:
+            self._record.bytes_read, self._record.bytes_to_read = read
 
 
 Runner = Callable[[JobHandle], Awaitable[JobResult]]

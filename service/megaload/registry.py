@@ -61,14 +61,22 @@ class _Inflight:
     started: bool = False
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_phase: list[Callable[[float, str], None]] = field(default_factory=list)
-    phase: tuple[float, str] | None = None
+    phase: tuple[float, str, tuple[int, int] | None] | None = None
     pin: bool = False
     waiting_for_memory: bool = False
 
     def set_phase(self, name: str) -> None:
-        self.phase = PHASES[name]
+        self._report((*PHASES[name], None))
+
+    def set_read(self, done: int, total: int) -> None:
+        """Bytes of the checkpoint read so far: the loading phase's share of the fraction."""
+        start = PHASES["loading"][0]
+        self._report((start + (1.0 - start) * done / max(1, total), PHASES["loading"][1], (done, total)))
+
+    def _report(self, phase: tuple[float, str, tuple[int, int] | None]) -> None:
+        self.phase = phase
         for cb in self.on_phase:
-            cb(*self.phase)
+            cb(*phase)
 
     def mark_started(self) -> None:
         if self.started:
@@ -137,12 +145,13 @@ class Registry:
         *,
         pin: bool = False,
         on_start: Callable[[], None] | None = None,
-        on_phase: Callable[[float, str], None] | None = None,
+        on_phase: Callable[[float, str, tuple[int, int] | None], None] | None = None,
     ) -> tuple[ModelEntry, bool]:
         """Make ``spec`` resident; returns ``(entry, created)`` where ``created`` is True only
         for the call that started the load. ``on_start`` runs (on the loop) when the engine
-        begins work on it, or at once if that already happened; ``on_phase(fraction, phase)``
-        at each step of the load (see :data:`PHASES`)."""
+        begins work on it, or at once if that already happened; ``on_phase(fraction, phase,
+        read)`` at each step of the load (see :data:`PHASES`) and, while it reads the checkpoint,
+        as bytes land (``read``: ``(done, total)`` bytes, else None)."""
         model_id = spec.model_id
         entry = self._entries.get(model_id)
         if entry is not None:
@@ -203,7 +212,9 @@ class Registry:
             finally:
                 inflight.waiting_for_memory = False
             try:
-                loaded = await self._loader.load(model_id, spec, lambda: inflight.set_phase("loading"))
+                loaded = await self._loader.load(
+                    model_id, spec, lambda: inflight.set_phase("loading"), on_progress=inflight.set_read
+                )
             except BaseException:
                 async with self._cond:
                     self._reserved -= needed

@@ -53,7 +53,13 @@ class ModelLoader(Protocol):
 
     async def estimate_bytes(self, iteration_dir: str, dtype: str | None, on_start: Callable[[], None] | None) -> int: ...
 
-    async def load(self, model_id: str, spec: LoadSpec, on_start: Callable[[], None] | None) -> Any: ...
+    async def load(
+        self,
+        model_id: str,
+        spec: LoadSpec,
+        on_start: Callable[[], None] | None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Any: ...
 
     async def release(self, model_id: str) -> None: ...
 

@@ -23,6 +23,9 @@ def test_load_job(service):
     done = service.wait_job(job["id"])
     assert done["state"] == "succeeded", done
     assert done["progress"] == 1.0
+    # the bytes of tensor records the load read, all of them (the job keeps the last report)
+    data_bytes = sum(f.stat().st_size for f in (service.ckpt_root / "bridge_gpt_tied_rope_fp32").rglob("*.distcp"))
+    assert 0 < done["bytes_read"] == done["bytes_to_read"] <= data_bytes
     assert done["created_at"] <= done["started_at"] <= done["finished_at"]
     model = done["result"]["model"]
     assert done["result"]["model_id"] == model["id"] == done["model_id"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC
 
 import pytest
 
@@ -33,3 +34,16 @@ def test_asking_without_tqdm_warns_and_carries_on(monkeypatch):
         bar = progress_bar(True, total=10, desc="x")
     assert bar._bar is None
     bar.update(1)
+
+
+def test_a_load_jobs_bar_text_shows_the_bytes_read():
+    from datetime import datetime
+
+    from megaload_client._handles import _phase_text
+    from megaload_client.types import Job
+
+    now = datetime.now(UTC)
+    job = Job(id="j", kind="load", state="running", progress=0.5, phase="loading", created_at=now,
+              bytes_read=3 << 29, bytes_to_read=3 << 30)  # fmt: skip
+    assert _phase_text(job) == "loading 1.5 GiB/3.0 GiB"
+    assert _phase_text(job.model_copy(update={"bytes_read": None, "bytes_to_read": None})) == "loading"

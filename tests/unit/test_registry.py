@@ -34,7 +34,7 @@ class Loader:
         await asyncio.sleep(0)
         return self.sizes[iteration_dir]
 
-    async def load(self, model_id, spec, on_start=None):
+    async def load(self, model_id, spec, on_start=None, on_progress=None):
         if self.gate is not None:
             await self.gate.wait()
         if on_start is not None:
@@ -215,11 +215,11 @@ def test_phases_reach_every_waiter():
         seen: list[list[str]] = [[], []]
         started: list[int] = []
         first = asyncio.create_task(
-            reg.load(spec("a"), on_start=lambda: started.append(1), on_phase=lambda f, p: seen[0].append(p))
+            reg.load(spec("a"), on_start=lambda: started.append(1), on_phase=lambda f, p, read: seen[0].append(p))
         )
         await asyncio.sleep(0.01)
         second = asyncio.create_task(
-            reg.load(spec("a"), on_start=lambda: started.append(2), on_phase=lambda f, p: seen[1].append(p))
+            reg.load(spec("a"), on_start=lambda: started.append(2), on_phase=lambda f, p, read: seen[1].append(p))
         )
         await asyncio.sleep(0.01)
         loader.gate.set()

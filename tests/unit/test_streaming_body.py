@@ -20,7 +20,7 @@ class Loader:
     async def estimate_bytes(self, iteration_dir, dtype, on_start=None):
         return 10
 
-    async def load(self, model_id, spec, on_start=None):
+    async def load(self, model_id, spec, on_start=None, on_progress=None):
         return SimpleNamespace(size_bytes=10, state_dict={})
 
     async def release(self, model_id):

@@ -121,8 +121,8 @@ def _load(args: argparse.Namespace, client: Client, out: Output) -> int:
     if args.no_wait:
         out.emit(job.job, job_line(job.job), quiet=job.id if args.quiet else None)
     else:
-        # The service reports a load's phase (estimating, waiting for memory, loading), not bytes read;
-        # a model already resident answers at once with no job (and no bar).
+        # The bar shows the load's phase (estimating, waiting for memory, loading) and, while it reads
+        # the checkpoint, the bytes read; a model already resident answers at once with no job (and no bar).
         job.wait(progress=_progress_wanted(args) and not job.done)
         model = job.model()
         out.emit(model.info, model_text(model.info), quiet=model.id if args.quiet else None)

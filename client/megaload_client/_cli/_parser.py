@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("text", metavar="TEXT", help="text to tokenize ('-' reads standard input)")
     tokenize.add_argument("--no-detokenize", action="store_true", help="do not decode the ids back")
 
-    load = command("load", "load a checkpoint (or find it resident); shows the load's phase and elapsed time",
+    load = command("load", "load a checkpoint (or find it resident); shows the load's phase and bytes read",
                    progress)
     load.add_argument("path", metavar="PATH", type=_path_arg, help=path_help)
     load.add_argument("--model-type", choices=["gpt", "mamba"], help="needed for Megatron-LM checkpoints")

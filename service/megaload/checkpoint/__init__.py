@@ -48,6 +48,7 @@ from ._partition import (
     tp_slice_shape,
 )
 from ._provider import GPTModelProvider, padded_vocab_size
+from ._read_progress import reporting_read_progress
 from ._reader import TensorMetadata, estimate_model_bytes, read_tensor_metadata
 from ._save import check_save_destination, save_megatron_model
 from ._staging import remove_stale_saves
@@ -80,6 +81,7 @@ __all__ = [
     "stream_key",
     "with_stream_keys",
     "load_weights",
+    "reporting_read_progress",
     "model_state_dict",
     "extra_state_names",
     "PartitionRule",

@@ -48,6 +48,7 @@ from ._errors import CorruptCheckpointError, UnsupportedCheckpointError, summari
 from ._files import check_allowed, open_checked
 from ._layout import DCP_METADATA_FILENAME, CheckpointFormat, inspect_layout, read_checkpoint_metadata
 from ._pickle import load_common_state_dict, load_dcp_metadata, load_torch_file, loads_weights_only
+from ._read_progress import ReadProgress
 
 __all__ = [
     "SafeCommonLoadStrategy",
@@ -209,16 +210,19 @@ def _read_tensor_items(reader: _SafeFileSystemReader, queued: list, *, workers: 
         runs[min(workers - 1, done_bytes * workers // max(1, total))].append((item, target))
         done_bytes += reader._where(item)[1].length
 
+    progress = ReadProgress(total)
+
     def read_run(run: list) -> None:
         scratch = staging_buffer([target for _, target in run])
         files: dict[str, Any] = {}
         try:
             for item, target in run:
-                path, _ = reader._where(item)
+                path, info = reader._where(item)
                 raw = files.get(path)
                 if raw is None:
                     raw = files[path] = open_checked(path)
                 reader._read_tensor(raw, path, item, target, scratch)
+                progress.add(info.length)
         finally:
             for raw in files.values():
                 raw.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import enum
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -178,19 +179,32 @@ class Engine:
 
     # ------------------------------------------------------------------ running commands
 
-    async def run(self, command: c.Command, on_start: Callable[[], None] | None = None) -> Any:
+    async def run(
+        self,
+        command: c.Command,
+        on_start: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> Any:
         """Run ``command`` on the worker and await its result. ``on_start`` runs on the
-        event loop when the worker picks the command up. Cancelling the await cancels the
-        command if it has not started yet."""
+        event loop when the worker picks the command up; ``on_progress(done, total)`` there
+        as the command's checkpoint reads land (bytes; loads report it). Cancelling the await
+        cancels the command if it has not started yet."""
         self.check_ready()
-        hook = None
+        loop = asyncio.get_running_loop()
+        hook = around = None
         if on_start is not None:
-            loop = asyncio.get_running_loop()
 
             def hook() -> None:
                 loop.call_soon_threadsafe(on_start)
 
-        return await asyncio.wrap_future(self._worker.submit(command, hook))
+        if on_progress is not None:
+            from megaload.checkpoint import reporting_read_progress
+
+            def report(done: int, total: int) -> None:
+                loop.call_soon_threadsafe(on_progress, done, total)
+
+            around = functools.partial(reporting_read_progress, report)
+        return await asyncio.wrap_future(self._worker.submit(command, hook, around))
 
     def gather_blocking(self, model_id: str, name: str) -> Any:
         """From a stream's thread: the full tensor ``name``, gathered by all ranks."""
@@ -213,7 +227,13 @@ class Engine:
     ) -> int:
         return await self.run(c.EstimateBytes(path=iteration_dir, dtype=dtype), on_start)
 
-    async def load(self, model_id: str, spec: Any, on_start: Callable[[], None] | None = None) -> LoadedModel:
+    async def load(
+        self,
+        model_id: str,
+        spec: Any,
+        on_start: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> LoadedModel:
         command = c.Load(
             model_id=model_id,
             path=spec.iteration_dir,
@@ -221,7 +241,7 @@ class Engine:
             dtype=spec.dtype,
             mp_overrides=dict(spec.mp_overrides) or None,
         )
-        return await self.run(command, on_start)
+        return await self.run(command, on_start, on_progress)
 
     async def release(self, model_id: str) -> None:
         await self.run(c.Release(model_id=model_id))

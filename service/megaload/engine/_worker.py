@@ -16,11 +16,13 @@ was still running then (the thread is a daemon, so it does not hold the process)
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import queue
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ class _Item:
     command: Any
     future: concurrent.futures.Future
     on_start: Callable[[], None] | None
+    around: Callable[[], AbstractContextManager[Any]] | None = None
 
 
 class Worker:
@@ -78,13 +81,19 @@ class Worker:
         self._thread.start()
         return fut
 
-    def submit(self, command: Any, on_start: Callable[[], None] | None = None) -> concurrent.futures.Future:
-        """Queue ``command``; ``on_start`` runs on the worker thread when it is picked up."""
+    def submit(
+        self,
+        command: Any,
+        on_start: Callable[[], None] | None = None,
+        around: Callable[[], AbstractContextManager[Any]] | None = None,
+    ) -> concurrent.futures.Future:
+        """Queue ``command``; ``on_start`` runs on the worker thread when it is picked up, and
+        the command runs inside the context manager ``around()`` makes, if given."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self._closed:
                 raise EngineStoppedError()
-            self._queue.put(_Item(command, fut, on_start))
+            self._queue.put(_Item(command, fut, on_start, around))
         return fut
 
     def close(self, last: Any, grace_seconds: float) -> bool:
@@ -139,7 +148,8 @@ class Worker:
             try:
                 if item.on_start is not None:
                     item.on_start()
-                result = self._run(item.command)
+                with item.around() if item.around is not None else contextlib.nullcontext():
+                    result = self._run(item.command)
             except Exception as e:
                 item.future.set_exception(e)
             except BaseException as e:  # torch DCP's CheckpointException derives from BaseException

@@ -1,0 +1,52 @@
+"""How far a load's reads have come, for whoever asks (the service's load jobs).
+
+    with reporting_read_progress(lambda done, total: print(f"{done} of {total} bytes")):
+        load_megatron_model(path)
+
+Inside the block, the tensor records a load reads are counted as they land; ``listener(done,
+total)`` is called from the reading threads (at most about once per 1 % of ``total``, and once
+at the end), so it must be quick and thread-safe. Outside such a block nothing is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Generator
+from contextvars import ContextVar
+
+__all__ = ["reporting_read_progress", "ReadProgress"]
+
+Listener = Callable[[int, int], None]
+_LISTENER: ContextVar[Listener | None] = ContextVar("megaload_read_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_read_progress(listener: Listener) -> Generator[None, None, None]:
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+class ReadProgress:
+    """The counter of one run of reads of ``total`` bytes (made in the caller's context)."""
+
+    def __init__(self, total: int) -> None:
+        self._listener = _LISTENER.get()
+        self.total = total
+        self._done = 0
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        if self._listener is None:
+            return
+        with self._lock:
+            self._done += nbytes
+            done = self._done
+            if done < self._next and done < self.total:
+                return
+            self._next = done + max(1, self.total // 100)
+        self._listener(done, self.total)

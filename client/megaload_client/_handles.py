@@ -269,7 +269,7 @@ def job_outcome(job: Job) -> Job:
 
 
 def _phase_text(job: Job) -> str | None:
-    """The job's phase, with the bytes read where a load reports them (``loading 412.0 MiB/1.1 GiB``)."""
-    if job.bytes_read is None or job.bytes_to_read is None or job.phase is None:
+    """The job's phase, with the bytes read while a load reports them (``loading 412.0 MiB/1.1 GiB``)."""
+    if job.state is not JobState.RUNNING or job.bytes_read is None or job.bytes_to_read is None:
         return job.phase
     return f"{job.phase} {format_size(job.bytes_read)}/{format_size(job.bytes_to_read)}"

@@ -107,6 +107,11 @@ def test_kill_9_during_saves_then_restart(tmp_path):
                 seen.update(name for name in _ours(saves) if name.endswith(tuple("0123456789abcdef")))
                 time.sleep(0.001)
             time.sleep(rng.uniform(0.0, 0.05))
+            # a small model's save takes milliseconds: the random pause may fall between two saves,
+            # so kill at the next moment one is writing (later saves are still queued)
+            while not _ours(saves):
+                assert time.monotonic() < deadline, "no save was writing any more"
+                time.sleep(0.0002)
             server.kill9()
         finally:
             if server.proc.poll() is None:

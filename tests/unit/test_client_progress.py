@@ -47,3 +47,4 @@ def test_a_load_jobs_bar_text_shows_the_bytes_read():
               bytes_read=3 << 29, bytes_to_read=3 << 30)  # fmt: skip
     assert _phase_text(job) == "loading 1.5 GiB/3.0 GiB"
     assert _phase_text(job.model_copy(update={"bytes_read": None, "bytes_to_read": None})) == "loading"
+    assert _phase_text(job.model_copy(update={"state": "succeeded", "phase": "done"})) == "done"

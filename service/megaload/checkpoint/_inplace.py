@@ -15,9 +15,7 @@ read cost as much as the read itself on a large model, and neither changes a loa
    returns the parameter itself (already holding the loaded values), so neither copy is made.
 
 Nothing here is patched process-wide: only the sharded state dict built for this load changes.
-(Moving large parameters onto transparent huge pages before the read was tried and dropped: a
-fresh process's first touch of huge pages cost more than the read saved; the figures are in
-docs/benchmarks.md, "Measurements formerly in docstrings".)
+(Huge pages for the parameters are advised separately, in ``_huge_pages``, where they pay.)
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ keeps the options as given: the load itself then reports the error (as a failed 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 from collections.abc import Iterable
@@ -56,13 +57,13 @@ _SINGLE_RANK_DEFAULTS: dict[str, Any] = {
 
 @functools.lru_cache(maxsize=64)
 def _checkpoint_defaults(
-    iteration_dir: str, fingerprint: tuple[int, ...], roots: tuple[str, ...], model_type: str | None
-) -> tuple[str | None, str]:
-    """(effective model type, the dtype the model is built in) for a checkpoint's files."""
+    iteration_dir: str, fingerprint: tuple[int, ...], roots: tuple[str, ...]
+) -> tuple[argparse.Namespace | None, str]:
+    """(the saved Megatron-LM args or None, the dtype the model is built in) of a checkpoint's
+    files: read once per fingerprint, whatever ``model_type`` the requests spell (only read)."""
     with confined_to(roots):
         config, args = load_model_config(iteration_dir)
-    native = str(torch_dtype_from_mcore_config(config)).removeprefix("torch.")
-    return effective_model_type(model_type, args), native  # type: ignore[arg-type]
+    return args, str(torch_dtype_from_mcore_config(config)).removeprefix("torch.")
 
 
 def effective_load_options(
@@ -86,8 +87,8 @@ def effective_load_options(
     overrides = {k: v for k, v in mp_overrides.items() if k not in defaults or v != defaults[k]}
     roots = tuple(str(r) for r in checkpoint_roots)
     try:
-        model_type, native = _checkpoint_defaults(str(iteration_dir), fingerprint, roots, model_type)
+        args, native = _checkpoint_defaults(str(iteration_dir), fingerprint, roots)
     except CheckpointError as e:
         logger.debug("load options of %s kept as given: %s", iteration_dir, e)
         return model_type, dtype, overrides
-    return model_type, None if dtype == native else dtype, overrides
+    return effective_model_type(model_type, args), None if dtype == native else dtype, overrides  # type: ignore[arg-type]

@@ -184,3 +184,11 @@ def _sysfs(path: str) -> str:
             return f.read().strip()
     except OSError:
         return "unknown"
+
+
+def report_goals(results: dict, goals: list[tuple[str, float, str, bool]], width: int = 58) -> None:
+    """Record ``(what, value, goal, met)`` rows in ``results["goals"]`` and print them, one a line."""
+    results["goals"] = [{"what": w, "value": v, "goal": g, "met": m} for w, v, g, m in goals]
+    print()
+    for what, value, goal, met in goals:
+        print(f"{what:<{width}}{value:>9.2f}  goal {goal:<7}{'met' if met else 'MISSED'}")

@@ -53,7 +53,7 @@ from _gen_checkpoint import (
     checkpoint_bytes,
     ensure_checkpoint,
 )
-from _service import Service, machine, proc_status_kib
+from _service import Service, machine, proc_status_kib, report_goals
 from bench_streaming import direct_fetch, fresh_dir, median, parallel, source_state, timed, versions
 
 from megaload_client import Client
@@ -126,10 +126,7 @@ def summarize(results: dict) -> None:
         goals.append((f"server RSS growth, hf-{kind} beyond mg-{kind} (MiB, worst)", extra, "< 64", extra < 64))
     worst = max(x["rss_growth"] for name in runs if name.startswith(("hf-", "hub-")) for x in runs[name]) / MiB
     goals.append(("(info) server RSS growth, any HF stream (MiB, worst)", worst, "< 64", worst < 64))
-    results["goals"] = [{"what": w, "value": v, "goal": g, "met": m} for w, v, g, m in goals]
-    print()
-    for what, value, goal, met in goals:
-        print(f"{what:<58}{value:>9.2f}  goal {goal:<7}{'met' if met else 'MISSED'}")
+    report_goals(results, goals, width=58)
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ import httpx
 import psutil
 import torch
 from _gen_checkpoint import CHECKPOINT_NAME, DEFAULT_DATA_DIR, MODEL, checkpoint_bytes, ensure_checkpoint
-from _service import PeakRss, Service, machine, proc_status_kib, wait_http
+from _service import PeakRss, Service, machine, proc_status_kib, report_goals, wait_http
 
 from megaload_client import Client
 from megaload_client import __version__ as client_version
@@ -480,10 +480,7 @@ def summarize(results: dict) -> None:
     if "resident" in results:
         p99 = results["resident"]["p99_s"] * 1e3
         goals.append(("resident load p99 (ms)", p99, "< 10", p99 < 10))
-    results["goals"] = [{"what": w, "value": v, "goal": g, "met": m} for w, v, g, m in goals]
-    print()
-    for what, value, goal, met in goals:
-        print(f"{what:<56}{value:>9.2f}  goal {goal:<7}{'met' if met else 'MISSED'}")
+    report_goals(results, goals, width=56)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ class ServeProcess:
     proc: subprocess.Popen
     base_url: str
     lines: list[str] = field(default_factory=list)
+    pump: threading.Thread | None = None  # collects stderr into lines until the process ends
 
     def client(self, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, timeout=kw.pop("timeout", 120), **kw)
@@ -39,6 +40,7 @@ class ServeProcess:
         self.proc.wait(60)
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 60 s; once it returns, ``lines`` holds all the process wrote."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -46,6 +48,8 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(60)
+        if self.pump is not None:
+            self.pump.join(30)
 
     def log(self) -> str:
         return "".join(self.lines)
@@ -79,12 +83,13 @@ def start_serve(*flags: str, timeout: float = 180.0) -> ServeProcess:
                 found.set()
         found.set()
 
-    threading.Thread(target=pump, name="serve-stderr", daemon=True).start()
+    pumping = threading.Thread(target=pump, name="serve-stderr", daemon=True)
+    pumping.start()
     deadline = time.monotonic() + timeout
     if not found.wait(timeout) or not port:
         proc.kill()
         raise RuntimeError("megaload serve did not start:\n" + "".join(lines))
-    served = ServeProcess(proc, f"http://127.0.0.1:{port[0]}", lines)
+    served = ServeProcess(proc, f"http://127.0.0.1:{port[0]}", lines, pumping)
     with served.client(timeout=10) as c:
         while c.get("/readyz").status_code != 200:
             if time.monotonic() > deadline or proc.poll() is not None:

@@ -4,15 +4,13 @@ settings, JSON logs with request ids, and a clean stop on SIGTERM."""
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
+from serve_process import start_serve
 
 FLAGS = ("--host", "--port", "--checkpoint-root", "--save-root", "--memory-budget", "--backend", "--device",
          "--token", "--token-file", "--read-token", "--read-token-file", "--insecure", "--log-format", "--log-level",
@@ -59,41 +57,20 @@ def test_token_never_echoed_in_errors():
 
 
 def test_serve_json_logs_and_sigterm(ckpt_root):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "megaload", "serve", "--port", "0", "--checkpoint-root", str(ckpt_root),
-         "--log-format", "json", "--memory-budget", "1GiB"],
-        stderr=subprocess.PIPE, text=True,
-    )
-    lines: list[str] = []
+    served = start_serve("--checkpoint-root", str(ckpt_root), "--log-format", "json", "--memory-budget", "1GiB")
     try:
-        port = None
-        deadline = time.monotonic() + 120
-        while port is None and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", line)
-            if m:
-                port = int(m.group(1))
-        assert port, "".join(lines)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
-            while c.get("/readyz").status_code != 200:
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+        with served.client(timeout=60) as c:
             r = c.post("/v1/models", json={"checkpoint_path": "mlm_gpt"}, headers={"X-Request-ID": "cli-test-1"})
             assert r.status_code == 201, r.text
         # the declared fast HTTP parser and event loop are the ones serving (not h11/asyncio)
-        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        maps = Path(f"/proc/{served.proc.pid}/maps").read_text()
         assert "/httptools/" in maps and "/uvloop/" in maps
-        proc.send_signal(signal.SIGTERM)
-        _, rest = proc.communicate(timeout=60)
-        lines.extend(rest.splitlines(keepends=True))
+        served.stop()
         # uvicorn re-raises the signal after its graceful shutdown (the conventional exit status)
-        assert proc.returncode in (0, -signal.SIGTERM)
+        assert served.proc.returncode in (0, -signal.SIGTERM)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        served.stop()
+    lines = served.lines
     records = [json.loads(line) for line in lines if line.startswith("{")]
     assert records, "".join(lines)
     access = [r for r in records if r.get("request_id") == "cli-test-1"]

@@ -206,16 +206,8 @@ def directory_set(directory: Path, index: StateDictIndex, *, allow_foreign_files
 
 def write_index(directory: Path, index: StateDictIndex) -> Path:
     """Write ``model.safetensors.index.json`` (Hugging Face's shape) atomically."""
-    target = directory / INDEX_FILENAME
-    temporary = directory / f".{INDEX_FILENAME}.{os.getpid()}.tmp"
     document = {"metadata": {"total_size": index.total_size}, "weight_map": dict(sorted(index.weight_map.items()))}
-    with open(temporary, "w", encoding="utf-8") as f:
-        json.dump(document, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, target)
-    return target
+    return write_file(directory, INDEX_FILENAME, (json.dumps(document, indent=2) + "\n").encode("utf-8"))
 
 
 def hub_extra_files(info: dict) -> list[str]:

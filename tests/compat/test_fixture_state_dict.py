@@ -235,3 +235,22 @@ def test_grouped_gemm_experts_on_a_cpu_host_are_refused_naming_the_field(copy_fi
     with pytest.raises(IncompatibleConfigError) as info:
         load_megatron_model(save_dir, return_state_dict=True, use_cpu_init=True)
     assert info.value.field == "moe_grouped_gemm" and str(save_dir) in str(info.value)
+
+
+def test_grouped_gemm_moe_layers_have_no_stream_key(copy_fixture):
+    """A grouped-GEMM MoE model builds Transformer Engine's spec on a host with TE but not the
+    grouped_gemm kernels, so its layers' streamed names depend on the host: no template is
+    claimed for them (the embedding and output layer keep theirs)."""
+    from megaload.checkpoint import read_tensor_metadata, with_stream_keys
+
+    save_dir = copy_fixture("hf_qwen3_moe")
+    iter_dir = save_dir / "iter_0000000"
+    listing = [{"name": name, "shape": list(meta.shape)} for name, meta in read_tensor_metadata(iter_dir).items()]
+    _, sequential = with_stream_keys(iter_dir, listing)
+    assert all(t["stream_key"] is not None for t in sequential)
+    run_config = iter_dir / "run_config.yaml"
+    run_config.write_text(run_config.read_text().replace("  moe_grouped_gemm: false\n", "  moe_grouped_gemm: true\n"))
+    _, grouped = with_stream_keys(iter_dir, listing)
+    layers = [t for t in grouped if t["name"].startswith("decoder.layers.")]
+    assert layers and all(t["stream_key"] is None for t in layers)
+    assert all(t["stream_key"] == "model." + t["name"] for t in grouped if t["name"].startswith(("embedding.", "output_layer.")))

@@ -28,8 +28,8 @@ STORED_NAMING = (
     "stream_key is the template of the streamed keys of each tensor, '{layer}' and '{expert}' standing for "
     "indices of those leading dimensions (e.g. decoder.layers.mlp.linear_fc1.layer_norm_weight [4, 128] "
     "streams as model.decoder.layers.{layer}.pre_mlp_layernorm.weight, 4 tensors of [128]); null where the "
-    "model's names do not follow from the stored one (Mamba/hybrid models, grouped-GEMM experts, a config that "
-    "cannot be read)"
+    "model's names do not follow from the stored one (Mamba/hybrid models, the layers of grouped-GEMM MoE models, "
+    "whose names depend on the host's kernels, a config that cannot be read)"
 )
 """``CheckpointTensors.naming`` of a Megatron-LM or Megatron Bridge checkpoint."""
 
@@ -53,20 +53,24 @@ def stream_key(
     name: str, shape: list[int] | tuple[int, ...], config: Any, args: argparse.Namespace | None
 ) -> str | None:
     """The template of the keys a stored tensor ``name`` streams as (module docstring), or
-    ``None`` where that does not follow from the name: Mamba/hybrid models, grouped-GEMM
-    experts, names outside the GPT model (``mtp.``...)."""
+    ``None`` where that does not follow from the name: Mamba/hybrid models, the layers of
+    grouped-GEMM MoE models (built with Transformer Engine's spec on a host that has TE but not
+    the ``grouped_gemm`` kernels, see :func:`~._provider.gpt_layer_spec`), names outside the
+    GPT model (``mtp.``...)."""
     if args is not None and (getattr(args, "is_hybrid_model", False) or getattr(args, "hybrid_override_pattern", None)):
         return None
     if name.startswith(_TOP_LEVEL):
         return "model." + name
     if not name.startswith(_LAYERS) or len(shape) < 1:
         return None
+    if getattr(config, "num_moe_experts", None) and getattr(config, "moe_grouped_gemm", False):
+        return None  # on a host with TE but not the grouped_gemm kernels these build TE's spec (its names)
     param = name[len(_LAYERS) :]
     for stored, module in _FUSED_NORMS:
         if param.startswith(stored):
             return f"model.{_LAYERS}{{layer}}.{module}{param[len(stored):]}"
     if param.startswith(_EXPERTS):
-        if getattr(config, "moe_grouped_gemm", False) or len(shape) < 2:
+        if len(shape) < 2:
             return None
         return f"model.{_LAYERS}{{layer}}.mlp.experts.local_experts.{{expert}}.{param[len(_EXPERTS):]}"
     return f"model.{_LAYERS}{{layer}}.{param}"

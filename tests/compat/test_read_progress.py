@@ -31,3 +31,20 @@ def test_nothing_is_reported_outside_the_block():
         pass
     load_megatron_model(FIXTURES_DIR / "mlm_gpt" / "checkpoint", return_state_dict=True, use_cpu_init=True)
     assert calls == []
+
+
+def test_a_listener_that_fails_does_not_fail_the_load(caplog, references, flatten_state_dict, assert_bitwise_equal):
+    """E.g. the service's listener once its event loop has closed: the load completes, with the
+    upstream loader's tensors, warned once."""
+    calls = []
+
+    def broken(done, total):
+        calls.append(done)
+        raise RuntimeError("Event loop is closed")
+
+    with reporting_read_progress(broken):
+        state = load_megatron_model(references.save_dir("mlm_gpt"), return_state_dict=True, use_cpu_init=True)
+    assert len(calls) == 1
+    assert len([r for r in caplog.records if "progress listener failed" in r.getMessage()]) == 1
+    tensors, _ = flatten_state_dict(state)
+    assert_bitwise_equal(tensors, references.state_dict("mlm_gpt"))

@@ -5,17 +5,21 @@
 
 Inside the block, the tensor records a load reads are counted as they land; ``listener(done,
 total)`` is called from the reading threads (at most about once per 1 % of ``total``, and once
-at the end), so it must be quick and thread-safe. Outside such a block nothing is counted.
+at the end), so it must be quick and thread-safe; if it raises, the load goes on without it
+(logged once). Outside such a block nothing is counted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Generator
 from contextvars import ContextVar
 
 __all__ = ["reporting_read_progress", "ReadProgress"]
+
+logger = logging.getLogger(__name__)
 
 Listener = Callable[[int, int], None]
 _LISTENER: ContextVar[Listener | None] = ContextVar("megaload_read_progress", default=None)
@@ -49,4 +53,8 @@ class ReadProgress:
             if done < self._next and done < self.total:
                 return
             self._next = done + max(1, self.total // 100)
-        self._listener(done, self.total)
+        try:
+            self._listener(done, self.total)
+        except Exception:  # a report that fails must not fail the load: stop reporting
+            logger.warning("read progress listener failed; no more progress reported for this load", exc_info=True)
+            self._listener = None

@@ -4,9 +4,9 @@
         load_megatron_model(path)
 
 Inside the block, the tensor records a load reads are counted as they land; ``listener(done,
-total)`` is called from the reading threads (at most about once per 1 % of ``total``, and once
-at the end), so it must be quick and thread-safe; if it raises, the load goes on without it
-(logged once). Outside such a block nothing is counted.
+total)`` is called from the reading threads, one call at a time and in order (at most about
+once per 1 % of ``total``, and once at the end), so it must be quick; if it raises, the load
+goes on without it (logged once). Outside such a block nothing is counted.
 """
 
 from __future__ import annotations
@@ -47,14 +47,15 @@ class ReadProgress:
     def add(self, nbytes: int) -> None:
         if self._listener is None:
             return
+        # the listener is called under the lock: reports from several reading threads arrive in
+        # order, and a failing listener is dropped before another thread can call it
         with self._lock:
             self._done += nbytes
-            done = self._done
-            if done < self._next and done < self.total:
+            if self._listener is None or (self._done < self._next and self._done < self.total):
                 return
-            self._next = done + max(1, self.total // 100)
-        try:
-            self._listener(done, self.total)
-        except Exception:  # a report that fails must not fail the load: stop reporting
-            logger.warning("read progress listener failed; no more progress reported for this load", exc_info=True)
-            self._listener = None
+            self._next = self._done + max(1, self.total // 100)
+            try:
+                self._listener(self._done, self.total)
+            except Exception:  # a report that fails must not fail the load: stop reporting
+                logger.warning("read progress listener failed; no more progress reported for this load", exc_info=True)
+                self._listener = None
